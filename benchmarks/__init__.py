@@ -1,0 +1,1 @@
+"""Benchmarks: step time, throughput, MFU and memory, side by side with TRL."""

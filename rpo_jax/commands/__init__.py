@@ -1,0 +1,1 @@
+"""One module per `rpo-jax` subcommand (see `rpo_jax.cli.COMMANDS`)."""

@@ -1,0 +1,334 @@
+"""Typed run configuration: frozen dataclasses loaded from YAML with `a.b=value` overrides.
+
+Every section is a frozen dataclass; unknown keys and wrong types raise `ConfigError` naming the dotted key.
+Model field names follow HuggingFace's `config.json` so a Llama config maps 1:1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, or of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    """HF `rope_parameters` (transformers v5): `default` or Llama-3.1 `llama3` frequency scaling."""
+
+    rope_type: str = "default"
+    rope_theta: float = 10000.0
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in ("default", "llama3"):
+            raise ConfigError(f"model.rope_parameters.rope_type: unsupported {self.rope_type!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Llama architecture (HF names) plus how to run it (dtypes, scan, remat)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    rope_parameters: RopeConfig = RopeConfig()
+    initializer_range: float = 0.02
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    # Not HF fields: how the model is executed.
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"model.num_key_value_heads ({self.num_key_value_heads})"
+            )
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16"):
+                raise ConfigError(f"model.{name} must be float32 or bfloat16, got {getattr(self, name)!r}")
+        if self.remat_policy not in REMAT_POLICY_NAMES:
+            raise ConfigError(f"model.remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}")
+
+
+# Names only; model.py maps them to jax.checkpoint policies (config stays importable without JAX work).
+REMAT_POLICY_NAMES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters; with `rank == 0` the full model is trained."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+    def __post_init__(self):
+        allowed = {"q", "k", "v", "o", "gate", "up", "down"}
+        bad = set(self.target_modules) - allowed
+        if bad:
+            raise ConfigError(f"lora.target_modules: unknown {sorted(bad)}; allowed {sorted(allowed)}")
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh over (data, fsdp, tensor); -1 takes all remaining devices (at most one axis)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    max_replicated_fraction: float = 0.02
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1:
+            raise ConfigError("mesh: at most one of data/fsdp/tensor may be -1")
+        if any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where tokenized pair shards live and how batches are formed."""
+
+    train_path: str = ""
+    eval_path: str = ""
+    max_length: int = 1024
+    global_batch_size: int = 8
+    shuffle_seed: int = 0
+    num_workers: int = 0
+    length_buckets: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Weighted list of registered losses (as TRL's loss_type/loss_weights) and their hyperparameters."""
+
+    loss_type: tuple[str, ...] = ("sigmoid",)
+    loss_weights: tuple[float, ...] = (1.0,)
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    rpo_gamma: float = 0.05
+    rpo_margin_mode: str = "inside"
+    simpo_gamma: float = 0.5
+    logits_chunk_size: int = 1024
+    vocab_chunk_size: int = 0
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ConfigError(f"loss.beta must be > 0, got {self.beta}")
+        if len(self.loss_type) != len(self.loss_weights):
+            raise ConfigError(
+                f"loss.loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type"
+            )
+        if self.rpo_margin_mode not in ("inside", "outside"):
+            raise ConfigError(f"loss.rpo_margin_mode must be inside or outside, got {self.rpo_margin_mode!r}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.logits_chunk_size <= 0:
+            raise ConfigError(f"loss.logits_chunk_size must be positive, got {self.logits_chunk_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup + decay schedule and global-norm clipping."""
+
+    learning_rate: float = 5e-6
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings: steps, accumulation, reference mode, logging and evaluation cadence."""
+
+    steps: int = 100
+    grad_accum_steps: int = 1
+    reference_mode: str = "separate"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    init_checkpoint: str = ""
+    log_every: int = 1
+    eval_every: int = 0
+    max_consecutive_nonfinite: int = 5
+
+    def __post_init__(self):
+        if self.reference_mode not in ("separate", "lora_base", "precomputed", "none"):
+            raise ConfigError(
+                f"train.reference_mode must be separate, lora_base, precomputed or none, got {self.reference_mode!r}"
+            )
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax step checkpoints."""
+
+    save_every: int = 50
+    keep_last: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks/converts a YAML value to the annotated field type; raises naming the dotted key."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(annotation, value, key)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a bool, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an int, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a float, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {annotation}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - dataclass signature errors
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Reads a YAML file; a top-level `include: [files]` (relative paths) is merged first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: include cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    includes = raw.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict = {}
+    for inc in includes:
+        merged = _merge(merged, _read_yaml(path.parent / inc, (*seen, path)))
+    return _merge(merged, raw)
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML so numbers/bools/lists get their types)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    key, text = override.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(text) if text.strip() else ""
+
+
+def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    for override in overrides:
+        path, value = parse_override(override)
+        update: dict = value
+        for part in reversed(path):
+            update = {part: update}
+        raw = _merge(raw, update)
+    return _build(Config, raw, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Loads a YAML config (with includes) and applies `a.b=value` overrides."""
+    return config_from_dict(_read_yaml(Path(path)), overrides)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON; inverse of `config_from_dict`."""
+    def convert(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(cfg)
