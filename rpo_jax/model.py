@@ -31,6 +31,7 @@ LAYER_WEIGHTS: dict[str, tuple[tuple[str, ...], int]] = {
     "w_up_DF": (("embed", "mlp"), 1),
     "w_down_FD": (("mlp", "embed"), 1),
 }
+LORA_DROPOUT_KEY, LORA_DROPOUT_RATE = "_lora_dropout_key", "_lora_dropout_rate"
 LORA_TARGETS = {"q": "wq_DHDh", "k": "wk_DKDh", "v": "wv_DKDh", "o": "wo_HDhD",
                 "gate": "w_gate_DF", "up": "w_up_DF", "down": "w_down_FD"}
 
@@ -130,6 +131,11 @@ def _project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contra
         x_spec, w_spec = ins.split(",")
         w_in = w_spec[: LAYER_WEIGHTS[name][1]]
         lead = "".join(c for c in x_spec if c not in w_in)
+        if LORA_DROPOUT_KEY in p:
+            # PEFT applies dropout to the adapter's input only; the frozen path sees the clean input.
+            key, rate = jax.random.fold_in(p[LORA_DROPOUT_KEY], list(LAYER_WEIGHTS).index(name)), p[LORA_DROPOUT_RATE]
+            keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
         xa = jnp.einsum(f"{x_spec},{w_in}r->{lead}r", x, p[f"lora_a_{name}"].astype(x.dtype))
         delta = jnp.einsum(f"{lead}r,r{w_spec[len(w_in):]}->{out_spec}", xa, p[f"lora_b_{name}"].astype(x.dtype))
         y = y + lora_scale * delta
@@ -180,9 +186,11 @@ def remat_policy(name: str):
 class Llama(nnx.Module):
     """Llama decoder. `__call__` returns logits [B, L, V] or, with `return_hidden`, final hidden states."""
 
-    def __init__(self, cfg: ModelConfig, lora: LoraConfig = LoraConfig(), *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, lora: LoraConfig | None = None, *, rngs: nnx.Rngs):
+        lora = lora or LoraConfig()
         self.cfg = cfg
         self.lora_scale = lora.alpha / lora.rank if lora.rank > 0 else 0.0
+        self.lora_dropout = lora.dropout
         dtype = DTYPES[cfg.param_dtype]
         V, D = cfg.vocab_size, cfg.hidden_size
         self.embed_VD = nnx.Param(_normal(rngs, (V, D), cfg.initializer_range, dtype),
@@ -200,7 +208,8 @@ class Llama(nnx.Module):
         return self.lm_head_DV[...]
 
     def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None, *, return_hidden: bool = False,
-                 use_lora: bool = True):
+                 use_lora: bool = True, lora_dropout_rng: jax.Array | None = None):
+        """`lora_dropout_rng` turns on LoRA dropout (training only); without it adapters run deterministically."""
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
         if segment_ids_BL is None:
@@ -217,6 +226,9 @@ class Llama(nnx.Module):
         if cfg.remat_policy != "none":
             block = jax.checkpoint(block, policy=policy, prevent_cse=not cfg.scan_layers)
         stacked = self.layers.stacked()
+        if lora_scale and self.lora_dropout > 0 and lora_dropout_rng is not None:
+            stacked[LORA_DROPOUT_KEY] = jax.random.split(lora_dropout_rng, cfg.num_hidden_layers)
+            stacked[LORA_DROPOUT_RATE] = jnp.full((cfg.num_hidden_layers,), self.lora_dropout, jnp.float32)
         if cfg.scan_layers:
             x_BLD, _ = jax.lax.scan(block, x_BLD, stacked)
         else:

@@ -1,0 +1,188 @@
+"""Grain loader over tokenized pair shards: numpy batches in the trainer's [B, G, L] layout.
+
+Order of operations (all processes build the same global order from the same seed):
+  records (example order) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
+  -> [drop the last partial *global* batch when drop_remainder] -> this process's slice [shard_index::shard_count]
+  -> decode -> batch(batch_size) with per-batch length bucketing -> optional worker processes (mp_prefetch).
+Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
+and within an epoch the processes' examples are disjoint and together cover it.
+
+Batch (numpy): tokens int32 [B,G,L] (right-padded with the manifest's pad id), loss_mask bool [B,G,L] (the final
+assistant turn incl. its end-of-turn token; logits at t-1 predict token t), segment_ids int32 [B,G,L] (1 real,
+0 pad), positions int32 [B,G,L], margin int32 [B], example_index int64 [B], and ref_logps float32 [B,G] when
+reference log-probs are attached to the shards (`shards.attach_ref_logps`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.shards import decode_record, read_manifest, read_ref_logps, shard_paths
+
+
+def dataset_fingerprint(shard_dir: str | Path) -> str:
+    """The manifest's fingerprint (sha256 of pair data, tokenizer files, chat template and settings)."""
+    return read_manifest(shard_dir)["fingerprint"]
+
+
+def bucket_length(longest_row: int, length_buckets: Sequence[int], max_length: int) -> int:
+    """Smallest bucket >= the longest row; `max_length` when no bucket fits (or none are given)."""
+    if longest_row > max_length:
+        raise ValueError(f"row of {longest_row} tokens exceeds max_length {max_length}")
+    return min([b for b in length_buckets if b >= longest_row] + [max_length])
+
+
+class CollatePairs:
+    """Pads a list of decoded records into one batch (picklable: runs inside Grain worker processes)."""
+
+    def __init__(self, length_buckets: tuple[int, ...], max_length: int, pad_token_id: int,
+                 ref_logps: np.ndarray | None):
+        self.length_buckets, self.max_length, self.pad_token_id = length_buckets, max_length, pad_token_id
+        self.ref_logps = ref_logps
+
+    def __call__(self, records: Sequence[dict]) -> dict[str, np.ndarray]:
+        batch, group = len(records), len(records[0]["rows"])
+        longest = max(len(row) for record in records for row in record["rows"])
+        length = bucket_length(longest, self.length_buckets, self.max_length)
+        tokens = np.full((batch, group, length), self.pad_token_id, dtype=np.int32)
+        loss_mask = np.zeros((batch, group, length), dtype=bool)
+        segment_ids = np.zeros((batch, group, length), dtype=np.int32)
+        positions = np.zeros((batch, group, length), dtype=np.int32)
+        for b, record in enumerate(records):
+            for g, row in enumerate(record["rows"]):
+                n = len(row)
+                tokens[b, g, :n] = row
+                segment_ids[b, g, :n] = 1
+                positions[b, g, :n] = np.arange(n, dtype=np.int32)
+                loss_mask[b, g, record["response_starts"][g]:n] = True
+        example_index = np.asarray([r["example_index"] for r in records], dtype=np.int64)
+        out = {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions,
+               "margin": np.asarray([r["margin"] for r in records], dtype=np.int32), "example_index": example_index}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps[example_index].astype(np.float32)
+        return out
+
+
+class PairBatchIterator:
+    """Iterator of numpy batches with a checkpointable position (`get_state`/`set_state`, JSON-serialisable)."""
+
+    def __init__(self, dataset, manifest: dict, num_batches: int | None):
+        self._dataset = dataset
+        self._iterator = iter(dataset)
+        self.manifest = manifest
+        self.num_batches = num_batches  # per process; None when repeating forever
+
+    def __iter__(self) -> PairBatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        # Worker processes hand back shared-memory array subclasses; the trainer gets plain ndarrays.
+        return {name: np.asarray(value) for name, value in next(self._iterator).items()}
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+    def get_state_bytes(self) -> bytes:
+        return json.dumps(self.get_state(), sort_keys=True).encode()
+
+    def set_state_bytes(self, data: bytes) -> None:
+        self.set_state(json.loads(data.decode()))
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+                num_epochs: int | None = None, length_buckets: tuple[int, ...] = (), max_length: int | None = None,
+                num_workers: int = 0, read_threads: int = 4, drop_remainder: bool = True,
+                ref_logps_key: str | None = None) -> PairBatchIterator:
+    """Batches of this process's share of the shards; see the module docstring for the order of operations.
+
+    batch_size is per process. `max_length` defaults to the manifest's; rows longer than it raise. `num_workers`
+    worker processes decode and collate (0 = in this process). With `ref_logps_key` set, attached reference
+    log-probs must exist with exactly that key; without it they are emitted whenever attached.
+    """
+    import grain
+
+    manifest = read_manifest(shard_dir)
+    max_length = manifest["max_length"] if max_length is None else max_length
+    _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
+                     num_workers, shard_dir)
+    ref_logps = _ref_logps(shard_dir, ref_logps_key)
+
+    num_examples = manifest["num_examples"]
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest)))
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    num_batches = None
+    if num_epochs is not None:
+        total = num_examples * num_epochs
+        global_batch = batch_size * shard_count
+        if drop_remainder:
+            total -= total % global_batch
+            ds = ds[:total]
+        per_process = len(range(shard_index, total, shard_count))
+        num_batches = per_process // batch_size if drop_remainder else -(-per_process // batch_size)
+        if num_batches == 0:
+            raise ValueError(f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
+                             f"{batch_size} x {shard_count} processes")
+    ds = ds[shard_index::shard_count]
+    ds = ds.map(decode_record)
+    collate = CollatePairs(tuple(sorted(length_buckets)), max_length, manifest["pad_token_id"], ref_logps)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                   prefetch_buffer_size=max(2, read_threads)))
+    if num_workers > 0:
+        _mark_absl_flags_parsed()
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return PairBatchIterator(iter_ds, manifest, num_batches)
+
+
+def _mark_absl_flags_parsed() -> None:
+    # Grain's mp_prefetch reads an absl flag (worker profiling) once JAX's profiler is importable; in a program that
+    # does not run absl.app (rpo-jax, pytest) that read raises UnparsedFlagAccessError. Marking the flags parsed
+    # keeps every flag at its default; it is a no-op when absl already parsed them.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
+                     num_workers, shard_dir) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None (repeat forever), got {num_epochs}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if manifest["max_row_length"] > max_length:
+        raise ValueError(f"{shard_dir}: rows up to {manifest['max_row_length']} tokens do not fit max_length "
+                         f"{max_length}; re-tokenize or raise max_length")
+    bad = [b for b in length_buckets if not 0 < b <= max_length]
+    if bad:
+        raise ValueError(f"length_buckets {bad} must lie in (0, max_length={max_length}]")
+
+
+def _ref_logps(shard_dir, required_key: str | None) -> np.ndarray | None:
+    attached = read_ref_logps(shard_dir)
+    if attached is None:
+        if required_key is not None:
+            raise FileNotFoundError(f"{shard_dir}: no reference log-probs attached (need key {required_key!r}); "
+                                    "run the precompute step")
+        return None
+    values, key = attached
+    if required_key is not None and key != required_key:
+        raise ValueError(f"{shard_dir}: attached reference log-probs have key {key!r}, expected {required_key!r}; "
+                         "recompute them")
+    return values

@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# Run `rpo-jax train` on every worker of a Cloud TPU VM slice (v4 / v5e / v5p / v6e).
+#
+#   launch/tpu_pod.sh all    --name rpo-8b --zone us-east5-a --accelerator-type v5p-8 \
+#                            --config configs/run/rpo_llama3_1_8b_v5p8.yaml \
+#                            --output-dir gs://BUCKET/runs/rpo-8b --data gs://BUCKET/data/pairs-tok
+#   launch/tpu_pod.sh resume --name rpo-8b ... (same flags)   # after a spot preemption
+#
+# Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.
+# `--dry-run` prints each command as `+ cmd` and runs nothing. See launch/README.md.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(dirname "$SCRIPT_DIR")"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$SCRIPT_DIR/common.sh"
+
+TPU_NAME="${RPO_TPU_NAME:-rpo-jax}"
+ZONE="${RPO_ZONE:-us-east5-a}"
+PROJECT="${RPO_PROJECT:-}"                       # "" = gcloud's configured project
+ACCELERATOR_TYPE="${RPO_ACCELERATOR_TYPE:-v5p-8}"
+# TPU VM image; it must match the generation: v4 tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite,
+# v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e.
+RUNTIME_VERSION="${RPO_RUNTIME_VERSION:-v2-alpha-tpuv5}"
+SPOT="${RPO_SPOT:-0}"                            # 1 = spot capacity (cheap, can be preempted any time)
+QUEUED="${RPO_QUEUED:-0}"                        # 1 = request through queued resources and wait for it
+CONFIG="${RPO_CONFIG:-configs/run/rpo_llama3_1_8b_v5p8.yaml}"   # relative to the repository root
+OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # required for train; gs://... so every host shares it
+DATA="${RPO_DATA:-}"                             # tokenized shards: gs://bucket/dir or a local dir; "" = config's
+DATA_MODE="${RPO_DATA_MODE:-copy}"               # copy (gsutil rsync to local disk) | gcsfuse (mount)
+STEPS="${RPO_STEPS:-}"                           # "" = the config's train.steps
+GIT_URL="${RPO_GIT_URL:-}"                       # "" = ship `git archive HEAD` of this checkout
+GIT_REF="${RPO_GIT_REF:-main}"                   # branch or tag cloned when GIT_URL is set
+REMOTE_PYTHON="${RPO_REMOTE_PYTHON:-3.11}"       # TPU VM images ship 3.10; uv fetches this version
+REMOTE_DIR="${RPO_REMOTE_DIR:-rpo-jax}"          # all REMOTE_* paths are relative to the worker's $HOME
+REMOTE_VENV="${RPO_REMOTE_VENV:-rpo-jax-venv}"
+REMOTE_DATA_DIR="${RPO_REMOTE_DATA_DIR:-rpo-jax-data}"
+REMOTE_LOG_DIR="${RPO_REMOTE_LOG_DIR:-rpo-jax-logs}"
+WORKER="${RPO_WORKER:-all}"                      # which workers `logs` reads: all | 0 | 1,3
+LOG_LINES="${RPO_LOG_LINES:-40}"
+TPU_STDERR_LOG_LEVEL="${TPU_STDERR_LOG_LEVEL:-2}"  # libtpu log to stderr: 0 INFO, 1 WARNING, 2 ERROR
+TPU_MIN_LOG_LEVEL="${TPU_MIN_LOG_LEVEL:-0}"        # libtpu log file (/tmp/tpu_logs) threshold, same scale
+# XLA:TPU compiler flags, read by libtpu when JAX starts. An unknown flag aborts start-up, so keep this
+# list to flags the installed libtpu knows (override with RPO_LIBTPU_INIT_ARGS="" to use none).
+# Default: overlap FSDP's parameter all-gathers and gradient reduce-scatters with compute.
+#   --xla_tpu_enable_async_collective_fusion=true         run collectives asynchronously, fused with compute
+#   --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true   ... including all-gathers (FSDP weights)
+#   --xla_tpu_enable_async_collective_fusion_multiple_steps=true    ... spread over several layers' compute
+#   --xla_tpu_overlap_compute_collective_tc=true           overlap on the TensorCore
+#   --xla_enable_async_all_gather=true                     async all-gather (XLA-level)
+# Other choices, add them when a profile shows the need:
+#   --xla_tpu_enable_data_parallel_all_reduce_opt=true --xla_tpu_data_parallel_opt_different_sized_ops=true
+#       when mesh.data > 1: overlap the data-parallel gradient all-reduce with the backward pass
+#   --xla_enable_async_collective_permute=true             ring / pipeline collective permutes
+#   --xla_tpu_scoped_vmem_limit_kib=98304                  more VMEM for large fused kernels (v5p / v6e)
+#   --xla_tpu_enable_async_collective_fusion_fuse_all_reduce=true   also fuse all-reduces
+DEFAULT_LIBTPU_INIT_ARGS="--xla_tpu_enable_async_collective_fusion=true \
+--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true \
+--xla_tpu_enable_async_collective_fusion_multiple_steps=true \
+--xla_tpu_overlap_compute_collective_tc=true \
+--xla_enable_async_all_gather=true"
+LIBTPU_INIT_ARGS="${RPO_LIBTPU_INIT_ARGS-$DEFAULT_LIBTPU_INIT_ARGS}"
+DRY_RUN="${RPO_DRY_RUN:-0}"
+OVERRIDES=()
+CREATED=0   # set by cmd_create when it (re)creates the slice
+
+usage() {
+  cat <<EOF
+Usage: launch/tpu_pod.sh COMMAND [flags]
+
+Commands:
+  create   create the TPU VM slice (reuse it when READY; recreate it when PREEMPTED)
+  setup    copy the project to every worker, install it with the tpu extra, copy or mount the data
+  train    start \`rpo-jax train\` on every worker in the background (nohup, one log per worker)
+  resume   create (if preempted) + setup + train with --resume (latest complete checkpoint)
+  stop     send SIGTERM to the trainer on every worker (it saves a checkpoint, then exits)
+  logs     print the last lines of each worker's log
+  delete   delete the TPU VM slice (and its queued resource)
+  all      create + setup + train
+
+Flags (environment variable in brackets, then the default):
+  --name NAME               [RPO_TPU_NAME] $TPU_NAME
+  --zone ZONE               [RPO_ZONE] $ZONE
+  --project PROJECT         [RPO_PROJECT] gcloud's configured project
+  --accelerator-type TYPE   [RPO_ACCELERATOR_TYPE] $ACCELERATOR_TYPE
+  --version VERSION         [RPO_RUNTIME_VERSION] $RUNTIME_VERSION
+  --spot                    [RPO_SPOT=1] spot (preemptible) capacity
+  --queued                  [RPO_QUEUED=1] create through queued resources and wait until ACTIVE
+  --config PATH             [RPO_CONFIG] $CONFIG
+  --output-dir DIR          [RPO_OUTPUT_DIR] required by train/resume/all; use gs://...
+  --data PATH               [RPO_DATA] gs://... or local dir of tokenized shards -> data.train_path
+  --data-mode MODE          [RPO_DATA_MODE] $DATA_MODE (copy | gcsfuse)
+  --steps N                 [RPO_STEPS] the config's train.steps
+  --set KEY=VALUE           config override passed to rpo-jax train (repeatable)
+  --git-url URL             [RPO_GIT_URL] clone this on the workers instead of shipping git archive HEAD
+  --git-ref REF             [RPO_GIT_REF] $GIT_REF
+  --worker W                [RPO_WORKER] $WORKER (for logs)
+  --dry-run                 [RPO_DRY_RUN=1] print every command, run nothing
+  -h, --help                this help
+Also: RPO_REMOTE_PYTHON ($REMOTE_PYTHON), RPO_REMOTE_DIR, RPO_REMOTE_VENV, RPO_REMOTE_DATA_DIR,
+RPO_REMOTE_LOG_DIR, RPO_LOG_LINES, RPO_LIBTPU_INIT_ARGS, TPU_STDERR_LOG_LEVEL, TPU_MIN_LOG_LEVEL.
+EOF
+}
+
+COMMAND=""
+while (($#)); do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --spot) SPOT=1 ;;
+    --queued) QUEUED=1 ;;
+    --name) TPU_NAME="$(flag_value "$@")"; shift ;;
+    --zone) ZONE="$(flag_value "$@")"; shift ;;
+    --project) PROJECT="$(flag_value "$@")"; shift ;;
+    --accelerator-type) ACCELERATOR_TYPE="$(flag_value "$@")"; shift ;;
+    --version) RUNTIME_VERSION="$(flag_value "$@")"; shift ;;
+    --config) CONFIG="$(flag_value "$@")"; shift ;;
+    --output-dir) OUTPUT_DIR="$(flag_value "$@")"; shift ;;
+    --data) DATA="$(flag_value "$@")"; shift ;;
+    --data-mode) DATA_MODE="$(flag_value "$@")"; shift ;;
+    --steps) STEPS="$(flag_value "$@")"; shift ;;
+    --set) OVERRIDES+=("$(flag_value "$@")"); shift ;;
+    --git-url) GIT_URL="$(flag_value "$@")"; shift ;;
+    --git-ref) GIT_REF="$(flag_value "$@")"; shift ;;
+    --worker) WORKER="$(flag_value "$@")"; shift ;;
+    -*) die "unknown flag: $1 (see --help)" ;;
+    *)
+      [[ -z "$COMMAND" ]] || die "only one command allowed, got '$COMMAND' and '$1'"
+      COMMAND="$1" ;;
+  esac
+  shift
+done
+[[ -n "$COMMAND" ]] || { usage >&2; die "missing COMMAND"; }
+case "$DATA_MODE" in copy | gcsfuse) ;; *) die "--data-mode must be copy or gcsfuse, got '$DATA_MODE'" ;; esac
+[[ -z "$STEPS" || "$STEPS" =~ ^[0-9]+$ ]] || die "--steps must be a non-negative integer, got '$STEPS'"
+[[ "$DATA_MODE" == copy || -z "$DATA" || "$DATA" == gs://* ]] || die "--data-mode gcsfuse needs a gs:// --data"
+[[ "$LIBTPU_INIT_ARGS" != *[\"\'\$\`\\]* ]] || die "RPO_LIBTPU_INIT_ARGS must not contain quotes, \$, \` or \\"
+
+GCLOUD_SCOPE=(--zone="$ZONE")
+[[ -z "$PROJECT" ]] || GCLOUD_SCOPE+=(--project="$PROJECT")
+
+# Runs COMMAND on the given workers (all by default) of the slice over gcloud's ssh.
+on_workers() {  # on_workers WORKERS REMOTE_COMMAND
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_SCOPE[@]}" --worker="$1" --command="$2"
+}
+
+read_tpu_state() {  # sets TPU_STATE to READY / PREEMPTED / ..., or "" when the slice does not exist
+  local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_SCOPE[@]}" --format="value(state)")
+  show "${describe[@]}"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    note "dry run: assuming the slice does not exist yet"
+    TPU_STATE=""
+  else
+    TPU_STATE="$("${describe[@]}" 2>/dev/null || true)"
+  fi
+}
+
+cmd_delete() {
+  if [[ "$QUEUED" == 1 ]]; then
+    run gcloud compute tpus queued-resources delete "$TPU_NAME" "${GCLOUD_SCOPE[@]}" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" "${GCLOUD_SCOPE[@]}" --quiet
+  fi
+}
+
+cmd_create() {
+  read_tpu_state
+  case "$TPU_STATE" in
+    READY) note "TPU $TPU_NAME is READY: reusing it"; return 0 ;;
+    PREEMPTED | TERMINATED) note "TPU $TPU_NAME is $TPU_STATE: deleting it and creating it again"; cmd_delete ;;
+    "") ;;
+    *) die "TPU $TPU_NAME is in state $TPU_STATE; wait for READY or run \`delete\` first" ;;
+  esac
+  CREATED=1
+  local capacity=()
+  [[ "$SPOT" != 1 ]] || capacity=(--spot)
+  if [[ "$QUEUED" == 1 ]]; then
+    run gcloud compute tpus queued-resources create "$TPU_NAME" "${GCLOUD_SCOPE[@]}" --node-id="$TPU_NAME" \
+      --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME_VERSION" "${capacity[@]}"
+    wait_for_queued
+  else
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" "${GCLOUD_SCOPE[@]}" \
+      --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" "${capacity[@]}"
+  fi
+}
+
+wait_for_queued() {
+  local describe=(gcloud compute tpus queued-resources describe "$TPU_NAME" "${GCLOUD_SCOPE[@]}"
+    --format="value(state.state)")
+  if [[ "$DRY_RUN" == 1 ]]; then show "${describe[@]}"; note "(repeated every 60 s until ACTIVE)"; return 0; fi
+  local state
+  while state="$("${describe[@]}")"; [[ "$state" != ACTIVE ]]; do
+    case "$state" in FAILED | SUSPENDED) die "queued resource $TPU_NAME is $state" ;; esac
+    note "queued resource $TPU_NAME is ${state:-unknown}; checking again in 60 s"
+    sleep 60
+  done
+}
+
+cmd_setup() {
+  local q_dir q_venv
+  q_dir="$(printf %q "$REMOTE_DIR")"; q_venv="$(printf %q "$REMOTE_VENV")"
+  if [[ -n "$GIT_URL" ]]; then
+    on_workers all "rm -rf $q_dir && git clone --depth 1 --branch $(printf %q "$GIT_REF") \
+$(printf %q "$GIT_URL") $q_dir"
+  else
+    local archive="/tmp/rpo-jax-launch.XXXXXX/rpo-jax.tar.gz"
+    if [[ "$DRY_RUN" != 1 ]]; then
+      [[ -z "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no)" ]] ||
+        note "WARNING: uncommitted changes are NOT shipped (git archive HEAD); commit them or use --git-url"
+      archive="$(mktemp -d)/rpo-jax.tar.gz"
+    fi
+    run git -C "$REPO_ROOT" archive --format=tar.gz --prefix="$REMOTE_DIR/" -o "$archive" HEAD
+    run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:rpo-jax-src.tar.gz" "${GCLOUD_SCOPE[@]}" --worker=all
+    on_workers all "rm -rf $q_dir && tar -xzf rpo-jax-src.tar.gz && rm rpo-jax-src.tar.gz"
+  fi
+  # TPU VM images ship Python 3.10 and the project needs >= 3.11: uv provides the interpreter.
+  on_workers all "python3 -m pip install --user --quiet uv && \
+~/.local/bin/uv venv --seed --allow-existing --python $(printf %q "$REMOTE_PYTHON") $q_venv && \
+cd $q_dir && ~/$q_venv/bin/python -m pip install -e \".[tpu]\""
+  setup_data
+}
+
+setup_data() {
+  local q_data
+  q_data="$(printf %q "$REMOTE_DATA_DIR")"
+  if [[ -z "$DATA" ]]; then
+    note "no --data: the config's data.train_path must already be readable on every worker"
+  elif [[ "$DATA" == gs://* && "$DATA_MODE" == gcsfuse ]]; then
+    local bucket="${DATA#gs://}" prefix=""
+    [[ "$bucket" != */* ]] || { prefix="${bucket#*/}"; bucket="${bucket%%/*}"; }
+    local only_dir=""
+    [[ -z "$prefix" ]] || only_dir="--only-dir $(printf %q "${prefix%/}") "
+    on_workers all "command -v gcsfuse >/dev/null || { echo 'gcsfuse is not installed on this worker' >&2; \
+exit 1; }; mkdir -p $q_data && (mountpoint -q $q_data || gcsfuse --implicit-dirs $only_dir$(printf %q "$bucket") \
+$q_data)"
+  elif [[ "$DATA" == gs://* ]]; then
+    on_workers all "mkdir -p $q_data && gsutil -m rsync -r $(printf %q "$DATA") $q_data"
+  else
+    [[ "$DRY_RUN" == 1 || -d "$DATA" ]] || die "--data $DATA: not a gs:// path and not a local directory"
+    on_workers all "rm -rf $q_data"
+    run gcloud compute tpus tpu-vm scp --recurse "$DATA" "$TPU_NAME:$REMOTE_DATA_DIR" "${GCLOUD_SCOPE[@]}" \
+      --worker=all
+  fi
+}
+
+cmd_train() {  # cmd_train [--resume]
+  [[ -n "$OUTPUT_DIR" ]] || die "--output-dir is required (use gs://... so all hosts share checkpoints)"
+  # A relative path would live inside the project copy, which \`setup\` replaces.
+  [[ "$OUTPUT_DIR" == gs://* || "$OUTPUT_DIR" == /* ]] || die "--output-dir must be gs://... or absolute"
+  [[ "$OUTPUT_DIR" == gs://* ]] || note "WARNING: --output-dir $OUTPUT_DIR is on the worker's disk: it is lost \
+with a preempted VM, and multi-host checkpoints need one shared directory (gs://...)"
+  local train=(train --config "$CONFIG" --output-dir "$OUTPUT_DIR")
+  [[ -z "$STEPS" ]] || train+=(--steps "$STEPS")
+  train+=("$@")
+  [[ -z "$DATA" ]] || train+=(--set "data.train_path=__DATA__")
+  local override
+  for override in "${OVERRIDES[@]}"; do train+=(--set "$override"); done
+  local args="" arg
+  for arg in "${train[@]}"; do args+=" $(printf %q "$arg")"; done
+  args="${args//__DATA__/\$HOME/$(printf %q "$REMOTE_DATA_DIR")}"  # expanded on the worker
+  local log_dir log pid
+  log_dir="$(printf %q "$REMOTE_LOG_DIR")"
+  # shellcheck disable=SC2016  # $(hostname) and $! are expanded on each worker, not here
+  log="$log_dir"'/train-$(hostname).log' pid="$log_dir"'/train-$(hostname).pid'
+  # Only the trainer goes to the background, so a failed `cd` or a running trainer fails the ssh call.
+  # shellcheck disable=SC2016
+  on_workers all "cd ~ && mkdir -p $log_dir && if [ -f $pid ] && kill -0 \"\$(cat $pid)\" 2>/dev/null; then \
+echo \"rpo-jax train is already running on \$(hostname)\" >&2; exit 1; fi; cd $(printf %q "$REMOTE_DIR") && \
+export LIBTPU_INIT_ARGS=\"$LIBTPU_INIT_ARGS\" TPU_STDERR_LOG_LEVEL=$TPU_STDERR_LOG_LEVEL \
+TPU_MIN_LOG_LEVEL=$TPU_MIN_LOG_LEVEL && { nohup ~/$(printf %q "$REMOTE_VENV")/bin/rpo-jax$args \
+> ~/$log 2>&1 < /dev/null & echo \$! > ~/$pid; }"
+  note "started on every worker; follow with: launch/tpu_pod.sh logs --name $TPU_NAME --zone $ZONE"
+}
+
+cmd_stop() {
+  local pid
+  # shellcheck disable=SC2016
+  pid="$(printf %q "$REMOTE_LOG_DIR")"'/train-$(hostname).pid'
+  on_workers all "if [ -f $pid ]; then kill -TERM \"\$(cat $pid)\" 2>/dev/null || true; rm -f $pid; fi"
+}
+
+cmd_logs() {
+  on_workers "$WORKER" "tail -n $(printf %q "$LOG_LINES") $(printf %q "$REMOTE_LOG_DIR")/train-*.log"
+}
+
+note "tpu_pod.sh $COMMAND: TPU $TPU_NAME ($ACCELERATOR_TYPE, $RUNTIME_VERSION, spot=$SPOT, queued=$QUEUED) \
+in ${PROJECT:-<default project>}/$ZONE; config $CONFIG; output ${OUTPUT_DIR:-<unset>}; data ${DATA:-<config>} \
+($DATA_MODE); steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
+case "$COMMAND" in
+  create) cmd_create ;;
+  setup) cmd_setup ;;
+  train) cmd_train ;;
+  resume)
+    # A recreated slice has empty disks: set it up again. A READY one keeps its install and data.
+    cmd_create
+    [[ "$CREATED" == 0 ]] || cmd_setup
+    cmd_train --resume ;;
+  stop) cmd_stop ;;
+  logs) cmd_logs ;;
+  delete) cmd_delete ;;
+  all) cmd_create; cmd_setup; cmd_train ;;
+  *) die "unknown command '$COMMAND' (see --help)" ;;
+esac

@@ -1,0 +1,110 @@
+"""Host-side checks of a numpy batch against the loss configuration, run before anything is compiled.
+
+A bad batch would otherwise train silently on garbage (a row with no scored token gives n = 0 and a NaN IPO loss;
+a G=2 batch fed to IOPO indexes out of range), so each problem raises `BatchError` naming the field and example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from rpo_jax.config import LossConfig
+from rpo_jax.losses import LABEL_SMOOTHING_LOSSES, LOSSES, needs_reference
+
+ROW_NAMES = {2: ("chosen", "rejected"), 4: ("x1,y1", "x1,y2", "x2,y2", "x2,y1")}
+
+
+class BatchError(ValueError):
+    """A batch or loss configuration that the losses cannot be computed on."""
+
+
+def check_loss_config(cfg: LossConfig, group_size: int) -> None:
+    """Loss names, the group size each loss needs, β and label smoothing."""
+    if cfg.beta <= 0:
+        raise BatchError(f"loss.beta must be > 0, got {cfg.beta} (β = 0 leaves the loss stuck at ln 2)")
+    if len(cfg.loss_type) != len(cfg.loss_weights):
+        raise BatchError(f"loss.loss_weights has {len(cfg.loss_weights)} entries for {len(cfg.loss_type)} loss_type")
+    if not cfg.loss_type:
+        raise BatchError("loss.loss_type is empty")
+    for name in cfg.loss_type:
+        if name not in LOSSES:
+            raise BatchError(f"loss.loss_type: unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        need = LOSSES[name].group_size
+        if need is not None and need != group_size:
+            raise BatchError(
+                f"loss.loss_type {name!r} needs G={need} sequences per group, but batch.tokens has G={group_size}")
+    if group_size not in ROW_NAMES:
+        raise BatchError(f"batch.tokens: G={group_size} sequences per group; expected 2 (pairs) or 4 (IOPO)")
+    if cfg.label_smoothing > 0 and not set(cfg.loss_type) & set(LABEL_SMOOTHING_LOSSES):
+        raise BatchError(f"loss.label_smoothing={cfg.label_smoothing} is read only by {LABEL_SMOOTHING_LOSSES}, "
+                         f"none of which is in loss.loss_type {list(cfg.loss_type)}")
+
+
+def _require(batch: Mapping, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    if name not in batch:
+        raise BatchError(f"batch.{name} is missing")
+    arr = np.asarray(batch[name])
+    if arr.shape != shape:
+        raise BatchError(f"batch.{name}: shape {arr.shape}, expected {shape}")
+    if kind == "int" and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise BatchError(f"batch.{name}: dtype {arr.dtype}, expected an integer or bool type")
+    if kind == "float":
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise BatchError(f"batch.{name}: dtype {arr.dtype}, expected a float type")
+        bad = np.argwhere(~np.isfinite(arr))
+        if bad.size:
+            raise BatchError(f"batch.{name}: non-finite value {arr[tuple(bad[0])]} at index {tuple(bad[0].tolist())}"
+                             f" ({len(bad)} in total)")
+    return arr
+
+
+def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, require_ref_logps: bool = False) -> None:
+    """Raises `BatchError` on the first problem; `require_ref_logps` is True in precomputed-reference mode."""
+    if "tokens" not in batch:
+        raise BatchError("batch.tokens is missing")
+    tokens = np.asarray(batch["tokens"])
+    if tokens.ndim != 3:
+        raise BatchError(f"batch.tokens: expected [B, G, L], got shape {tokens.shape}")
+    B, G, L = tokens.shape
+    check_loss_config(loss_cfg, G)
+    _require(batch, "tokens", (B, G, L), "int")
+    loss_mask = _require(batch, "loss_mask", (B, G, L), "int") != 0
+    segment_ids = _require(batch, "segment_ids", (B, G, L), "int")
+    _require(batch, "positions", (B, G, L), "int")
+    margin = _require(batch, "margin", (B,), "int")
+    if (margin < 0).any():
+        b = int(np.argmax(margin < 0))
+        raise BatchError(f"batch.margin: example {b} has negative margin {int(margin[b])}")
+
+    rows = ROW_NAMES[G]
+    empty = np.argwhere(loss_mask.sum(axis=2) == 0)
+    if empty.size:
+        b, g = (int(i) for i in empty[0])
+        raise BatchError(f"batch.loss_mask: example {b}, sequence {g} ({rows[g]}) scores no token "
+                         f"({len(empty)} such rows); every response needs at least its end-of-turn token")
+    first = np.argwhere(loss_mask[:, :, 0])
+    if first.size:
+        b, g = (int(i) for i in first[0])
+        raise BatchError(f"batch.loss_mask: example {b}, sequence {g} scores position 0, which no logit predicts")
+    on_padding = np.argwhere(loss_mask & (segment_ids == 0))
+    if on_padding.size:
+        b, g, t = (int(i) for i in on_padding[0])
+        raise BatchError(f"batch.loss_mask: example {b}, sequence {g} scores padding (segment_ids == 0) at "
+                         f"position {t}")
+
+    if "ref_logps" in batch:
+        ref = _require(batch, "ref_logps", (B, G), "float")
+        positive = np.argwhere(ref > 0)
+        if positive.size:
+            b, g = (int(i) for i in positive[0])
+            raise BatchError(f"batch.ref_logps: example {b}, sequence {g} has log-prob {ref[b, g]} > 0")
+    elif require_ref_logps and needs_reference(loss_cfg):
+        raise BatchError(f"batch.ref_logps is missing: precomputed reference mode with loss.loss_type "
+                         f"{list(loss_cfg.loss_type)}")
+    for name, value in batch.items():
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = tuple(np.argwhere(~np.isfinite(arr))[0].tolist())
+            raise BatchError(f"batch.{name}: non-finite value at index {bad}")

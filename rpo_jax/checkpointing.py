@@ -1,0 +1,104 @@
+"""Step checkpoints (Orbax): train state, data-iterator state, resolved config and data fingerprint.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save leaves
+only an ignored temporary; `latest_step` sees complete checkpoints only. The reference model is never part of
+a step checkpoint: it is rebuilt from `train.init_checkpoint` (or the seed) on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint was written by a run with another config or other data."""
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"__bytes__": value.decode("latin-1")}
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _from_json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return value["__bytes__"].encode("latin-1")
+        return {k: _from_json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json_safe(v) for v in value]
+    return value
+
+
+class StepCheckpointer:
+    """Keep-last-k Orbax checkpoints under `<output_dir>/checkpoints`, optionally saved asynchronously."""
+
+    def __init__(self, directory: str | Path, *, keep_last: int, async_save: bool):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep_last, enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data_iter", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter_state: Any, meta: dict, *, force: bool = False) -> bool:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data_iter=ocp.args.JsonSave(_json_safe({"state": data_iter_state})),
+            meta=ocp.args.JsonSave(meta),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def read_meta(self, step: int) -> dict:
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
+        """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct leaves)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data_iter=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        return restored["state"], _from_json_safe(restored["data_iter"])["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_resume_compatible(meta: dict, config_dict: dict, data_fingerprint: str, *, allow_config_change: bool,
+                            allow_data_change: bool) -> None:
+    """Refuses to resume a checkpoint whose config or data differ, unless told otherwise."""
+    if meta.get("data_fingerprint") != data_fingerprint and not allow_data_change:
+        raise CheckpointMismatchError(
+            f"checkpoint data fingerprint {meta.get('data_fingerprint')} != current {data_fingerprint}; "
+            "pass --allow-data-change to resume anyway")
+    old = meta.get("config", {})
+    # Steps and output location may change on resume (extending a run); everything else must match.
+    ignore = {("train", "steps"), ("train", "output_dir")}
+    diffs = [f"{sec}.{key}: {old.get(sec, {}).get(key)!r} -> {val!r}"
+             for sec, fields in config_dict.items() for key, val in fields.items()
+             if (sec, key) not in ignore and json.dumps(old.get(sec, {}).get(key)) != json.dumps(val)]
+    if diffs and not allow_config_change:
+        raise CheckpointMismatchError("checkpoint config differs: " + "; ".join(diffs)
+                                      + " (pass --allow-config-change to resume anyway)")
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying each leaf's sharding: the restore target for `StepCheckpointer.restore`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -1,0 +1,54 @@
+"""`rpo-jax export-hf`: params checkpoint -> HuggingFace Llama folder (LoRA adapters merged if present)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from rpo_jax.commands.import_hf import parse_mesh
+from rpo_jax.config import MeshConfig
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """`5GB`, `500MiB`, `1000000` -> bytes (decimal units as HF's `max_shard_size`)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like 5GB, 500MiB or 1000000")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="params checkpoint folder (from import-hf or training)")
+    parser.add_argument("--output", required=True, help="new HF folder (must not exist)")
+    parser.add_argument("--tokenizer", default=None, help="folder whose tokenizer/generation files are copied")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="safetensors dtype (default: the checkpoint's param_dtype)")
+    parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
+                        help="largest safetensors file; more than one adds model.safetensors.index.json")
+    parser.add_argument("--mesh", type=parse_mesh, default=MeshConfig(),
+                        help="device mesh the checkpoint is restored onto before gathering tensor by tensor")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flax import nnx
+
+    from rpo_jax.hf_io import export_hf
+    from rpo_jax.model import Llama
+    from rpo_jax.params_io import read_lora_config, read_model_config, restore_params
+    from rpo_jax.sharding import make_mesh, state_shardings
+
+    cfg = read_model_config(args.checkpoint)
+    lora_cfg = read_lora_config(args.checkpoint)
+    mesh = make_mesh(args.mesh)
+    abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, lora_cfg, rngs=nnx.Rngs(0))))[1]
+    state = restore_params(args.checkpoint, abstract_state, state_shardings(abstract_state, mesh))
+    files = export_hf(state, cfg, lora_cfg, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
+                      tokenizer_dir=args.tokenizer)
+    merged = f", LoRA rank {lora_cfg.rank} merged" if lora_cfg.rank else ""
+    print(f"exported {args.checkpoint} -> {args.output}{merged}: {', '.join(files)}")
+    return 0

@@ -1,0 +1,172 @@
+"""Per-sequence log-probs of `[B, G, L]` preference groups without materialising `[B·G, L, V]` logits.
+
+One forward over the `B·G` rows (row `b·G + g`) returns final hidden states; the
+LM head and an fp32 log-softmax then run only where a token is scored:
+
+    logp[b, g] = Σ_t loss_mask[t+1] · log_softmax(logits[t])[tokens[t+1]]          (algorithms.md §1)
+
+How the scored positions are visited: each row's scored positions are moved to the front of the row by a stable
+per-row argsort (no assumption that they are contiguous), and the compacted `[N, L]` grid is processed in chunks
+of columns by a `lax.scan`. A chunk beyond the longest row's scored count is skipped at run time by `lax.cond`, so
+prompt and padding positions cost no LM-head FLOPs, while every shape stays static. Each chunk (and each vocab
+chunk inside it) is wrapped in `jax.checkpoint`: the backward recomputes a chunk's logits instead of storing them,
+so logits memory is a few chunk-sized buffers, whatever L. Rows never mix, so the batch axis keeps its sharding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rpo_jax.model import Llama
+
+
+class SequenceScores(NamedTuple):
+    """Per-sequence sums over scored tokens, all fp32 with the batch's leading shape (`[B, G]` or `[N]`)."""
+
+    logps: jax.Array  # Σ log p(target) over scored tokens
+    counts: jax.Array  # number of scored tokens (SFT/NLL normalisation, IPO/SimPO lengths)
+    mean_logit_sums: jax.Array  # Σ over scored tokens of the vocab-mean logit (TRL `logits/*`); no gradient
+
+
+def shift_targets(tokens_NL: jax.Array, loss_mask_NL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Targets/mask aligned with the logits: position t predicts token t+1; the last position predicts nothing."""
+    targets_NL = jnp.concatenate([tokens_NL[:, 1:], jnp.zeros_like(tokens_NL[:, :1])], axis=1)
+    mask_NL = jnp.asarray(loss_mask_NL) != 0
+    scored_NL = jnp.concatenate([mask_NL[:, 1:], jnp.zeros_like(mask_NL[:, :1])], axis=1)
+    return targets_NL.astype(jnp.int32), scored_NL
+
+
+def _full_vocab_stats(h_NCD, lm_head_DV, targets_NC):
+    logits_NCV = jnp.einsum("ncd,dv->ncv", h_NCD, lm_head_DV.astype(h_NCD.dtype),
+                            preferred_element_type=jnp.float32)
+    lse_NC = jax.nn.logsumexp(logits_NCV, axis=-1)
+    target_logit_NC = jnp.take_along_axis(logits_NCV, targets_NC[..., None], axis=-1)[..., 0]
+    return target_logit_NC, lse_NC
+
+
+def _fold_vocab_chunk(carry, h_NCD, w_DVc, targets_NC, offset):
+    """Online logsumexp: folds one vocab chunk's logits into (running max, Σexp, target logit)."""
+    max_NC, sum_exp_NC, target_logit_NC = carry
+    logits_NCVc = jnp.einsum("ncd,dv->ncv", h_NCD, w_DVc.astype(h_NCD.dtype), preferred_element_type=jnp.float32)
+    # The max only shifts the exponent for stability; lse is independent of it, so it needs no gradient.
+    new_max_NC = jax.lax.stop_gradient(jnp.maximum(max_NC, jnp.max(logits_NCVc, axis=-1)))
+    sum_exp_NC = sum_exp_NC * jnp.exp(max_NC - new_max_NC) + jnp.sum(
+        jnp.exp(logits_NCVc - new_max_NC[..., None]), axis=-1)
+    width = w_DVc.shape[1]
+    local_NC = targets_NC - offset
+    inside_NC = (local_NC >= 0) & (local_NC < width)
+    picked_NC = jnp.take_along_axis(logits_NCVc, jnp.clip(local_NC, 0, width - 1)[..., None], axis=-1)[..., 0]
+    target_logit_NC = target_logit_NC + jnp.where(inside_NC, picked_NC, 0.0)
+    return new_max_NC, sum_exp_NC, target_logit_NC
+
+
+def _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size: int):
+    vocab = lm_head_DV.shape[1]
+    num_full, remainder = divmod(vocab, vocab_chunk_size)
+    shape = targets_NC.shape
+    carry = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+
+    @jax.checkpoint
+    def step(carry, chunk_index):
+        offset = chunk_index * vocab_chunk_size
+        # dynamic_slice reads the weight in place: no padded or reshaped copy of the [D, V] head.
+        w_DVc = jax.lax.dynamic_slice_in_dim(lm_head_DV, offset, vocab_chunk_size, axis=1)
+        return _fold_vocab_chunk(carry, h_NCD, w_DVc, targets_NC, offset), None
+
+    carry, _ = jax.lax.scan(step, carry, jnp.arange(num_full, dtype=jnp.int32))
+    if remainder:
+        offset = num_full * vocab_chunk_size
+        carry = jax.checkpoint(_fold_vocab_chunk, static_argnums=(4,))(
+            carry, h_NCD, lm_head_DV[:, offset:], targets_NC, offset)
+    max_NC, sum_exp_NC, target_logit_NC = carry
+    return target_logit_NC, max_NC + jnp.log(sum_exp_NC)
+
+
+def _score_chunk(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D, vocab_chunk_size: int):
+    """Per-row (Σ logp, Σ vocab-mean logit) over the scored tokens of one chunk of positions."""
+    if 0 < vocab_chunk_size < lm_head_DV.shape[1]:
+        target_logit_NC, lse_NC = _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size)
+    else:
+        target_logit_NC, lse_NC = _full_vocab_stats(h_NCD, lm_head_DV, targets_NC)
+    logp_NC = target_logit_NC - lse_NC
+    # mean_v(h·W[:, v]) = h·mean_v(W): the metric costs one [D] dot per token instead of a pass over the vocab.
+    mean_logit_NC = jax.lax.stop_gradient(jnp.einsum("ncd,d->nc", h_NCD.astype(jnp.float32), mean_head_D))
+    return (jnp.sum(jnp.where(scored_NC, logp_NC, 0.0), axis=-1),
+            jnp.sum(jnp.where(scored_NC, mean_logit_NC, 0.0), axis=-1))
+
+
+def score_hidden(h_NLD: jax.Array, tokens_NL: jax.Array, loss_mask_NL: jax.Array, lm_head_DV: jax.Array, *,
+                 logits_chunk_size: int, vocab_chunk_size: int = 0) -> SequenceScores:
+    """Scores final hidden states `[N, L, D]` against their next tokens; returns `[N]` sums.
+
+    `logits_chunk_size` is the number of positions (over all N rows together) whose logits exist at once: each
+    chunk takes `max(1, logits_chunk_size // N)` compacted positions of every row. `vocab_chunk_size > 0` further
+    splits the vocabulary (online logsumexp), bounding a chunk's logits to `[N, C, vocab_chunk_size]`.
+    """
+    if logits_chunk_size <= 0:
+        raise ValueError(f"logits_chunk_size must be positive, got {logits_chunk_size}")
+    if vocab_chunk_size < 0:
+        raise ValueError(f"vocab_chunk_size must be >= 0, got {vocab_chunk_size}")
+    N, L, D = h_NLD.shape
+    targets_NL, scored_NL = shift_targets(tokens_NL, loss_mask_NL)
+    counts_N = jnp.sum(scored_NL, axis=1)
+
+    cols = max(1, min(L, logits_chunk_size // N))
+    num_chunks = -(-L // cols)
+    padded = num_chunks * cols
+    # Stable sort puts each row's scored positions first, in their original order.
+    order_NL = jnp.argsort(jnp.logical_not(scored_NL).astype(jnp.int8), axis=1, stable=True)
+    order_NP = jnp.pad(order_NL, ((0, 0), (0, padded - L)))
+    scored_NP = jnp.pad(jnp.take_along_axis(scored_NL, order_NL, axis=1), ((0, 0), (0, padded - L)))
+    targets_NP = jnp.take_along_axis(targets_NL, order_NP, axis=1)
+    h_NPD = jnp.take_along_axis(h_NLD, order_NP[..., None], axis=1)
+
+    def by_chunk(x):  # [N, P, ...] -> [num_chunks, N, cols, ...] as scan inputs
+        return jnp.moveaxis(x.reshape(N, num_chunks, cols, *x.shape[2:]), 1, 0)
+
+    mean_head_D = jax.lax.stop_gradient(jnp.mean(lm_head_DV.astype(jnp.float32), axis=1))
+    longest = jnp.max(counts_N)
+    def skip(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D):
+        return jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32)
+
+    # Remat outside the cond: with it inside, scan cannot see that the head weight is loop-invariant and stacks a
+    # [D, V] residual per chunk (measured: 2.7 GB vs 0.74 GB temp at V=128k, 64 chunks).
+    @jax.checkpoint
+    def guarded(live, *args):
+        return jax.lax.cond(live, lambda *a: _score_chunk(*a, vocab_chunk_size), skip, *args)
+
+    def body(carry, xs):
+        chunk_index, h_NCD, targets_NC, scored_NC = xs
+        live = chunk_index * cols < longest
+        sums = guarded(live, h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D)
+        return (carry[0] + sums[0], carry[1] + sums[1]), None
+
+    init = (jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32))
+    xs = (jnp.arange(num_chunks, dtype=jnp.int32), by_chunk(h_NPD), by_chunk(targets_NP), by_chunk(scored_NP))
+    (logps_N, mean_logit_sums_N), _ = jax.lax.scan(body, init, xs)
+    return SequenceScores(logps_N, counts_N.astype(jnp.float32), mean_logit_sums_N)
+
+
+def paired_logps(model: Llama, batch: Mapping[str, jax.Array], *, logits_chunk_size: int,
+                 vocab_chunk_size: int = 0, use_lora: bool = True,
+                 lora_dropout_rng: jax.Array | None = None) -> SequenceScores:
+    """`SequenceScores` of shape `[B, G]` for a batch with `tokens`, `loss_mask`, `segment_ids`, `positions`.
+
+    `use_lora=False` runs the base weights only (the `lora_base` reference forward); `lora_dropout_rng` is passed
+    to the model (LoRA dropout in training).
+    """
+    tokens_BGL = jnp.asarray(batch["tokens"])
+    B, G, L = tokens_BGL.shape
+
+    def rows(name):
+        return jnp.reshape(jnp.asarray(batch[name]), (B * G, L))
+
+    h_NLD = model(rows("tokens"), rows("positions"), rows("segment_ids"), return_hidden=True, use_lora=use_lora,
+                 lora_dropout_rng=lora_dropout_rng)
+    scores = score_hidden(h_NLD, rows("tokens"), rows("loss_mask"), model.lm_head_weight(),
+                          logits_chunk_size=logits_chunk_size, vocab_chunk_size=vocab_chunk_size)
+    return SequenceScores(*(x.reshape(B, G) for x in scores))

@@ -1,0 +1,108 @@
+"""Policy / reference parameters: sharded creation, LoRA partition, and the three reference modes.
+
+Parameters travel as pure nested dicts of arrays:
+  trainable  - what the optimizer updates (all weights, or only LoRA factors when `lora.rank > 0`);
+  frozen     - base weights under LoRA (never updated, never in step checkpoints' optimizer state);
+  reference  - a separate frozen copy, only for `train.reference_mode == "separate"`.
+`nnx.merge(graphdef, lora, base)` rebuilds the module inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from rpo_jax.config import Config, ConfigError
+from rpo_jax.losses import needs_reference
+from rpo_jax.model import Llama
+from rpo_jax.params_io import restore_params
+from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
+
+Params = dict[str, Any]
+
+@dataclasses.dataclass
+class PolicyParams:
+    graphdef: nnx.GraphDef
+    trainable: Params
+    frozen: Params
+    reference: Params | None
+    trainable_shardings: Params
+    frozen_shardings: Params
+    uses_lora: bool
+
+    def merged_model(self, trainable: Params, frozen: Params) -> Llama:
+        """The policy module from (trainable, frozen) dicts (call inside jit)."""
+        lora, base = (trainable, frozen) if self.uses_lora else ({}, trainable)
+        return nnx.merge(self.graphdef, lora, base)
+
+    def reference_model(self, trainable: Params, frozen: Params, reference: Params | None) -> Llama:
+        """Module computing reference log-probs (call with use_lora=False): the separate copy, or the LoRA
+        model whose adapters are skipped — the same base weights, no second copy."""
+        if reference is not None:
+            return nnx.merge(self.graphdef, {}, reference)
+        return self.merged_model(trainable, frozen)
+
+
+def validate_reference_mode(cfg: Config) -> None:
+    """Checks the reference mode against LoRA and the losses before anything is built."""
+    mode, lora = cfg.train.reference_mode, cfg.lora.rank > 0
+    if mode == "lora_base" and not lora:
+        raise ConfigError("train.reference_mode=lora_base needs lora.rank > 0")
+    if mode == "separate" and lora:
+        raise ConfigError("train.reference_mode=separate with lora.rank > 0 would copy the base weights; "
+                          "use train.reference_mode=lora_base (the base with adapters disabled)")
+    if mode == "none" and needs_reference(cfg.loss):
+        raise ConfigError(f"train.reference_mode=none but loss.loss_type {list(cfg.loss.loss_type)} needs a "
+                          "reference (only simpo and sft are reference-free)")
+
+
+def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyParams:
+    """Creates policy (+ reference) parameters directly in their shardings.
+
+    `init_checkpoint` (a params checkpoint from `rpo-jax import-hf` / `params_io.save_params`), when given,
+    supplies the non-LoRA weights, restored straight into their shardings; LoRA factors are always freshly
+    initialised (B = 0, so policy == base at step 0).
+    """
+    validate_reference_mode(cfg)
+
+    def make():
+        return Llama(cfg.model, cfg.lora, rngs=nnx.Rngs(params=cfg.train.seed))
+
+    abstract = nnx.eval_shape(make)
+    graphdef, abstract_lora, abstract_base = nnx.split(abstract, nnx.LoRAParam, ...)
+    lora_state_sh = state_shardings(abstract_lora, mesh)
+    base_state_sh = state_shardings(abstract_base, mesh)
+    _, abstract_all = nnx.split(abstract)
+    check_sufficiently_sharded(abstract_all, state_shardings(abstract_all, mesh), mesh,
+                               cfg.mesh.max_replicated_fraction)
+    lora_sh, base_sh = lora_state_sh.to_pure_dict(), base_state_sh.to_pure_dict()
+
+    def create(part: int):
+        # Each call builds the whole module but returns one part; XLA drops the unused initialisers, so a
+        # restored base is never also randomly initialised in device memory.
+        return nnx.split(make(), nnx.LoRAParam, ...)[part].to_pure_dict()
+
+    lora = jax.jit(lambda: create(1), out_shardings=lora_sh)()
+    if init_checkpoint:
+        base = restore_params(init_checkpoint, abstract_base, base_state_sh).to_pure_dict()
+    else:
+        base = jax.jit(lambda: create(2), out_shardings=base_sh)()
+    uses_lora = cfg.lora.rank > 0
+    reference = None
+    if cfg.train.reference_mode == "separate":
+        # A real copy (not an alias): the policy buffers are donated to the step and updated in place.
+        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=base_sh)(base)
+    return PolicyParams(
+        graphdef=graphdef,
+        trainable=lora if uses_lora else base,
+        frozen=base if uses_lora else {},
+        reference=reference,
+        trainable_shardings=lora_sh if uses_lora else base_sh,
+        frozen_shardings=base_sh if uses_lora else {},
+        uses_lora=uses_lora,
+    )

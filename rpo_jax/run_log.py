@@ -1,0 +1,82 @@
+"""Run outputs on process 0: metrics.jsonl (append-only, truncated back on resume), progress bar, report.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+REPORT_PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step; `truncate_after(step)` drops lines a resumed run will redo."""
+
+    def __init__(self, path: str | Path, *, enabled: bool):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """tqdm bar showing loss, reward accuracy, tokens/s; ETA comes from tqdm itself."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc="train")
+
+    def update(self, record: dict) -> None:
+        self.bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}",
+                             acc=f"{record.get('rewards/accuracies', math.nan):.3f}",
+                             tok_s=f"{record.get('tokens_per_s', 0.0):.0f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def write_report(records: list[dict], path: str | Path) -> None:
+    """report.png: loss, reward accuracy and margins against step, train and held-out eval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(REPORT_PANELS), figsize=(5 * len(REPORT_PANELS), 3.6))
+    for ax, (key, title) in zip(axes, REPORT_PANELS):
+        for prefix, style in (("", "-"), ("eval/", "o-")):
+            points = [(r["step"], r[prefix + key]) for r in records if prefix + key in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, style, label="held-out" if prefix else "train", markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

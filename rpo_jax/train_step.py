@@ -1,0 +1,184 @@
+"""The one jitted train step: reference log-probs (no gradient) → policy loss/grad over micro-batches → AdamW.
+
+Train state (a pytree of pure dicts, donated to the step):
+  step, params (trainable), opt_state, rng, nonfinite_run (consecutive skipped steps), nonfinite_total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rpo_jax.config import Config
+from rpo_jax.logps import SequenceScores, paired_logps
+from rpo_jax.losses import loss_and_metrics
+from rpo_jax.policy import PolicyParams
+from rpo_jax.sharding import BATCH_AXES
+
+TrainState = dict[str, Any]
+
+
+def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    """Optimizer state is created inside jit so its moments land in the parameters' shardings."""
+    params = policy.trainable
+    opt_state = jax.jit(optimizer.init)(params)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": opt_state,
+        "rng": jax.random.key_data(jax.random.key(seed)),
+        "nonfinite_run": jnp.zeros((), jnp.int32),
+        "nonfinite_total": jnp.zeros((), jnp.int32),
+    }
+
+
+def opt_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Moments follow their parameter's sharding (matched by path suffix); scalars are replicated."""
+    by_path = {tuple(str(k) for k in path): s for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for start in range(len(keys)):
+            if keys[start:] in by_path:
+                return by_path[keys[start:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
+def state_shardings(state: TrainState, policy: PolicyParams, mesh: Mesh) -> TrainState:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {
+        "step": replicated,
+        "params": policy.trainable_shardings,
+        "opt_state": opt_state_shardings(state["opt_state"], policy.trainable_shardings, mesh),
+        "rng": replicated,
+        "nonfinite_run": replicated,
+        "nonfinite_total": replicated,
+    }
+
+
+def batch_shardings(batch: dict, mesh: Mesh) -> dict:
+    return {k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (v.ndim - 1)))) for k, v in batch.items()}
+
+
+def _split_micro(batch: dict, k: int) -> dict:
+    """[B, ...] -> [k, B/k, ...] taking rows j, j+k, ...: every device keeps an equal share of each micro-batch."""
+    return {name: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1) for name, x in batch.items()}
+
+
+def make_objective(cfg: Config, policy: PolicyParams) -> tuple[Callable, Callable]:
+    """Returns (reference_logps, policy_objective).
+
+    reference_logps(trainable, frozen, reference, batch) -> [B, G] or None: from the batch (precomputed),
+    nowhere (reference-free losses), or a forward of the separate copy / the LoRA-disabled base.
+    policy_objective(trainable, frozen, batch, ref_logps, dropout_rng) -> (loss_B, metric sums).
+    """
+    mode = cfg.train.reference_mode
+    score = dict(logits_chunk_size=cfg.loss.logits_chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size)
+
+    def reference_logps(trainable, frozen, reference, batch) -> jax.Array | None:
+        if mode == "precomputed":
+            return batch["ref_logps"]
+        if mode == "none":
+            return None
+        ref_model = policy.reference_model(trainable, frozen, reference)
+        return jax.lax.stop_gradient(paired_logps(ref_model, batch, use_lora=False, **score).logps)
+
+    def policy_objective(trainable, frozen, batch, ref_logps_BG, dropout_rng=None):
+        model = policy.merged_model(trainable, frozen)
+        dropout = {"lora_dropout_rng": dropout_rng} if dropout_rng is not None and cfg.lora.dropout > 0 else {}
+        scores: SequenceScores = paired_logps(model, batch, use_lora=True, **dropout, **score)
+        return loss_and_metrics(scores, ref_logps_BG, batch["margin"], cfg.loss)
+
+    return reference_logps, policy_objective
+
+
+def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: Mesh, state_sh: TrainState, batch_sh: dict) -> Callable:
+    """Returns step(state, frozen, reference, batch) -> (state, metrics); compiled once per batch shape."""
+    reference_logps, policy_objective = make_objective(cfg, policy)
+    k = cfg.train.grad_accum_steps
+
+    def loss_fn(params, frozen, reference, batch, rng):
+        # The reference forward runs before and outside value_and_grad: no tape, no remat, no gradient buffers.
+        ref_logps_BG = reference_logps(params, frozen, reference, batch)
+
+        def summed(p):
+            loss_B, metric_sums = policy_objective(p, frozen, batch, ref_logps_BG, rng)
+            return jnp.sum(loss_B), metric_sums
+
+        return jax.value_and_grad(summed, has_aux=True)(params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def step(state: TrainState, frozen, reference, batch):
+        global_examples = batch["tokens"].shape[0]
+        micro = _split_micro(batch, k)
+        params = state["params"]
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def accumulate(carry, xs):
+            grads_acc, metrics_acc = carry
+            mb, i = xs
+            (_, metric_sums), grads = loss_fn(params, frozen, reference, mb, jax.random.fold_in(rng, i))
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            metrics_acc = jax.tree.map(jnp.add, metrics_acc, metric_sums)
+            return (grads_acc, metrics_acc), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        first_mb = jax.tree.map(lambda x: x[0], micro)
+        zero_metrics = jax.tree.map(
+            jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, frozen, reference, first_mb, rng)[0][1]))
+        (grads, metric_sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (micro, jnp.arange(k)))
+        # The objective is the mean over the global batch: summed per-example losses / number of examples.
+        grads = jax.tree.map(lambda g: g / global_examples, grads)
+        grad_norm = optax.global_norm(grads)
+        loss = metric_sums["loss"][0] / metric_sums["loss"][1]
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        # A non-finite loss or gradient skips the update entirely (parameters and optimizer moments).
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt_state, state["opt_state"]),
+            "rng": state["rng"],
+            "nonfinite_run": jnp.where(finite, 0, state["nonfinite_run"] + 1),
+            "nonfinite_total": state["nonfinite_total"] + (~finite).astype(jnp.int32),
+        }
+        metrics = {
+            "sums": metric_sums,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state["step"]),
+            "skipped": ~finite,
+            "nonfinite_run": new_state["nonfinite_run"],
+            "nonfinite_total": new_state["nonfinite_total"],
+        }
+        return new_state, metrics
+
+    frozen_sh = policy.frozen_shardings
+    reference_sh = policy.trainable_shardings if policy.reference is not None and not policy.uses_lora else None
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, frozen_sh, reference_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(cfg: Config, policy: PolicyParams, mesh: Mesh) -> Callable:
+    """eval(trainable, frozen, reference, batch) -> metric sums (no gradient, no dropout)."""
+    reference_logps, policy_objective = make_objective(cfg, policy)
+
+    def evaluate(trainable, frozen, reference, batch):
+        ref_logps_BG = reference_logps(trainable, frozen, reference, batch)
+        return policy_objective(trainable, frozen, batch, ref_logps_BG)[1]
+
+    return jax.jit(evaluate, out_shardings=NamedSharding(mesh, PartitionSpec()))

@@ -1,0 +1,226 @@
+"""`rpo-jax train`: data → sharded policy/reference → jitted step loop → Orbax checkpoints → HF export.
+
+Reads top to bottom: validate settings, build the mesh, loader, parameters and step, restore if resuming,
+then loop. Metrics of step t are pulled to the host while step t+1 runs, so dispatch never waits on them.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data_pipeline import loader as data_loader
+from rpo_jax import distributed
+from rpo_jax.batch_checks import validate_batch
+from rpo_jax.checkpointing import StepCheckpointer, abstract_like, check_resume_compatible
+from rpo_jax.config import Config, ConfigError, config_to_dict
+from rpo_jax.losses import finalize_metrics
+from rpo_jax.optim import make_optimizer
+from rpo_jax.policy import build_policy
+from rpo_jax.run_log import MetricsLog, Progress, write_report
+from rpo_jax.sharding import make_mesh
+from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step, state_shardings
+
+
+class TrainingStopped(RuntimeError):
+    """Too many consecutive non-finite steps; the last good checkpoint is intact."""
+
+
+def _validate(cfg: Config, mesh) -> int:
+    """Checks data paths and batch divisibility before anything compiles; returns the per-process batch."""
+    if not cfg.data.train_path:
+        raise ConfigError("data.train_path is empty: point it at a directory written by `rpo-jax tokenize`")
+    if not (Path(cfg.data.train_path) / "manifest.json").is_file():
+        raise ConfigError(f"data.train_path={cfg.data.train_path}: no manifest.json (not a tokenized dataset)")
+    if cfg.train.eval_every and not cfg.data.eval_path:
+        raise ConfigError("train.eval_every > 0 needs data.eval_path")
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    per_micro = cfg.data.global_batch_size // cfg.train.grad_accum_steps
+    if cfg.data.global_batch_size % cfg.train.grad_accum_steps or per_micro % data_ways:
+        raise ConfigError(
+            f"data.global_batch_size={cfg.data.global_batch_size} must split into train.grad_accum_steps="
+            f"{cfg.train.grad_accum_steps} micro-batches each divisible by the data-parallel ways "
+            f"(mesh data×fsdp = {data_ways})")
+    if cfg.data.global_batch_size % jax.process_count():
+        raise ConfigError(f"data.global_batch_size={cfg.data.global_batch_size} does not divide over "
+                          f"{jax.process_count()} processes")
+    return cfg.data.global_batch_size // jax.process_count()
+
+
+def _make_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool):
+    return data_loader.make_loader(
+        path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
+        shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
+        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, drop_remainder=True)
+
+
+def _to_global(local_batch: dict, shardings: dict) -> dict:
+    """Each process contributes its rows; the result is one global array per field, laid out on the mesh."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local_batch.items()}
+
+
+def _model_inputs(batch: dict, reference_mode: str) -> dict:
+    keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"]
+    if reference_mode == "precomputed":
+        if "ref_logps" not in batch:
+            raise ConfigError("train.reference_mode=precomputed but the dataset has no ref_logps "
+                              "(run `rpo-jax precompute-ref` on it first)")
+        keys.append("ref_logps")
+    return {k: batch[k] for k in keys}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, resume: bool = False, allow_config_change: bool = False,
+                 allow_data_change: bool = False):
+        self.cfg = cfg
+        distributed.maybe_initialize()
+        self.mesh = make_mesh(cfg.mesh)
+        self.per_process_batch = _validate(cfg, self.mesh)
+        self.is_main = jax.process_index() == 0
+        self.output_dir = Path(cfg.train.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.data_fingerprint = data_loader.dataset_fingerprint(cfg.data.train_path)
+        self.loader = _make_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True)
+        self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
+        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
+        self.state = init_train_state(self.policy, self.optimizer, cfg.train.seed)
+        self.state_sh = state_shardings(self.state, self.policy, self.mesh)
+        self.checkpointer = StepCheckpointer(self.output_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
+                                             async_save=cfg.checkpoint.async_save)
+        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main)
+        self.config_dict = config_to_dict(cfg)
+        self._step_fns: dict = {}
+        self._eval_fn = None
+        self.start_step = 0
+        if resume:
+            self._resume(allow_config_change, allow_data_change)
+        self._stop_requested = False
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _resume(self, allow_config_change: bool, allow_data_change: bool) -> None:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return
+        meta = self.checkpointer.read_meta(step)
+        check_resume_compatible(meta, self.config_dict, self.data_fingerprint,
+                                allow_config_change=allow_config_change, allow_data_change=allow_data_change)
+        self.state, iter_state, _ = self.checkpointer.restore(step, abstract_like(self.state))
+        self.loader.set_state(iter_state)
+        self.start_step = step
+        self.metrics_log.truncate_after(step)
+
+    def save(self, step: int, *, force: bool = False) -> None:
+        meta = {"config": self.config_dict, "data_fingerprint": self.data_fingerprint, "step": step}
+        self.checkpointer.save(step, self.state, self.loader.get_state(), meta, force=force)
+
+    # -- steps -----------------------------------------------------------------------------------------------
+    def _step_fn(self, batch: dict):
+        shape_key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+        if shape_key not in self._step_fns:  # one compile per length bucket
+            self._step_fns[shape_key] = make_train_step(
+                self.cfg, self.policy, self.optimizer, self.schedule, self.mesh, self.state_sh,
+                batch_shardings(batch, self.mesh))
+        return self._step_fns[shape_key]
+
+    def next_batch(self) -> tuple[dict, int]:
+        local = _model_inputs(next(self.loader), self.cfg.train.reference_mode)
+        validate_batch(local, self.cfg.loss, require_ref_logps=self.cfg.train.reference_mode == "precomputed")
+        tokens = int(np.asarray(local["segment_ids"]).astype(bool).sum()) * jax.process_count()
+        return _to_global(local, batch_shardings(local, self.mesh)), tokens
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics over the whole held-out set (one pass, no shuffle needed: order does not matter)."""
+        if self._eval_fn is None:
+            self._eval_fn = make_eval_step(self.cfg, self.policy, self.mesh)
+        sums = None
+        for local in _make_loader(self.cfg, self.cfg.data.eval_path, self.per_process_batch, repeat=False):
+            local = _model_inputs(local, self.cfg.train.reference_mode)
+            batch = _to_global(local, batch_shardings(local, self.mesh))
+            out = jax.device_get(self._eval_fn(self.state["params"], self.policy.frozen, self.policy.reference,
+                                               batch))
+            sums = out if sums is None else jax.tree.map(np.add, sums, out)
+        if sums is None:
+            raise ConfigError(f"data.eval_path={self.cfg.data.eval_path}: no complete eval batch "
+                              f"of {self.per_process_batch} groups")
+        return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()}
+
+    def _record(self, step: int, metrics, tokens: int, seconds: float) -> dict:
+        host = jax.device_get(metrics)
+        record = {"step": step, **finalize_metrics(host["sums"])}
+        record.update(grad_norm=float(host["grad_norm"]), learning_rate=float(host["learning_rate"]),
+                      skipped=bool(host["skipped"]), nonfinite_total=int(host["nonfinite_total"]),
+                      tokens_per_s=tokens / max(seconds, 1e-9), step_time=seconds)
+        if int(host["nonfinite_run"]) >= self.cfg.train.max_consecutive_nonfinite:
+            raise TrainingStopped(
+                f"step {step}: {int(host['nonfinite_run'])} consecutive non-finite losses/gradients "
+                f"(train.max_consecutive_nonfinite={self.cfg.train.max_consecutive_nonfinite}); "
+                f"last good checkpoint: step {self.checkpointer.latest_step()}")
+        return record
+
+    def _check_step0(self, record: dict) -> None:
+        """Policy == reference at step 0: all rewards are 0, so DPO-family losses sit at their h=0 value."""
+        tol = 1e-3 if self.cfg.train.reference_mode == "precomputed" else 1e-6
+        if self.cfg.train.reference_mode == "none":
+            return
+        for key in ("rewards/chosen", "rewards/rejected"):
+            if abs(record[key]) > tol:
+                raise RuntimeError(f"step 0: {key}={record[key]:.3g} but policy == reference should give 0 "
+                                   "(reference dtype/sharding differs from the policy, or dropout is on)")
+        if tuple(self.cfg.loss.loss_type) == ("sigmoid",) and self.cfg.loss.label_smoothing == 0:
+            if abs(record["loss"] - math.log(2)) > max(tol, 1e-6) * 10:
+                raise RuntimeError(f"step 0: DPO loss {record['loss']:.6f} != ln 2 with policy == reference")
+
+    def _on_sigterm(self, signum, frame):
+        self._stop_requested = True
+
+    def fit(self) -> list[dict]:
+        cfg = self.cfg
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
+        pending = None  # (step, metrics future, tokens, dispatch time)
+        try:
+            for step in range(self.start_step, cfg.train.steps):
+                batch, tokens = self.next_batch()
+                started = time.perf_counter()
+                self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference,
+                                                           batch)
+                if pending is not None:
+                    self._flush(pending, time.perf_counter(), progress)
+                pending = (step, metrics, tokens, started)
+                done = step + 1
+                must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or self._stop_requested
+                if must_save or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
+                    self._flush(pending, time.perf_counter(), progress)
+                    pending = None
+                if cfg.train.eval_every and done % cfg.train.eval_every == 0:
+                    self.metrics_log.write({"step": done, **self.evaluate()})
+                if must_save:
+                    self.save(done, force=self._stop_requested)
+                if self._stop_requested:
+                    break
+            if pending is not None:
+                self._flush(pending, time.perf_counter(), progress)
+        finally:
+            progress.close()
+            self.checkpointer.wait()
+            signal.signal(signal.SIGTERM, previous)
+        return self.metrics_log.read()
+
+    def _flush(self, pending, now: float, progress: Progress) -> None:
+        step, metrics, tokens, started = pending
+        record = self._record(step, metrics, tokens, now - started)
+        if step == 0 and self.start_step == 0:
+            self._check_step0(record)
+        self.metrics_log.write(record)
+        progress.update(record)
+
+    def finish(self, records: list[dict]) -> None:
+        """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`."""
+        self.checkpointer.close()
+        if self.is_main:
+            write_report(records, self.output_dir / "report.png")

@@ -1,0 +1,128 @@
+"""`rpo-jax build-pairs`: CLI, held-out split, determinism, bad-input errors / --skip-bad, atomic output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pairs_fixtures import IFEVAL_PROMPTS, read_jsonl, write_ifeval_pool
+
+from data_pipeline import build_pairs
+from data_pipeline.schema import read_pairs
+from rpo_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return write_ifeval_pool(tmp_path_factory.mktemp("pool"))
+
+
+def _cli(*args: str) -> int:
+    return main(["build-pairs", *args])
+
+
+def test_cli_split_is_by_group_and_deterministic(tmp_path, pool):
+    instructions, responses, _ = pool
+    common = ["--recipe", "rpo", "--input", str(instructions), "--responses", str(responses),
+              "--eval-fraction", "0.2", "--seed", "3"]
+    assert _cli(*common, "--output", str(tmp_path / "a")) == 0
+    assert _cli(*common, "--output", str(tmp_path / "b")) == 0
+    for name in ("pairs.jsonl", "eval_pairs.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    train = read_pairs(str(tmp_path / "a" / "pairs.jsonl"))
+    held_out = read_pairs(str(tmp_path / "a" / "eval_pairs.jsonl"))
+    assert train and held_out
+    assert not {r.group_id for r in train} & {r.group_id for r in held_out}
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert stats["split"] == {"train": len(train), "eval": len(held_out)}
+    assert stats["settings"]["min_g"] == 3 and len(stats["settings"]["inputs"]) == 2
+    assert _cli(*common, "--seed", "4", "--output", str(tmp_path / "c")) == 0
+    other = {r.group_id for r in read_pairs(str(tmp_path / "c" / "eval_pairs.jsonl"))}
+    assert other != {r.group_id for r in held_out}  # the seed picks the held-out groups
+
+
+def test_min_g_filters_pairs(tmp_path, pool):
+    instructions, responses, _ = pool
+    base = ["--recipe", "rpo", "--input", str(instructions), "--responses", str(responses)]
+    assert _cli(*base, "--output", str(tmp_path / "g1"), "--min-g", "1") == 0
+    assert _cli(*base, "--output", str(tmp_path / "g4"), "--min-g", "4") == 0
+    low, high = read_jsonl(tmp_path / "g1" / "pairs.jsonl"), read_jsonl(tmp_path / "g4" / "pairs.jsonl")
+    assert min(p["margin"] for p in low) == 1 and min(p["margin"] for p in high) >= 4
+    assert {p["id"] for p in high} < {p["id"] for p in low}
+
+
+def _ifeval_line(n: int = 1) -> dict:
+    return json.loads(IFEVAL_PROMPTS.read_text().splitlines()[n - 1])
+
+
+BAD_CASES = {
+    "malformed_json": ("responses", '{"key": 1000, "response": "x"\n', "resp.jsonl:1: field '<json>'"),
+    "missing_field": ("responses", json.dumps({"key": 1000}) + "\n", "resp.jsonl:1: field 'response': missing"),
+    "empty_response": ("responses", json.dumps({"key": 1000, "response": "  "}) + "\n",
+                       "resp.jsonl:1: field 'response': is empty"),
+    "unknown_constraint_type": ("instructions", json.dumps({**_ifeval_line(), "instruction_id_list": ["x:y"],
+                                                           "kwargs": [{}]}) + "\n",
+                                "ins.jsonl:1: field 'instruction_id_list/kwargs'"),
+    "bad_params": ("instructions", json.dumps({**_ifeval_line(), "instruction_id_list": ["punctuation:no_comma"],
+                                              "kwargs": [{"num_words": 3}]}) + "\n", "ins.jsonl:1: field"),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_CASES))
+def test_bad_input_names_file_line_field_or_is_counted(tmp_path, capsys, reason):
+    which, bad_line, message = BAD_CASES[reason]
+    good_ins = json.dumps(_ifeval_line()) + "\n"
+    good_resp = json.dumps({"key": 1000, "response": "A fine answer."}) + "\n"
+    (tmp_path / "ins.jsonl").write_text(bad_line + good_ins if which == "instructions" else good_ins)
+    (tmp_path / "resp.jsonl").write_text(bad_line + good_resp if which == "responses" else good_resp)
+    args = ["--recipe", "rpo", "--input", str(tmp_path / "ins.jsonl"), "--responses", str(tmp_path / "resp.jsonl")]
+    assert _cli(*args, "--output", str(tmp_path / "out")) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert _cli(*args, "--output", str(tmp_path / "out"), "--skip-bad") == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["bad_input"]["by_reason"] == {reason: 1}
+    outcomes = stats["responses"]["by_outcome"]
+    assert sum(outcomes.values()) == stats["responses"]["total"] == (2 if which == "responses" else 1)
+    assert outcomes["bad_input"] == (1 if which == "responses" else 0)
+
+
+def test_options_that_do_not_apply_are_rejected(tmp_path):
+    with pytest.raises(SystemExit, match="--min-g and --judge"):
+        _cli("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "o"), "--min-g", "2")
+    with pytest.raises(SystemExit, match="needs --responses"):
+        _cli("--recipe", "rpo", "--input", "x.json", "--output", str(tmp_path / "o"))
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        _cli("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "exists"))
+
+
+def test_crash_mid_write_leaves_no_dataset_and_keeps_the_old_one(tmp_path, pool, monkeypatch):
+    instructions, responses, _ = pool
+    args = ["--recipe", "rpo", "--input", str(instructions), "--responses", str(responses)]
+    real_write = build_pairs.write_jsonl
+
+    def crash_after_first_line(path, records):
+        real_write(path, list(records)[:1])
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(build_pairs, "write_jsonl", crash_after_first_line)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _cli(*args, "--output", str(tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temp folder remains
+    monkeypatch.setattr(build_pairs, "write_jsonl", real_write)
+    assert _cli(*args, "--output", str(tmp_path / "out")) == 0
+    before = (tmp_path / "out" / "pairs.jsonl").read_bytes()
+    monkeypatch.setattr(build_pairs, "write_jsonl", crash_after_first_line)
+    with pytest.raises(RuntimeError):
+        _cli(*args, "--output", str(tmp_path / "out"), "--overwrite", "--min-g", "1")
+    assert (tmp_path / "out" / "pairs.jsonl").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_pair_pipeline_never_imports_jax():
+    code = ("import sys; import data_pipeline.build_pairs, data_pipeline.llm_judge, data_pipeline.schema; "
+            "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules), 'jax imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

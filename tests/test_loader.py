@@ -1,0 +1,204 @@
+"""Grain loader over tokenized shards: batch contract, determinism, resumable state, process sharding, buckets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.loader import dataset_fingerprint, make_loader
+from data_pipeline.schema import Message, Sequence, pair_id
+from data_pipeline.shards import ShardFormatError, attach_ref_logps, decode_record, read_manifest, shard_paths
+from data_pipeline.tokenize import DEFAULT_TOKENIZER_DIR
+from data_pipeline.tokenize_cli import build_shards
+from data_pipeline.truncation import TruncationSettings
+
+NUM_PAIRS, MAX_LENGTH, EOS = 23, 256, 2
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def synthetic_pairs(n: int) -> list[dict]:
+    """Pairs whose responses grow with the row index, so rows span ~40..250 tokens."""
+    rows = []
+    for i in range(n):
+        messages = (Message("system", "Answer in lowercase."), Message("user", f"List {i} greek letters."))
+        chosen = " ".join(WORDS[j % len(WORDS)] for j in range(3 + 4 * i))
+        rejected = " ".join(WORDS[j % len(WORDS)].upper() for j in range(1 + 2 * i))
+        recipe = "rpo" if i % 2 else "dpo"
+        sequences = (Sequence(messages, chosen), Sequence(messages, rejected))
+        rows.append({"id": pair_id(recipe, sequences), "recipe": recipe,
+                     "sequences": [s.to_json() for s in sequences], "margin": 3 + i % 3 if recipe == "rpo" else 0,
+                     "group_id": f"g{i}", "provenance": {"synthetic": True}})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loader")
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(NUM_PAIRS)))
+    out = root / "shards"
+    manifest = build_shards(pairs, DEFAULT_TOKENIZER_DIR, out, TruncationSettings(MAX_LENGTH, "drop"), num_shards=3)
+    assert manifest["num_examples"] == NUM_PAIRS, manifest["counts"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def stored(shard_dir) -> list[dict]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    records = []
+    for path in shard_paths(shard_dir, read_manifest(shard_dir)):
+        reader = ArrayRecordReader(path)
+        records += [decode_record(r) for r in reader.read_all()]
+        reader.close()
+    assert [r["example_index"] for r in records] == list(range(NUM_PAIRS))
+    return records
+
+
+def take(iterator, n: int) -> list[dict]:
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_batch_contract_matches_stored_rows(shard_dir, stored):
+    loader = make_loader(shard_dir, batch_size=4, seed=0, num_epochs=1, drop_remainder=False)
+    seen = []
+    for batch in loader:
+        B, G, L = batch["tokens"].shape
+        assert G == 2 and L == MAX_LENGTH and B <= 4
+        assert batch["tokens"].dtype == np.int32 and batch["loss_mask"].dtype == bool
+        assert batch["segment_ids"].dtype == np.int32 and batch["positions"].dtype == np.int32
+        assert batch["margin"].shape == (B,) and batch["margin"].dtype == np.int32
+        assert batch["example_index"].dtype == np.int64 and "ref_logps" not in batch
+        for b, index in enumerate(batch["example_index"]):
+            record = stored[index]
+            assert batch["margin"][b] == record["margin"]
+            for g, row in enumerate(record["rows"]):
+                n, start = len(row), record["response_starts"][g]
+                np.testing.assert_array_equal(batch["tokens"][b, g, :n], row)
+                assert np.all(batch["tokens"][b, g, n:] == EOS)  # pad id = eos (tokenizer has no pad)
+                np.testing.assert_array_equal(batch["segment_ids"][b, g], np.arange(L) < n)
+                np.testing.assert_array_equal(batch["positions"][b, g, :n], np.arange(n))
+                expected_mask = (np.arange(L) >= start) & (np.arange(L) < n)
+                np.testing.assert_array_equal(batch["loss_mask"][b, g], expected_mask)
+                assert batch["tokens"][b, g, n - 1] == EOS and batch["loss_mask"][b, g, n - 1]  # EOS scored
+        seen += batch["example_index"].tolist()
+    assert sorted(seen) == list(range(NUM_PAIRS)) and loader.num_batches == 6
+
+
+def test_same_seed_same_batches_other_seed_other_order(shard_dir):
+    first = take(make_loader(shard_dir, batch_size=3, seed=7), 5)
+    again = take(make_loader(shard_dir, batch_size=3, seed=7), 5)
+    assert_batches_equal(first, again)
+    other = take(make_loader(shard_dir, batch_size=3, seed=8), 5)
+    assert [b["example_index"].tolist() for b in first] != [b["example_index"].tolist() for b in other]
+
+
+def test_epochs_are_reshuffled_and_finite(shard_dir):
+    loader = make_loader(shard_dir, batch_size=1, seed=1, num_epochs=2)
+    order = [int(b["example_index"][0]) for b in loader]
+    assert len(order) == loader.num_batches == 2 * NUM_PAIRS
+    assert sorted(order[:NUM_PAIRS]) == sorted(order[NUM_PAIRS:]) == list(range(NUM_PAIRS))
+    assert order[:NUM_PAIRS] != order[NUM_PAIRS:]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restored_state_gives_the_next_batch(shard_dir, num_workers):
+    k = 3
+    reference = take(make_loader(shard_dir, batch_size=2, seed=5, length_buckets=(96, 160)), k + 2)
+    loader = make_loader(shard_dir, batch_size=2, seed=5, length_buckets=(96, 160), num_workers=num_workers)
+    try:
+        assert_batches_equal(take(loader, k), reference[:k])  # worker processes keep the order
+        state = loader.get_state_bytes()
+    finally:
+        loader.close()
+    assert json.loads(state)  # stored by the trainer as JSON bytes
+    resumed = make_loader(shard_dir, batch_size=2, seed=5, length_buckets=(96, 160), num_workers=num_workers)
+    try:
+        resumed.set_state_bytes(state)
+        assert_batches_equal(take(resumed, 2), reference[k:])
+    finally:
+        resumed.close()
+
+
+def test_process_shards_are_disjoint_and_cover_the_data(shard_dir):
+    shares = []
+    for index in range(3):
+        loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1,
+                             drop_remainder=False)
+        shares.append([i for batch in loader for i in batch["example_index"].tolist()])
+    assert sorted(sum(shares, [])) == list(range(NUM_PAIRS))
+    # With drop_remainder the last partial global batch (23 % (2*3) = 5 examples) goes, equally for all.
+    counts, union = [], set()
+    for index in range(3):
+        loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1)
+        ids = [i for batch in loader for i in batch["example_index"].tolist()]
+        counts.append((loader.num_batches, len(ids)))
+        assert union.isdisjoint(ids)
+        union |= set(ids)
+    assert counts == [(3, 6)] * 3 and len(union) == NUM_PAIRS - NUM_PAIRS % 6
+
+
+def test_each_batch_is_padded_to_its_bucket(shard_dir):
+    buckets = (96, 128, 192)
+    widths = set()
+    for batch in make_loader(shard_dir, batch_size=1, seed=0, num_epochs=1, length_buckets=buckets):
+        longest = int(batch["segment_ids"].sum(-1).max())
+        width = batch["tokens"].shape[-1]
+        assert width == min([b for b in buckets if b >= longest] + [MAX_LENGTH])
+        widths.add(width)
+    assert widths == {*buckets, MAX_LENGTH}  # rows span 84..226 tokens
+    loader = make_loader(shard_dir, batch_size=2, seed=0, num_epochs=1, max_length=300)
+    assert {b["tokens"].shape[-1] for b in loader} == {300}  # no buckets: pad to max_length
+    with pytest.raises(ValueError, match="do not fit max_length"):
+        make_loader(shard_dir, batch_size=2, seed=0, max_length=64)
+    with pytest.raises(ValueError, match=re.escape("length_buckets [512]")):
+        make_loader(shard_dir, batch_size=2, seed=0, length_buckets=(512,))
+
+
+def test_attached_ref_logps_are_emitted_per_example(tmp_path, shard_dir):
+    import shutil
+
+    local = tmp_path / "shards"
+    shutil.copytree(shard_dir, local)
+    ref = -np.arange(NUM_PAIRS * 2, dtype=np.float32).reshape(NUM_PAIRS, 2) - 0.5
+    with pytest.raises(ValueError, match="shape"):
+        attach_ref_logps(local, ref[:-1], key="k1")
+    with pytest.raises(FileNotFoundError, match="no reference log-probs"):
+        make_loader(local, batch_size=4, seed=0, ref_logps_key="k1")
+    attach_ref_logps(local, ref, key="k1")
+    for batch in make_loader(local, batch_size=4, seed=2, num_epochs=1, ref_logps_key="k1"):
+        assert batch["ref_logps"].dtype == np.float32 and batch["ref_logps"].shape == (4, 2)
+        np.testing.assert_array_equal(batch["ref_logps"], ref[batch["example_index"]])
+    with pytest.raises(ValueError, match="expected 'k2'"):
+        make_loader(local, batch_size=4, seed=0, ref_logps_key="k2")
+    attach_ref_logps(local, ref * 2, key="k2")  # replaces the earlier attachment
+    batch = next(make_loader(local, batch_size=4, seed=2, ref_logps_key="k2"))
+    np.testing.assert_array_equal(batch["ref_logps"], 2 * ref[batch["example_index"]])
+    # Reference log-probs made for other data are refused.
+    manifest_path = local / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["fingerprint"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ShardFormatError, match="recompute"):
+        make_loader(local, batch_size=4, seed=0)
+    assert dataset_fingerprint(local) == "0" * 64
+    assert sorted(p.name for p in local.iterdir() if p.name.startswith(".")) == []
+
+
+def test_data_pipeline_modules_do_not_import_jax():
+    root = Path(__file__).resolve().parents[1] / "data_pipeline"
+    for name in ("tokenize.py", "truncation.py", "shards.py", "loader.py", "tokenize_cli.py"):
+        source = (root / name).read_text()
+        assert not re.search(r"^\s*(import|from)\s+jax\b", source, re.M), name
