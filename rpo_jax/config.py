@@ -118,15 +118,28 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where tokenized pair shards live and how batches are formed."""
+    """Where tokenized pair shards live, how they are built from pair JSONL, and how batches are formed."""
 
     train_path: str = ""
     eval_path: str = ""
+    # When set, `rpo-jax train` (re)builds train_path / eval_path from these pair files if missing or stale.
+    pairs_path: str = ""
+    eval_pairs_path: str = ""
+    tokenizer_path: str = ""
+    truncation: str = "drop"
     max_length: int = 1024
     global_batch_size: int = 8
     shuffle_seed: int = 0
     num_workers: int = 0
     length_buckets: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if (self.pairs_path or self.eval_pairs_path) and not self.tokenizer_path:
+            raise ConfigError("data.pairs_path / data.eval_pairs_path need data.tokenizer_path")
+        if self.truncation not in ("drop", "keep_start", "split"):
+            raise ConfigError(f"data.truncation must be drop, keep_start or split, got {self.truncation!r}")
+        if self.global_batch_size < 1:
+            raise ConfigError(f"data.global_batch_size must be >= 1, got {self.global_batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)

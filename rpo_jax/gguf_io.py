@@ -8,12 +8,15 @@ rotate-half layout. Only the `llama` architecture is supported; anything else ra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # GGUF tensor name (per block unless marked) -> HF parameter name.
 _BLOCK_TENSORS = {
@@ -155,7 +158,11 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
         gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                "pad_token_id": config["pad_token_id"]}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        _save_tokenizer(gguf_path, tmp, chat_template)
+        if "tokenizer.ggml.model" in reader.fields:
+            _save_tokenizer(gguf_path, tmp, chat_template)
+        else:
+            log.warning("%s: no tokenizer metadata (tokenizer.ggml.model); %s gets no tokenizer files",
+                        gguf_path, out_dir)
         tmp.chmod(0o755)
         tmp.rename(out_dir)
     except BaseException:

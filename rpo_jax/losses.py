@@ -96,7 +96,10 @@ def sigmoid_norm_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) 
 
 
 def simpo_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
-    """SimPO (arXiv 2405.14734; TRL CPO `simpo`, `cpo_alpha=0`), reference-free: −logσ(β(pi0/n0 − pi1/n1) − γ_s); `ref_logps` is unused."""
+    """SimPO (arXiv 2405.14734; TRL CPO `simpo`, `cpo_alpha=0`): −logσ(β(pi0/n0 − pi1/n1) − γ_s).
+
+    Reference-free: `ref_logps` is unused.
+    """
     avg = policy_logps / counts
     return -jax.nn.log_sigmoid(cfg.beta * (avg[:, 0] - avg[:, 1]) - cfg.simpo_gamma)
 

@@ -40,6 +40,12 @@ class PolicyParams:
         lora, base = (trainable, frozen) if self.uses_lora else ({}, trainable)
         return nnx.merge(self.graphdef, lora, base)
 
+    def merged_params(self, trainable: Params, frozen: Params) -> Params:
+        """One nested dict with every parameter (LoRA factors beside their base weights), as for export."""
+        if not self.uses_lora:
+            return trainable
+        return {**frozen, "layers": {**frozen["layers"], **trainable["layers"]}}
+
     def reference_model(self, trainable: Params, frozen: Params, reference: Params | None) -> Llama:
         """Module computing reference log-probs (call with use_lora=False): the separate copy, or the LoRA
         model whose adapters are skipped — the same base weights, no second copy."""

@@ -96,9 +96,12 @@ def next_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> 
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-def _forward_cached(model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index,
+def forward_with_cache(model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index,
                     lora_scale: float):
-    """Runs T new tokens through all layers, writing their k/v at `write_index`; returns last-token logits."""
+    """Runs T new tokens through all layers, writing their k/v at `write_index` of the [Y, B, S, K, Dh] cache.
+
+    Returns (fp32 logits of the last token [B, V], keys, values). `segments_BS` covers the whole cache.
+    """
     cfg = model.cfg
     dtype = DTYPES[cfg.dtype]
     x_BTD = jnp.take(model.embed_VD[...], tokens_BT, axis=0).astype(dtype)
@@ -147,7 +150,7 @@ def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingP
     positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
     eos = jnp.asarray(params.eos_ids, jnp.int32)
 
-    logits_BV, keys, values = _forward_cached(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys,
+    logits_BV, keys, values = forward_with_cache(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys,
                                               values, 0, lora_scale)
     first = next_token(logits_BV, jax.random.fold_in(key, 0), params)
     out_BN = jnp.full((B, N), params.pad_id, jnp.int32).at[:, 0].set(first)
@@ -162,7 +165,7 @@ def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingP
         step, last_B, done_B, out_BN, keys, values = carry
         # Token `step - 1` is fed at cache index P + step - 1 and position prompt_len + step - 1.
         positions_B1 = (prompt_len_B + step - 1)[:, None]
-        logits_BV, keys, values = _forward_cached(
+        logits_BV, keys, values = forward_with_cache(
             model, last_B[:, None], positions_B1, jnp.ones((B, 1), jnp.int32), segments_BS, keys, values,
             P + step - 1, lora_scale)
         token_B = next_token(logits_BV, jax.random.fold_in(key, step), params)

@@ -23,20 +23,6 @@ from rpo_jax.sharding import BATCH_AXES
 TrainState = dict[str, Any]
 
 
-def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-    """Optimizer state is created inside jit so its moments land in the parameters' shardings."""
-    params = policy.trainable
-    opt_state = jax.jit(optimizer.init)(params)
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": opt_state,
-        "rng": jax.random.key_data(jax.random.key(seed)),
-        "nonfinite_run": jnp.zeros((), jnp.int32),
-        "nonfinite_total": jnp.zeros((), jnp.int32),
-    }
-
-
 def opt_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
     """Moments follow their parameter's sharding (matched by path suffix); scalars are replicated."""
     by_path = {tuple(str(k) for k in path): s for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
@@ -52,16 +38,29 @@ def opt_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any
     return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def state_shardings(state: TrainState, policy: PolicyParams, mesh: Mesh) -> TrainState:
+def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
+                     mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """(state, shardings). Everything is created inside one jit with explicit out_shardings: the optimizer
+    moments land sharded like their parameters (zeros have no data dependence GSPMD could propagate from)."""
+
+    def create(params):
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": optimizer.init(params),
+            "rng": jax.random.key_data(jax.random.key(seed)),
+            "nonfinite_run": jnp.zeros((), jnp.int32),
+            "nonfinite_total": jnp.zeros((), jnp.int32),
+        }
+
+    abstract = jax.eval_shape(create, policy.trainable)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return {
-        "step": replicated,
-        "params": policy.trainable_shardings,
-        "opt_state": opt_state_shardings(state["opt_state"], policy.trainable_shardings, mesh),
-        "rng": replicated,
-        "nonfinite_run": replicated,
-        "nonfinite_total": replicated,
-    }
+    shardings = jax.tree.map(lambda _: replicated, abstract)
+    shardings["params"] = policy.trainable_shardings
+    shardings["opt_state"] = opt_state_shardings(abstract["opt_state"], policy.trainable_shardings, mesh)
+    # The trainable params are passed through (not donated): callers keep `policy.trainable` valid.
+    state = jax.jit(create, out_shardings=shardings)(policy.trainable)
+    return state, shardings
 
 
 def batch_shardings(batch: dict, mesh: Mesh) -> dict:
@@ -93,8 +92,7 @@ def make_objective(cfg: Config, policy: PolicyParams) -> tuple[Callable, Callabl
 
     def policy_objective(trainable, frozen, batch, ref_logps_BG, dropout_rng=None):
         model = policy.merged_model(trainable, frozen)
-        dropout = {"lora_dropout_rng": dropout_rng} if dropout_rng is not None and cfg.lora.dropout > 0 else {}
-        scores: SequenceScores = paired_logps(model, batch, use_lora=True, **dropout, **score)
+        scores: SequenceScores = paired_logps(model, batch, use_lora=True, lora_dropout_rng=dropout_rng, **score)
         return loss_and_metrics(scores, ref_logps_BG, batch["margin"], cfg.loss)
 
     return reference_logps, policy_objective

@@ -7,6 +7,7 @@ then loop. Metrics of step t are pulled to the host while step t+1 runs, so disp
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,16 +16,18 @@ import jax
 import numpy as np
 
 from data_pipeline import loader as data_loader
+from data_pipeline.shards import read_manifest
 from rpo_jax import distributed
 from rpo_jax.batch_checks import validate_batch
 from rpo_jax.checkpointing import StepCheckpointer, abstract_like, check_resume_compatible
 from rpo_jax.config import Config, ConfigError, config_to_dict
+from rpo_jax.hf_io import export_hf
 from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.run_log import MetricsLog, Progress, write_report
 from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step, state_shardings
+from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step
 
 
 class TrainingStopped(RuntimeError):
@@ -88,8 +91,7 @@ class Trainer:
         self.loader = _make_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True)
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        self.state = init_train_state(self.policy, self.optimizer, cfg.train.seed)
-        self.state_sh = state_shardings(self.state, self.policy, self.mesh)
+        self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
         self.checkpointer = StepCheckpointer(self.output_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
                                              async_save=cfg.checkpoint.async_save)
         self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main)
@@ -149,8 +151,7 @@ class Trainer:
                               f"of {self.per_process_batch} groups")
         return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()}
 
-    def _record(self, step: int, metrics, tokens: int, seconds: float) -> dict:
-        host = jax.device_get(metrics)
+    def _record(self, step: int, host, tokens: int, seconds: float) -> dict:
         record = {"step": step, **finalize_metrics(host["sums"])}
         record.update(grad_norm=float(host["grad_norm"]), learning_rate=float(host["learning_rate"]),
                       skipped=bool(host["skipped"]), nonfinite_total=int(host["nonfinite_total"]),
@@ -182,45 +183,61 @@ class Trainer:
         cfg = self.cfg
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
-        pending = None  # (step, metrics future, tokens, dispatch time)
+        pending = None  # (step, metrics future, tokens)
+        self._last_done = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.train.steps):
                 batch, tokens = self.next_batch()
-                started = time.perf_counter()
                 self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference,
                                                            batch)
                 if pending is not None:
-                    self._flush(pending, time.perf_counter(), progress)
-                pending = (step, metrics, tokens, started)
+                    self._flush(pending, progress)
+                pending = (step, metrics, tokens)
                 done = step + 1
                 must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or self._stop_requested
-                if must_save or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
-                    self._flush(pending, time.perf_counter(), progress)
+                must_eval = bool(cfg.train.eval_every) and done % cfg.train.eval_every == 0
+                if must_save or must_eval:
+                    self._flush(pending, progress)
                     pending = None
-                if cfg.train.eval_every and done % cfg.train.eval_every == 0:
+                if must_eval:
                     self.metrics_log.write({"step": done, **self.evaluate()})
                 if must_save:
                     self.save(done, force=self._stop_requested)
+                if must_save or must_eval:
+                    self._last_done = time.perf_counter()  # keep eval/checkpoint time out of step timings
                 if self._stop_requested:
                     break
             if pending is not None:
-                self._flush(pending, time.perf_counter(), progress)
+                self._flush(pending, progress)
         finally:
             progress.close()
             self.checkpointer.wait()
             signal.signal(signal.SIGTERM, previous)
         return self.metrics_log.read()
 
-    def _flush(self, pending, now: float, progress: Progress) -> None:
-        step, metrics, tokens, started = pending
-        record = self._record(step, metrics, tokens, now - started)
+    def _flush(self, pending, progress: Progress) -> None:
+        """Pulls a step's metrics (blocking until it finished); its time is since the previous step finished."""
+        step, metrics, tokens = pending
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        record = self._record(step, metrics, tokens, now - self._last_done)
+        self._last_done = now
         if step == 0 and self.start_step == 0:
             self._check_step0(record)
         self.metrics_log.write(record)
         progress.update(record)
 
-    def finish(self, records: list[dict]) -> None:
-        """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`."""
+    def finish(self, records: list[dict]) -> Path | None:
+        """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`; returns the export folder."""
         self.checkpointer.close()
-        if self.is_main:
-            write_report(records, self.output_dir / "report.png")
+        if not self.is_main:
+            return None
+        write_report(records, self.output_dir / "report.png")
+        export_dir = self.output_dir / "hf"
+        if export_dir.exists():  # a re-run of a finished run replaces its export
+            shutil.rmtree(export_dir)
+        params = jax.device_get(self.policy.merged_params(self.state["params"], self.policy.frozen))
+        tokenizer = self.cfg.data.tokenizer_path or read_manifest(self.cfg.data.train_path)["tokenizer"]["path"]
+        export_hf(params, self.cfg.model, self.cfg.lora, export_dir,
+                  tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None)
+        return export_dir

@@ -10,11 +10,11 @@ from flax import nnx
 
 from rpo_jax.config import MeshConfig, ModelConfig
 from rpo_jax.model import Llama
-from rpo_jax.sampler import Sampler, SamplingParams, filter_logits, left_pad, truncate_at_stop
+from rpo_jax.sampler import Sampler, SamplingParams, filter_logits, forward_with_cache, left_pad, truncate_at_stop
 from rpo_jax.sharding import make_mesh
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.3)
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.05)
 PAD, EOS = 0, 1
 # Mixed lengths, so rows are left-padded by different amounts (and 3 rows -> padded to the mesh's 4).
 PROMPTS = [[5, 17, 42, 9, 77, 3, 120], [64, 2], [8, 8, 30, 101]]
@@ -39,19 +39,25 @@ def sampler(model, mesh):
 GREEDY = SamplingParams(max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD, temperature=0.0, prompt_length_multiple=8)
 
 
-def greedy_by_recompute(model, prompt, steps, stop_ids=()):
-    """Reference: re-run the full (cache-free) forward on the whole sequence for every new token.
+def last_logits_by_full_forward(model, seq, length):
+    """Cache-free reference: logits at the last token of `seq`, run right-padded to `length` (one compile).
 
-    The sequence is right-padded to a fixed length (one compile); causal attention keeps trailing filler from
-    affecting the logits read at the last real position.
+    Causal attention keeps the trailing filler from affecting the logits at the last real position.
     """
-    length = len(prompt) + steps
-    forward = jax.jit(lambda tokens: model(tokens, jnp.arange(length)[None]))
-    seq = list(prompt)
-    out = []
+    tokens = jnp.asarray([list(seq) + [PAD] * (length - len(seq))], jnp.int32)
+    return _full_forward(model, tokens)[0, len(seq) - 1]
+
+
+@nnx.jit
+def _full_forward(model, tokens):
+    return model(tokens, jnp.arange(tokens.shape[1])[None])
+
+
+def greedy_by_recompute(model, prompt, steps, stop_ids=()):
+    """Reference: re-run the full forward on the whole sequence for every new token."""
+    seq, out = list(prompt), []
     for _ in range(steps):
-        tokens = jnp.asarray([seq + [PAD] * (length - len(seq))], jnp.int32)
-        token = int(jnp.argmax(forward(tokens)[0, len(seq) - 1]))
+        token = int(jnp.argmax(last_logits_by_full_forward(model, seq, 20)))
         if token in stop_ids:
             break
         out.append(token)
@@ -63,6 +69,30 @@ def test_left_pad_marks_real_tokens():
     tokens, segments = left_pad([[4, 5, 6], [7]], pad_id=0, length=4)
     np.testing.assert_array_equal(tokens, [[0, 4, 5, 6], [0, 0, 0, 7]])
     np.testing.assert_array_equal(segments, [[0, 1, 1, 1], [0, 0, 0, 1]])
+
+
+def test_cached_logits_equal_full_forward(model):
+    """Prefill + teacher-forced decode steps through the cache give the full forward's logits, row by row."""
+    P, steps = 8, 3
+    continuation = [[11, 12, 13], [21, 22, 23], [31, 32, 33]]
+    tokens_BP, segments_BP = (jnp.asarray(a) for a in left_pad(PROMPTS, PAD, P))
+    B = len(PROMPTS)
+    cache_shape = (CFG.num_hidden_layers, B, P + steps, CFG.num_key_value_heads, CFG.head_dim)
+    keys, values = jnp.zeros(cache_shape), jnp.zeros(cache_shape)
+    segments_BS = jnp.concatenate([segments_BP, jnp.ones((B, steps), jnp.int32)], axis=1)
+    positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
+    step_fn = nnx.jit(forward_with_cache, static_argnames="lora_scale")
+    logits, keys, values = step_fn(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0,
+                                   lora_scale=0.0)
+    for t in range(steps + 1):
+        for b, prompt in enumerate(PROMPTS):
+            want = last_logits_by_full_forward(model, prompt + continuation[b][:t], 20)
+            np.testing.assert_allclose(logits[b], want, atol=1e-5, rtol=1e-5, err_msg=f"row {b} step {t}")
+        if t < steps:
+            fed = jnp.asarray([[c[t]] for c in continuation])
+            positions = jnp.asarray([[len(p) + t] for p in PROMPTS])
+            logits, keys, values = step_fn(model, fed, positions, jnp.ones((B, 1), jnp.int32), segments_BS, keys,
+                                           values, P + t, lora_scale=0.0)
 
 
 def test_greedy_with_cache_equals_full_recompute(model, sampler):
@@ -89,16 +119,17 @@ def test_top_k_one_equals_greedy(sampler):
 
 
 def test_stops_at_any_eos_id(sampler):
-    base = sampler.generate(PROMPTS, GREEDY, jax.random.key(0))
-    # Declare the 3rd greedy token of row 0 and the 2nd of row 1 as (two different) EOS ids.
-    stop_a, stop_b = base[0].tokens[2], base[1].tokens[1]
-    assert stop_a not in base[0].tokens[:2] and stop_b not in base[1].tokens[:1]
+    base = [c.tokens for c in sampler.generate(PROMPTS, GREEDY, jax.random.key(0))]
+    # Two different ids that greedy decoding does produce (after >= 1 token in rows 0 and 1) act as EOS.
+    first_new = lambda toks, skip: next(j for j in range(1, len(toks)) if toks[j] not in toks[:j] + list(skip))
+    stop_a = base[0][first_new(base[0], ())]
+    stop_b = base[1][first_new(base[1], (stop_a,))]
     stopped = sampler.generate(PROMPTS, dataclasses.replace(GREEDY, eos_ids=(stop_a, stop_b)), jax.random.key(0))
-    assert stopped[0].tokens == base[0].tokens[:2] and stopped[0].stopped
-    assert stopped[1].tokens == base[1].tokens[:1] and stopped[1].stopped
-    cut = next((i for i, t in enumerate(base[2].tokens) if t in (stop_a, stop_b)), None)
-    assert stopped[2].tokens == base[2].tokens[:cut]
-    assert stopped[2].stopped == (cut is not None)
+    cuts = [next((i for i, t in enumerate(toks) if t in (stop_a, stop_b)), None) for toks in base]
+    assert any(cuts), f"no row stops after >= 1 token: {cuts}"
+    for toks, cut, completion in zip(base, cuts, stopped):
+        assert completion.tokens == toks[:cut]
+        assert completion.stopped == (cut is not None)
 
 
 def test_top_p_keeps_smallest_nucleus():

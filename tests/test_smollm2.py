@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from smollm2_assets import smollm2_gguf, smollm2_hf_dir
 
 pytestmark = pytest.mark.slow
@@ -31,11 +30,12 @@ def tokenizer(hf_dir):
 
 @pytest.fixture(scope="module")
 def ours(hf_dir):
+    from flax import nnx
+
     from rpo_jax.config import MeshConfig
     from rpo_jax.hf_io import load_hf_state
     from rpo_jax.model import Llama
     from rpo_jax.sharding import make_mesh
-    from flax import nnx
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     cfg, state = load_hf_state(hf_dir, mesh)
@@ -76,7 +76,7 @@ def numpy_gguf_forward(gguf_path, ids):
 
     causal = np.tril(np.ones((T, T), bool))
     for i in range(meta("llama.block_count")):
-        p = lambda n: w[f"blk.{i}.{n}.weight"]
+        p = lambda n, i=i: w[f"blk.{i}.{n}.weight"]
         h = norm(x, p("attn_norm"))
         q = rope((h @ p("attn_q").T).reshape(T, H, Dh))
         k = np.repeat(rope((h @ p("attn_k").T).reshape(T, K, Dh)), H // K, axis=1)

@@ -12,15 +12,14 @@ from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state, make_train_step, state_shardings
+from rpo_jax.train_step import batch_shardings, init_train_state, make_train_step
 
 
 def run_steps(cfg, batches, devices=None, mesh_cfg=None):
     mesh = make_mesh(mesh_cfg or cfg.mesh, devices)
     policy = build_policy(cfg, mesh)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-    state = init_train_state(policy, optimizer, cfg.train.seed)
-    state_sh = state_shardings(state, policy, mesh)
+    state, state_sh = init_train_state(policy, optimizer, cfg.train.seed, mesh)
     step_fn = None
     records = []
     for batch in batches:
@@ -68,8 +67,8 @@ def test_gradient_accumulation_equals_big_batch(accum):
     batches = [make_batch(8, 2, 24, 128, seed=s) for s in range(2)]
     params1, rec1, _ = run_steps(tiny_config(optim=LINEAR_OPTIM), batches)
     params_k, rec_k, _ = run_steps(tiny_config(optim=LINEAR_OPTIM, train={"grad_accum_steps": accum}), batches)
-    # rewards/accuracies is left out after step 0: margins near 0 flip sign on last-bit differences.
-    assert rec1[0]["rewards/accuracies"] == rec_k[0]["rewards/accuracies"]
+    # rewards/accuracies is left out: at step 0 every margin is 0 up to float noise (~1e-7: the reference and
+    # policy forwards are separate XLA programs), so its strict `>` counts noise, differently per program.
     for a, b in zip(rec1, rec_k):
         for key in ("loss", "rewards/margins", "rewards/chosen", "logps/chosen", "logits/rejected", "nll"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
@@ -77,22 +76,24 @@ def test_gradient_accumulation_equals_big_batch(accum):
 
 
 def test_step0_loss_is_ln2_and_rewards_zero():
-    _, records, _ = run_steps(tiny_config(), [make_batch(4, 2, 16, 128)])
+    _, records, _ = run_steps(tiny_config(), [make_batch(8, 2, 16, 128)])
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert records[0]["rewards/chosen"] == 0.0 and records[0]["rewards/margins"] == 0.0
-    assert records[0]["rewards/accuracies"] == 0.0
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert abs(records[0][key]) < 1e-6, key  # algorithms.md §3: inline-reference tolerance
 
 
 def test_compiles_once_for_a_shape():
-    batches = [make_batch(4, 2, 16, 128, seed=s) for s in range(3)]
+    batches = [make_batch(8, 2, 16, 128, seed=s) for s in range(3)]
     _, records, step_fn = run_steps(tiny_config(), batches)
-    assert step_fn._cache_size() == 1
+    assert step_fn._cache_size() == 1  # also proves the initial state already had the step's in/out shardings
     assert records[2]["loss"] < records[0]["loss"]  # same shape, new data, still learning
 
 
 def test_lora_reference_is_base_and_adapters_learn():
-    cfg = tiny_config(lora={"rank": 4, "alpha": 8.0}, train={"reference_mode": "lora_base"})
-    batch = make_batch(4, 2, 16, 128)
+    # At this toy width the rank-4 B factors (replicated over the rank axis, tensor=1) are >2% of all bytes.
+    cfg = tiny_config(lora={"rank": 4, "alpha": 8.0}, train={"reference_mode": "lora_base"},
+                      mesh={"max_replicated_fraction": 0.25})
+    batch = make_batch(8, 2, 16, 128)
     params, records, _ = run_steps(cfg, [batch, batch])
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)  # B = 0: policy == base exactly
     assert records[0]["grad_norm"] > 0  # LoRA B receives gradient at step 0 (algorithms.md §8)
@@ -102,7 +103,7 @@ def test_lora_reference_is_base_and_adapters_learn():
 
 def test_precomputed_reference_and_nonfinite_skip():
     cfg = tiny_config(train={"reference_mode": "precomputed"})
-    good = make_batch(4, 2, 16, 128, with_ref=True)
+    good = make_batch(8, 2, 16, 128, with_ref=True)
     bad = dict(good, ref_logps=np.full_like(good["ref_logps"], np.nan))
     params_before, _, _ = run_steps(cfg, [good])
     params_after, records, _ = run_steps(cfg, [good, bad])
@@ -117,9 +118,9 @@ def test_separate_reference_is_not_donated():
     policy = build_policy(cfg, mesh)
     ref_before = jax.device_get(policy.reference)
     optimizer, schedule = make_optimizer(cfg.optim, 10)
-    state = init_train_state(policy, optimizer, 0)
+    state, state_sh = init_train_state(policy, optimizer, 0, mesh)
     batch = make_batch(8, 2, 16, 128)
     b_sh = batch_shardings(batch, mesh)
-    step = make_train_step(cfg, policy, optimizer, schedule, mesh, state_shardings(state, policy, mesh), b_sh)
+    step = make_train_step(cfg, policy, optimizer, schedule, mesh, state_sh, b_sh)
     state, _ = step(state, policy.frozen, policy.reference, {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()})
     assert_trees_close(jax.device_get(policy.reference), ref_before, atol=0)

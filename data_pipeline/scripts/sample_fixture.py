@@ -6,8 +6,11 @@ This is NOT runtime code: it imports torch (CPU) and transformers to sample from
 both atomically. (data_pipeline must not import JAX; this script only imports `rpo_jax.gguf_io`, which uses
 numpy + gguf + safetensors, when asked to convert.)
 
-    python data_pipeline/scripts/sample_fixture.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
-        --prompts data_pipeline/assets/ifeval/filtered_input_data.jsonl --num-prompts 110
+    python data_pipeline/scripts/sample_fixture.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --num-prompts 110
+
+Batches are seeded individually (seed + batch index), so the work can be split over processes with
+`--num-shards N --shard-index i` (one run per i) followed by one `--num-shards N --merge-only` run; the
+output is identical to a single-process run.
 """
 
 from __future__ import annotations

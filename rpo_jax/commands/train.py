@@ -18,9 +18,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value (repeatable)")
 
 
+def prepare_data(cfg) -> None:
+    """Tokenizes data.pairs_path / data.eval_pairs_path into data.train_path / data.eval_path when needed.
+
+    Multi-host: process 0 builds (atomically) while the others wait at a barrier, then everyone reads.
+    """
+    if not (cfg.data.pairs_path or cfg.data.eval_pairs_path):
+        return
+    import jax
+
+    from data_pipeline.prepare import ensure_shards
+    from data_pipeline.truncation import TruncationSettings
+    from rpo_jax import distributed
+    from rpo_jax.config import ConfigError
+
+    distributed.maybe_initialize()
+    settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
+    jobs = [(cfg.data.pairs_path, cfg.data.train_path, "train"), (cfg.data.eval_pairs_path, cfg.data.eval_path, "eval")]
+    for pairs, target, name in jobs:
+        if not pairs:
+            continue
+        if not target:
+            raise ConfigError(f"data.{name}_path must name where the tokenized {name} pairs go")
+        if jax.process_index() == 0:
+            manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings)
+            if rebuilt:
+                counts = manifest["counts"]
+                print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, "
+                      f"dropped {counts['dropped']}", flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("rpo_jax_prepare_data")
+
+
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.config import load_config
-    from rpo_jax.default_run import prepare_embedded_data
     from rpo_jax.trainer import Trainer
 
     overrides = list(args.overrides)
@@ -29,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.config, overrides)
-    cfg = prepare_embedded_data(cfg)
+    prepare_data(cfg)
     trainer = Trainer(cfg, resume=args.resume, allow_config_change=args.allow_config_change,
                       allow_data_change=args.allow_data_change)
     records = trainer.fit()
