@@ -71,6 +71,8 @@ def bench_transformers(hf_dir: Path, tokenizer, prompts, n_new: int, repeats: in
 
     torch.set_num_threads(threads)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    # No EOS at all (rather than min_new_tokens, which masks EOS and so changes the greedy path).
+    model.generation_config.eos_token_id = None
     length = max(map(len, prompts))
     ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
@@ -79,7 +81,7 @@ def bench_transformers(hf_dir: Path, tokenizer, prompts, n_new: int, repeats: in
         def go():
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                                     min_new_tokens=n, pad_token_id=tokenizer.pad_token_id)
+                                     pad_token_id=tokenizer.pad_token_id)
             return out[:, length:].tolist()
         return go
 
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
               f"{results[name]['end_to_end_tokens_per_s']:.1f} end-to-end tok/s", flush=True)
     ours, theirs = results["rpo_jax"].pop("tokens"), results["transformers"].pop("tokens")
     same = [a == b for a, b in zip(ours, theirs)]
-    # Where greedy paths part (fp32 near-ties can flip an argmax after some steps): index of first difference.
+    # Where greedy paths part (an fp32 near-tie can flip an argmax after some steps): index of first difference.
     divergence = {row: next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
                   for row, (a, b) in enumerate(zip(ours, theirs)) if a != b}
     report = {

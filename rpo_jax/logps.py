@@ -20,8 +20,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rpo_jax.model import Llama
+from rpo_jax.sharding import BATCH_AXES
 
 
 class SequenceScores(NamedTuple):
@@ -153,11 +155,14 @@ def score_hidden(h_NLD: jax.Array, tokens_NL: jax.Array, loss_mask_NL: jax.Array
 
 def paired_logps(model: Llama, batch: Mapping[str, jax.Array], *, logits_chunk_size: int,
                  vocab_chunk_size: int = 0, use_lora: bool = True,
-                 lora_dropout_rng: jax.Array | None = None) -> SequenceScores:
+                 lora_dropout_rng: jax.Array | None = None, mesh: Mesh | None = None) -> SequenceScores:
     """`SequenceScores` of shape `[B, G]` for a batch with `tokens`, `loss_mask`, `segment_ids`, `positions`.
 
     `use_lora=False` runs the base weights only (the `lora_base` reference forward); `lora_dropout_rng` is passed
-    to the model (LoRA dropout in training).
+    to the model (LoRA dropout in training). With `mesh`, the LM head is gathered once before the chunk loop and
+    the rows stay split over the batch axes, so the loop itself has no collectives: otherwise GSPMD re-gathers
+    the FSDP-sharded head inside every chunk (a collective per chunk; on CPU meshes this starves the runtime's
+    thread pool and deadlocks) and its gradient is reduce-scattered per chunk instead of once.
     """
     tokens_BGL = jnp.asarray(batch["tokens"])
     B, G, L = tokens_BGL.shape
@@ -167,6 +172,10 @@ def paired_logps(model: Llama, batch: Mapping[str, jax.Array], *, logits_chunk_s
 
     h_NLD = model(rows("tokens"), rows("positions"), rows("segment_ids"), return_hidden=True, use_lora=use_lora,
                  lora_dropout_rng=lora_dropout_rng)
-    scores = score_hidden(h_NLD, rows("tokens"), rows("loss_mask"), model.lm_head_weight(),
+    lm_head_DV = model.lm_head_weight()
+    if mesh is not None:
+        lm_head_DV = jax.lax.with_sharding_constraint(lm_head_DV, NamedSharding(mesh, PartitionSpec()))
+        h_NLD = jax.lax.with_sharding_constraint(h_NLD, NamedSharding(mesh, PartitionSpec(BATCH_AXES, None, None)))
+    scores = score_hidden(h_NLD, rows("tokens"), rows("loss_mask"), lm_head_DV,
                           logits_chunk_size=logits_chunk_size, vocab_chunk_size=vocab_chunk_size)
     return SequenceScores(*(x.reshape(B, G) for x in scores))

@@ -10,6 +10,7 @@ Parameters travel as pure nested dicts of arrays:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ from rpo_jax.config import Config, ConfigError
 from rpo_jax.losses import needs_reference
 from rpo_jax.model import Llama
 from rpo_jax.params_io import restore_params
+from rpo_jax.remat_offload import check_remat_policy_supported
 from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
 
 Params = dict[str, Any]
@@ -67,44 +69,41 @@ def validate_reference_mode(cfg: Config) -> None:
                           "reference (only simpo and sft are reference-free)")
 
 
-def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyParams:
-    """Creates policy (+ reference) parameters directly in their shardings.
+@dataclasses.dataclass(frozen=True)
+class PolicyLayout:
+    """Shapes and shardings of every parameter, known before (or without) creating any array."""
 
-    `init_checkpoint` (a params checkpoint from `rpo-jax import-hf` / `params_io.save_params`), when given,
-    supplies the non-LoRA weights, restored straight into their shardings; LoRA factors are always freshly
-    initialised (B = 0, so policy == base at step 0).
-    """
+    make: Callable[[], Llama]
+    graphdef: nnx.GraphDef
+    abstract_lora: nnx.State
+    abstract_base: nnx.State
+    lora_state_shardings: nnx.State
+    base_state_shardings: nnx.State
+
+
+def policy_layout(cfg: Config, mesh: Mesh) -> PolicyLayout:
+    """Validates the reference mode, the remat policy and the sharding rules; allocates nothing."""
     validate_reference_mode(cfg)
+    check_remat_policy_supported(cfg.model.remat_policy, mesh)
 
     def make():
         return Llama(cfg.model, cfg.lora, rngs=nnx.Rngs(params=cfg.train.seed))
 
     abstract = nnx.eval_shape(make)
     graphdef, abstract_lora, abstract_base = nnx.split(abstract, nnx.LoRAParam, ...)
-    lora_state_sh = state_shardings(abstract_lora, mesh)
-    base_state_sh = state_shardings(abstract_base, mesh)
     _, abstract_all = nnx.split(abstract)
     check_sufficiently_sharded(abstract_all, state_shardings(abstract_all, mesh), mesh,
                                cfg.mesh.max_replicated_fraction)
-    lora_sh, base_sh = lora_state_sh.to_pure_dict(), base_state_sh.to_pure_dict()
+    return PolicyLayout(make, graphdef, abstract_lora, abstract_base, state_shardings(abstract_lora, mesh),
+                        state_shardings(abstract_base, mesh))
 
-    def create(part: int):
-        # Each call builds the whole module but returns one part; XLA drops the unused initialisers, so a
-        # restored base is never also randomly initialised in device memory.
-        return nnx.split(make(), nnx.LoRAParam, ...)[part].to_pure_dict()
 
-    lora = jax.jit(lambda: create(1), out_shardings=lora_sh)()
-    if init_checkpoint:
-        base = restore_params(init_checkpoint, abstract_base, base_state_sh).to_pure_dict()
-    else:
-        base = jax.jit(lambda: create(2), out_shardings=base_sh)()
+def _assemble(cfg: Config, layout: PolicyLayout, lora: Params, base: Params, reference: Params | None
+              ) -> PolicyParams:
     uses_lora = cfg.lora.rank > 0
-    reference = None
-    if cfg.train.reference_mode == "separate":
-        # A real copy (not an alias): the policy buffers are donated to the step and updated in place.
-        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=base_sh)(base)
+    lora_sh, base_sh = layout.lora_state_shardings.to_pure_dict(), layout.base_state_shardings.to_pure_dict()
     return PolicyParams(
-        graphdef=graphdef,
+        graphdef=layout.graphdef,
         trainable=lora if uses_lora else base,
         frozen=base if uses_lora else {},
         reference=reference,
@@ -112,3 +111,45 @@ def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyPa
         frozen_shardings=base_sh if uses_lora else {},
         uses_lora=uses_lora,
     )
+
+
+def abstract_policy(cfg: Config, mesh: Mesh) -> PolicyParams:
+    """`PolicyParams` whose leaves are `jax.ShapeDtypeStruct`s carrying their shardings: what `build_policy`
+    would create, for lowering/compiling the train step (`rpo-jax plan`) without allocating parameters."""
+    layout = policy_layout(cfg, mesh)
+
+    def shaped(abstract_state: nnx.State, shardings: nnx.State) -> Params:
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract_state.to_pure_dict(), shardings.to_pure_dict())
+
+    lora = shaped(layout.abstract_lora, layout.lora_state_shardings)
+    base = shaped(layout.abstract_base, layout.base_state_shardings)
+    reference = base if cfg.train.reference_mode == "separate" else None
+    return _assemble(cfg, layout, lora, base, reference)
+
+
+def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyParams:
+    """Creates policy (+ reference) parameters directly in their shardings.
+
+    `init_checkpoint` (a params checkpoint from `rpo-jax import-hf` / `params_io.save_params`), when given,
+    supplies the non-LoRA weights, restored straight into their shardings; LoRA factors are always freshly
+    initialised (B = 0, so policy == base at step 0).
+    """
+    layout = policy_layout(cfg, mesh)
+    lora_sh, base_sh = layout.lora_state_shardings.to_pure_dict(), layout.base_state_shardings.to_pure_dict()
+
+    def create(part: int):
+        # Each call builds the whole module but returns one part; XLA drops the unused initialisers, so a
+        # restored base is never also randomly initialised in device memory.
+        return nnx.split(layout.make(), nnx.LoRAParam, ...)[part].to_pure_dict()
+
+    lora = jax.jit(lambda: create(1), out_shardings=lora_sh)()
+    if init_checkpoint:
+        base = restore_params(init_checkpoint, layout.abstract_base, layout.base_state_shardings).to_pure_dict()
+    else:
+        base = jax.jit(lambda: create(2), out_shardings=base_sh)()
+    reference = None
+    if cfg.train.reference_mode == "separate":
+        # A real copy (not an alias): the policy buffers are donated to the step and updated in place.
+        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=base_sh)(base)
+    return _assemble(cfg, layout, lora, base, reference)

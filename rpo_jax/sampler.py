@@ -97,7 +97,7 @@ def next_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> 
 
 
 def forward_with_cache(model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index,
-                    lora_scale: float):
+                       lora_scale: float):
     """Runs T new tokens through all layers, writing their k/v at `write_index` of the [Y, B, S, K, Dh] cache.
 
     Returns (fp32 logits of the last token [B, V], keys, values). `segments_BS` covers the whole cache.
@@ -151,7 +151,7 @@ def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingP
     eos = jnp.asarray(params.eos_ids, jnp.int32)
 
     logits_BV, keys, values = forward_with_cache(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys,
-                                              values, 0, lora_scale)
+                                                 values, 0, lora_scale)
     first = next_token(logits_BV, jax.random.fold_in(key, 0), params)
     out_BN = jnp.full((B, N), params.pad_id, jnp.int32).at[:, 0].set(first)
     out_BN = jax.lax.with_sharding_constraint(out_BN, batch_spec)

@@ -38,11 +38,7 @@ def opt_state_shardings(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any
     return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
-                     mesh: Mesh) -> tuple[TrainState, TrainState]:
-    """(state, shardings). Everything is created inside one jit with explicit out_shardings: the optimizer
-    moments land sharded like their parameters (zeros have no data dependence GSPMD could propagate from)."""
-
+def _train_state_fn(optimizer: optax.GradientTransformation, seed: int) -> Callable[[Any], TrainState]:
     def create(params):
         return {
             "step": jnp.zeros((), jnp.int32),
@@ -53,13 +49,35 @@ def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformati
             "nonfinite_total": jnp.zeros((), jnp.int32),
         }
 
-    abstract = jax.eval_shape(create, policy.trainable)
+    return create
+
+
+def train_state_shardings(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
+                          mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """(abstract state of ShapeDtypeStructs, shardings); works on concrete or abstract `policy.trainable`."""
+    abstract = jax.eval_shape(_train_state_fn(optimizer, seed), policy.trainable)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree.map(lambda _: replicated, abstract)
     shardings["params"] = policy.trainable_shardings
     shardings["opt_state"] = opt_state_shardings(abstract["opt_state"], policy.trainable_shardings, mesh)
+    return abstract, shardings
+
+
+def abstract_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
+                         mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """What `init_train_state` returns, as ShapeDtypeStructs with shardings: nothing is allocated."""
+    abstract, shardings = train_state_shardings(policy, optimizer, seed, mesh)
+    shaped = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return shaped, shardings
+
+
+def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
+                     mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """(state, shardings). Everything is created inside one jit with explicit out_shardings: the optimizer
+    moments land sharded like their parameters (zeros have no data dependence GSPMD could propagate from)."""
+    _, shardings = train_state_shardings(policy, optimizer, seed, mesh)
     # The trainable params are passed through (not donated): callers keep `policy.trainable` valid.
-    state = jax.jit(create, out_shardings=shardings)(policy.trainable)
+    state = jax.jit(_train_state_fn(optimizer, seed), out_shardings=shardings)(policy.trainable)
     return state, shardings
 
 
@@ -72,7 +90,7 @@ def _split_micro(batch: dict, k: int) -> dict:
     return {name: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1) for name, x in batch.items()}
 
 
-def make_objective(cfg: Config, policy: PolicyParams) -> tuple[Callable, Callable]:
+def make_objective(cfg: Config, policy: PolicyParams, mesh: Mesh | None = None) -> tuple[Callable, Callable]:
     """Returns (reference_logps, policy_objective).
 
     reference_logps(trainable, frozen, reference, batch) -> [B, G] or None: from the batch (precomputed),
@@ -80,7 +98,7 @@ def make_objective(cfg: Config, policy: PolicyParams) -> tuple[Callable, Callabl
     policy_objective(trainable, frozen, batch, ref_logps, dropout_rng) -> (loss_B, metric sums).
     """
     mode = cfg.train.reference_mode
-    score = dict(logits_chunk_size=cfg.loss.logits_chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size)
+    score = dict(logits_chunk_size=cfg.loss.logits_chunk_size, vocab_chunk_size=cfg.loss.vocab_chunk_size, mesh=mesh)
 
     def reference_logps(trainable, frozen, reference, batch) -> jax.Array | None:
         if mode == "precomputed":
@@ -101,7 +119,7 @@ def make_objective(cfg: Config, policy: PolicyParams) -> tuple[Callable, Callabl
 def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, state_sh: TrainState, batch_sh: dict) -> Callable:
     """Returns step(state, frozen, reference, batch) -> (state, metrics); compiled once per batch shape."""
-    reference_logps, policy_objective = make_objective(cfg, policy)
+    reference_logps, policy_objective = make_objective(cfg, policy, mesh)
     k = cfg.train.grad_accum_steps
 
     def loss_fn(params, frozen, reference, batch, rng):
@@ -173,7 +191,7 @@ def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.Gradient
 
 def make_eval_step(cfg: Config, policy: PolicyParams, mesh: Mesh) -> Callable:
     """eval(trainable, frozen, reference, batch) -> metric sums (no gradient, no dropout)."""
-    reference_logps, policy_objective = make_objective(cfg, policy)
+    reference_logps, policy_objective = make_objective(cfg, policy, mesh)
 
     def evaluate(trainable, frozen, reference, batch):
         ref_logps_BG = reference_logps(trainable, frozen, reference, batch)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from data_pipeline import loader as data_loader
 from data_pipeline.shards import read_manifest
@@ -184,6 +185,8 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
         pending = None  # (step, metrics future, tokens)
+        if cfg.train.eval_every and self.start_step == 0:
+            self.metrics_log.write({"step": 0, **self.evaluate()})  # the baseline: policy == reference
         self._last_done = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.train.steps):
@@ -230,13 +233,17 @@ class Trainer:
     def finish(self, records: list[dict]) -> Path | None:
         """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`; returns the export folder."""
         self.checkpointer.close()
+        params = self.policy.merged_params(self.state["params"], self.policy.frozen)
+        if jax.process_count() > 1:
+            # Every process must take part in the gather; only process 0 then writes.
+            params = multihost_utils.process_allgather(params, tiled=True)
         if not self.is_main:
             return None
         write_report(records, self.output_dir / "report.png")
         export_dir = self.output_dir / "hf"
         if export_dir.exists():  # a re-run of a finished run replaces its export
             shutil.rmtree(export_dir)
-        params = jax.device_get(self.policy.merged_params(self.state["params"], self.policy.frozen))
+        params = jax.device_get(params)
         tokenizer = self.cfg.data.tokenizer_path or read_manifest(self.cfg.data.train_path)["tokenizer"]["path"]
         export_hf(params, self.cfg.model, self.cfg.lora, export_dir,
                   tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None)

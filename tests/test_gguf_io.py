@@ -98,3 +98,28 @@ def test_rejects_other_architectures_and_existing_output(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError):
         gguf_to_hf(tmp_path / "qwen.gguf", tmp_path / "taken")
+
+
+def test_import_gguf_command_writes_a_checkpoint_equal_to_the_hf_weights(tmp_path):
+    import jax
+    from flax import nnx
+
+    from rpo_jax.cli import main
+    from rpo_jax.config import MeshConfig
+    from rpo_jax.model import Llama
+    from rpo_jax.params_io import read_model_config, restore_params
+    from rpo_jax.sharding import make_mesh, state_shardings
+
+    hf = _hf_weights(np.random.default_rng(3))
+    _write_gguf(tmp_path / "tiny.gguf", hf)
+    assert main(["import-gguf", "--gguf", str(tmp_path / "tiny.gguf"), "--output", str(tmp_path / "ckpt"),
+                 "--mesh", "data=1,fsdp=-1,tensor=1"]) == 0
+    cfg = read_model_config(tmp_path / "ckpt")
+    assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim) == (D, K, Dh)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    abstract = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))[1]
+    state = restore_params(tmp_path / "ckpt", abstract, state_shardings(abstract, mesh)).to_pure_dict()
+    # Our layout: wq [Y, D, H, Dh] is the HF q_proj [H*Dh, D] transposed, per layer.
+    np.testing.assert_array_equal(np.asarray(state["layers"]["wq_DHDh"][1]),
+                                  hf["model.layers.1.self_attn.q_proj.weight"].T.reshape(D, H, Dh))
+    np.testing.assert_array_equal(np.asarray(state["lm_head_DV"]), hf["lm_head.weight"].T)

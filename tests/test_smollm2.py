@@ -98,7 +98,7 @@ def test_logits_match_numpy_forward_on_gguf_tensors(ours, tokenizer):
     want = numpy_gguf_forward(smollm2_gguf(), ids)
     got = _our_logits(ours[0], ids)
     assert got.shape == want.shape == (len(ids), 49152)
-    np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-4)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
     np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
 
 
@@ -111,7 +111,7 @@ def test_logits_match_transformers_on_converted_folder(ours, tokenizer, hf_dir):
     hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     with torch.no_grad():
         want = hf_model(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(_our_logits(ours[0], ids), want, atol=2e-3, rtol=1e-4)
+    np.testing.assert_allclose(_our_logits(ours[0], ids), want, atol=1e-3, rtol=1e-4)
 
 
 def test_answers_capital_of_france_greedily(ours, tokenizer):
@@ -127,3 +127,38 @@ def test_answers_capital_of_france_greedily(ours, tokenizer):
     text = tokenizer.decode(completion.tokens, skip_special_tokens=True)
     assert "Paris" in text, text
     assert completion.stopped
+
+
+def test_generate_command_writes_build_pairs_rows(tmp_path, hf_dir):
+    """`rpo-jax generate` end to end on a small random checkpoint with SmolLM2's tokenizer and chat template."""
+    import json
+
+    from flax import nnx
+
+    from data_pipeline.readers import parse_response
+    from rpo_jax.cli import main
+    from rpo_jax.config import LoraConfig, ModelConfig
+    from rpo_jax.model import Llama
+    from rpo_jax.params_io import save_params
+
+    cfg = ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, eos_token_id=2, bos_token_id=1)
+    save_params(tmp_path / "ckpt", nnx.state(Llama(cfg, rngs=nnx.Rngs(0))), cfg, LoraConfig())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"key": 7, "prompt": "Say hi."}) + "\n" + json.dumps(
+        {"key": "m", "messages": [{"role": "user", "content": "Name a colour."}]}) + "\n")
+    args = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(hf_dir), "--prompts",
+            str(prompts), "--num-samples", "3", "--max-new-tokens", "6", "--temperature", "1.0", "--top-k", "50",
+            "--batch-size", "4", "--seed", "5", "--mesh", "data=1,fsdp=-1,tensor=1"]
+    assert main([*args, "--output", str(tmp_path / "a.jsonl")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b.jsonl")]) == 0
+    text = (tmp_path / "a.jsonl").read_text()
+    assert text == (tmp_path / "b.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [(r["key"], r["sample_id"]) for r in rows] == [(7, 0), (7, 1), (7, 2), ("m", 0), ("m", 1), ("m", 2)]
+    assert rows[0]["prompt"] == "Say hi." and rows[3]["prompt"] == "Name a colour."
+    assert all(r["num_tokens"] <= 6 and r["finish_reason"] in ("eos", "length") for r in rows)
+    assert len({r["response"] for r in rows[:3]}) > 1, "three samples of one prompt should differ"
+    for line, row in enumerate(rows, 1):
+        if row["response"].strip():
+            assert parse_response(row, "a.jsonl", line).sample_id == str(row["sample_id"])

@@ -3,7 +3,9 @@
 Input: JSONL rows with `key` and either `prompt` (a user message) or `messages` (a chat, list of
 {role, content}); both go through the tokenizer's chat template (`--raw-prompt` feeds `prompt` as-is).
 Output: JSONL rows `key`, `prompt`, `sample_id`, `response`, plus `finish_reason` ("eos", "stop_string" or
-"length") and `num_tokens` — the format `build-pairs --responses` reads. Written atomically.
+"length") and `num_tokens` — the format `build-pairs --responses` reads (for `messages` rows, `prompt` is the
+last user message). Every sample is its own batch row (independent draws); batch b uses key
+fold_in(seed, b), so the output is reproducible for a given --seed and --batch-size. Written atomically.
 """
 
 from __future__ import annotations

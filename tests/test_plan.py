@@ -1,0 +1,138 @@
+"""`rpo-jax plan`: the train step compiled on abstract shapes reports the memory real arrays would take."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from synthetic import TINY_MODEL, make_batch, tiny_config
+
+from rpo_jax.cli import main as cli_main
+from rpo_jax.config import ConfigError
+from rpo_jax.optim import make_optimizer
+from rpo_jax.planning import plan_train_step
+from rpo_jax.policy import build_policy
+from rpo_jax.sharding import make_mesh
+from rpo_jax.train_step import batch_shardings, init_train_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def bytes_on_device(tree, device) -> int:
+    """Bytes of `device`'s shards of every array in `tree` (what one device really holds)."""
+    return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
+               if shard.device == device)
+
+
+@pytest.mark.parametrize("sections", [
+    {},  # full fine-tune, separate reference copy
+    {"lora": {"rank": 4, "alpha": 8.0}, "train": {"reference_mode": "lora_base"},
+     "mesh": {"max_replicated_fraction": 0.25}},
+], ids=["full_separate", "lora_base"])
+def test_plan_arguments_equal_real_arrays(sections):
+    cfg = tiny_config(mesh={"data": 2, "fsdp": 2, "tensor": 2, **sections.pop("mesh", {})}, **sections)
+    mesh = make_mesh(cfg.mesh)
+    report = plan_train_step(cfg, mesh, batch_size=8, seq_len=16)
+
+    policy = build_policy(cfg, mesh)
+    optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps)
+    state, _ = init_train_state(policy, optimizer, cfg.train.seed, mesh)
+    batch = make_batch(8, 2, 16, TINY_MODEL["vocab_size"])
+    b_sh = batch_shardings(batch, mesh)
+    batch = {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()}
+    device = mesh.devices.flat[0]
+    real = {"train_state": bytes_on_device(state, device), "frozen": bytes_on_device(policy.frozen, device),
+            "reference": bytes_on_device(policy.reference, device), "batch": bytes_on_device(batch, device)}
+    assert report["inputs_per_device_bytes"] == {**real, "total": sum(real.values())}
+    num_trainable = sum(x.size for x in jax.tree.leaves(policy.trainable))
+    if cfg.lora.rank:
+        assert report["arithmetic"]["num_lora_params"] == num_trainable
+    else:
+        assert report["arithmetic"]["num_params"] == num_trainable
+    # jit drops arguments the program never reads: the sigmoid loss never reads batch["margin"].
+    unused = bytes_on_device(batch["margin"], device)
+    memory = report["memory_per_device_bytes"]
+    assert memory["argument"] == sum(real.values()) - unused
+    # The donated train state comes back in place: every byte of it is aliased to an output.
+    assert memory["alias"] == real["train_state"]
+
+
+def test_offload_remat_fails_clearly_on_cpu():
+    # XLA:CPU compiles offload annotations away; plan (and train, via build_policy) must say so, not ignore it.
+    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "offload_dots"})
+    mesh = make_mesh(cfg.mesh)
+    with pytest.raises(ConfigError, match="model.remat_policy=offload_dots"):
+        plan_train_step(cfg, mesh, batch_size=8, seq_len=16)
+    with pytest.raises(ConfigError, match="model.remat_policy=offload_dots"):
+        build_policy(cfg, mesh)
+
+
+def test_save_dots_remat_plans_on_one_device():
+    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "save_dots_no_batch"},
+                      mesh={"data": 1, "fsdp": 1, "tensor": 1})
+    report = plan_train_step(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), batch_size=8, seq_len=16)
+    assert report["model"]["remat_policy"] == "save_dots_no_batch" and report["devices"] == 1
+    assert report["memory_per_device_bytes"]["temp"] > 0
+
+
+def test_command_reexecs_for_more_devices(tmp_path):
+    # 16 devices > the 8 this test process has: the command re-runs itself with XLA_FLAGS set.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": TINY_MODEL, "loss": {"logits_chunk_size": 8}}))
+    out = tmp_path / "plan.json"
+    code = cli_main(["plan", "--config", str(config), "--mesh", "data=2,fsdp=8,tensor=1", "--batch-size", "16",
+                     "--seq-len", "16", "--hbm-gb", "1", "--topology", "v5p:2x2x1", "--output", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["devices"] == 16 and report["mesh"] == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert report["fits"] is True
+    # No TPU here: the topology compile is reported as skipped, not silently dropped.
+    assert report["target_topology"] == {"name": "v5p:2x2x1", "skipped": "default backend is cpu, not tpu"}
+
+
+def check_against_arithmetic(report: dict, rel: float = 0.15) -> None:
+    """Compiled argument bytes = params + optimizer state + reference (+ batch) per device, vs dtype arithmetic."""
+    args = report["memory_per_device_bytes"]["argument"]
+    expected = report["arithmetic"]["total_bytes_per_device"] + report["inputs_per_device_bytes"]["batch"]
+    assert args == pytest.approx(expected, rel=rel)
+    assert report["memory_per_device_bytes"]["temp"] > 0
+
+
+@pytest.mark.slow
+def test_plan_llama3_1_8b_full_finetune_fsdp8(tmp_path):
+    """The 8B model dims, full fine-tune (bf16 weights, bf16 Adam moments, separate bf16 reference) on 8
+    simulated devices: 16 GB × 4 copies / 8 ≈ 7.5 GiB per device. Short rows keep the CPU compile modest."""
+    out = tmp_path / "plan.json"
+    code = cli_main(["plan", "--config", str(ROOT / "configs/run/rpo_llama3_1_8b_v5p8.yaml"),
+                     "--mesh", "data=1,fsdp=8,tensor=1", "--batch-size", "8", "--seq-len", "256",
+                     "--set", "train.grad_accum_steps=1", "--set", "lora.rank=0",
+                     "--set", "train.reference_mode=separate", "--set", "optim.learning_rate=5e-6",
+                     "--hbm-gb", "80", "--output", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["arithmetic"]["num_params"] == 8_030_261_248  # Llama-3.1-8B
+    assert report["flops"]["matmul_params"] == pytest.approx(7.50e9, rel=1e-3)  # algorithms.md §7
+    check_against_arithmetic(report)
+    parts = report["arithmetic"]["bytes_per_device"]
+    assert parts["adam_moments"] == 2 * parts["policy_weights"] == 2 * parts["reference_copy"]
+    assert np.isclose(report["arithmetic"]["total_bytes_per_device"] / 2**30, 4 * 8.03e9 * 2 / 8 / 2**30, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_plan_llama3_1_70b_lora_fsdp16_tensor4(tmp_path):
+    """The 70B RPO run config (LoRA, base with adapters off as reference) on 64 simulated devices: the command
+    re-runs itself with 64 CPU devices. Arguments are the frozen bf16 base / 64 plus the small LoRA state."""
+    out = tmp_path / "plan.json"
+    code = cli_main(["plan", "--config", str(ROOT / "configs/run/rpo_llama3_1_70b_v5p64.yaml"),
+                     "--mesh", "data=1,fsdp=16,tensor=4", "--batch-size", "16", "--seq-len", "256",
+                     "--set", "train.grad_accum_steps=1", "--output", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["devices"] == 64
+    assert report["arithmetic"]["num_params"] == 70_553_706_496  # Llama-3.1-70B
+    assert 2 * report["flops"]["matmul_params"] == pytest.approx(139e9, rel=5e-3)  # §7: 139 GFLOP/token
+    assert report["arithmetic"]["num_lora_params"] == 103_546_880  # r 8 on all 7 linear maps × 80 layers
+    check_against_arithmetic(report)
+    assert report["inputs_per_device_bytes"]["frozen"] == pytest.approx(70.55e9 * 2 / 64, rel=0.01)

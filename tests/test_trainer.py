@@ -1,0 +1,134 @@
+"""`rpo-jax train` end to end: exact resume after SIGKILL, SIGTERM, multi-process, bad settings."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from trainer_fixtures import ROOT, cli_env, run_train, train_command, write_config
+
+pytestmark = pytest.mark.slow
+
+TIMING_FIELDS = {"step_time", "tokens_per_s"}
+
+
+def metric_lines(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in lines]
+
+
+def exported_tensors(run_dir):
+    return load_file(run_dir / "hf" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    config = write_config(tmp, steps=6, save_every=2)
+    result = run_train(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, config
+
+
+def test_run_outputs(uninterrupted):
+    tmp, _ = uninterrupted
+    run = tmp / "run"
+    assert {"metrics.jsonl", "report.png", "hf", "checkpoints"} <= {p.name for p in run.iterdir()}
+    steps = [r["step"] for r in metric_lines(run)]
+    assert steps == list(range(6))
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4, 6]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data")
+    proc = subprocess.Popen(train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt / "2").is_dir():
+        time.sleep(0.2)
+    time.sleep(float(np.random.default_rng().uniform(0.0, 3.0)))  # kill at a random point after step 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "hf").exists(), "run finished before it could be killed; slow the kill"
+    result = run_train(config, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric_lines(tmp_path / "run") == metric_lines(full_tmp / "run")
+    full, resumed = exported_tensors(full_tmp / "run"), exported_tensors(tmp_path / "run")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
+
+
+def test_sigterm_saves_a_resumable_checkpoint(uninterrupted, tmp_path):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=6, save_every=100, data_dir=full_tmp / "data")
+    proc = subprocess.Popen(train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) < 6
+    result = run_train(config, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric_lines(tmp_path / "run") == metric_lines(full_tmp / "run")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(uninterrupted, tmp_path):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data")
+    port = _free_port()
+    procs = [subprocess.Popen(train_command(config), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env=cli_env(devices=4, RPO_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                                     RPO_JAX_NUM_PROCESSES=2, RPO_JAX_PROCESS_ID=i))
+             for i in range(2)]
+    for p in procs:
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+    one, two = metric_lines(full_tmp / "run"), metric_lines(tmp_path / "run")
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.global_batch_size=12", "data.global_batch_size"),
+    ("train.init_checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
+])
+def test_bad_settings_fail_before_compiling(uninterrupted, tmp_path, override, message):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, data_dir=full_tmp / "data")
+    result = run_train(config, "--set", override)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_missing_data_path_is_named(tmp_path):
+    config = write_config(tmp_path, data={"pairs_path": "", "eval_pairs_path": "", "train_path": str(tmp_path / "nope")})
+    result = run_train(config)
+    assert result.returncode != 0 and "data.train_path" in result.stderr
+
+
+def test_resume_refuses_changed_config(uninterrupted, tmp_path):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=2, save_every=2, data_dir=full_tmp / "data")
+    assert run_train(config).returncode == 0
+    result = run_train(config, "--resume", "--set", "loss.beta=0.3", "--steps", "4")
+    assert result.returncode != 0 and "loss.beta" in result.stderr
