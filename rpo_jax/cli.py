@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rpo_jax.commands.train", "train a policy with RPO / DPO / IOPO from a YAML config"),
     "build-pairs": ("data_pipeline.build_pairs", "build RPO / IOPO / DPO preference pairs from raw data"),
     "tokenize": ("data_pipeline.tokenize_cli", "tokenize pair JSONL into ArrayRecord shards with a manifest"),
+    "precompute-ref": ("rpo_jax.commands.precompute_ref", "attach reference log-probs to tokenized datasets"),
     "import-hf": ("rpo_jax.commands.import_hf", "convert a HuggingFace Llama folder into an Orbax checkpoint"),
     "export-hf": ("rpo_jax.commands.export_hf", "export an Orbax checkpoint as a HuggingFace Llama folder"),
     "import-gguf": ("rpo_jax.commands.import_gguf", "convert a GGUF Llama file into an Orbax checkpoint"),

@@ -26,6 +26,7 @@ from rpo_jax.hf_io import export_hf
 from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
+from rpo_jax.precompute import attached_key, precompute_reference_logps, reference_key
 from rpo_jax.run_log import MetricsLog, Progress, write_report
 from rpo_jax.sharding import make_mesh
 from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step
@@ -57,10 +58,21 @@ def _validate(cfg: Config, mesh) -> int:
 
 
 def _make_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool):
+    ref_key = reference_key(cfg, path) if cfg.train.reference_mode == "precomputed" else None
     return data_loader.make_loader(
         path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
         shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
-        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, drop_remainder=True)
+        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, drop_remainder=True,
+        ref_logps_key=ref_key)
+
+
+def _ensure_reference_logps(cfg: Config) -> None:
+    """Precomputed mode: score the datasets with the reference once, unless the attached key already matches."""
+    for path in (cfg.data.train_path, cfg.data.eval_path):
+        if path and attached_key(path) != reference_key(cfg, path):
+            precompute_reference_logps(cfg, path)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"rpo_jax_ref_logps:{path}")
 
 
 def _to_global(local_batch: dict, shardings: dict) -> dict:
@@ -71,10 +83,7 @@ def _to_global(local_batch: dict, shardings: dict) -> dict:
 def _model_inputs(batch: dict, reference_mode: str) -> dict:
     keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"]
     if reference_mode == "precomputed":
-        if "ref_logps" not in batch:
-            raise ConfigError("train.reference_mode=precomputed but the dataset has no ref_logps "
-                              "(run `rpo-jax precompute-ref` on it first)")
-        keys.append("ref_logps")
+        keys.append("ref_logps")  # the loader requires the attachment whose key matches this run
     return {k: batch[k] for k in keys}
 
 
@@ -89,6 +98,8 @@ class Trainer:
         self.output_dir = Path(cfg.train.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.data_fingerprint = data_loader.dataset_fingerprint(cfg.data.train_path)
+        if cfg.train.reference_mode == "precomputed":
+            _ensure_reference_logps(cfg)
         self.loader = _make_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True)
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)

@@ -121,7 +121,8 @@ def test_bad_settings_fail_before_compiling(uninterrupted, tmp_path, override, m
 
 
 def test_missing_data_path_is_named(tmp_path):
-    config = write_config(tmp_path, data={"pairs_path": "", "eval_pairs_path": "", "train_path": str(tmp_path / "nope")})
+    missing = {"pairs_path": "", "eval_pairs_path": "", "train_path": str(tmp_path / "nope")}
+    config = write_config(tmp_path, data=missing)
     result = run_train(config)
     assert result.returncode != 0 and "data.train_path" in result.stderr
 
@@ -132,3 +133,17 @@ def test_resume_refuses_changed_config(uninterrupted, tmp_path):
     assert run_train(config).returncode == 0
     result = run_train(config, "--resume", "--set", "loss.beta=0.3", "--steps", "4")
     assert result.returncode != 0 and "loss.beta" in result.stderr
+
+
+def test_precomputed_reference_matches_inline(uninterrupted, tmp_path):
+    """Same trajectory as the separate-reference run; the reference pass runs once, before training."""
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=3, save_every=100, data_dir=tmp_path / "data",
+                          train={"reference_mode": "precomputed"})
+    result = run_train(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "data" / "train" / "ref_logps.npz").is_file()
+    inline = metric_lines(full_tmp / "run")[:3]
+    for a, b in zip(inline, metric_lines(tmp_path / "run")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
