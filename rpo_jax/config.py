@@ -210,6 +210,8 @@ class TrainConfig:
             )
         if self.grad_accum_steps < 1:
             raise ConfigError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -238,7 +238,9 @@ class Trainer:
         self._last_done = now
         if step == 0 and self.start_step == 0:
             self._check_step0(record)
-        self.metrics_log.write(record)
+        # Every step is still pulled (non-finite checks); only every log_every-th one (and the last) is written.
+        if step % self.cfg.train.log_every == 0 or step + 1 == self.cfg.train.steps:
+            self.metrics_log.write(record)
         progress.update(record)
 
     def finish(self, records: list[dict]) -> Path | None:

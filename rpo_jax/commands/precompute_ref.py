@@ -19,8 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from rpo_jax.config import load_config
     from rpo_jax.precompute import precompute_reference_logps
 
-    cfg = load_config(args.config, [*args.overrides, "train.reference_mode=precomputed"])
-    prepare_data(cfg)
+    cfg = prepare_data(load_config(args.config, [*args.overrides, "train.reference_mode=precomputed"]))
     for path in (cfg.data.train_path, cfg.data.eval_path):
         if path:
             logps, key = precompute_reference_logps(cfg, path)

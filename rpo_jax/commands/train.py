@@ -18,28 +18,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value (repeatable)")
 
 
-def prepare_data(cfg) -> None:
+def prepare_data(cfg):
     """Tokenizes data.pairs_path / data.eval_pairs_path into data.train_path / data.eval_path when needed.
 
-    Multi-host: process 0 builds (atomically) while the others wait at a barrier, then everyone reads.
+    Empty train/eval paths default to `<train.output_dir>/data/{train,eval}`. Returns the config with the paths
+    filled in. Multi-host: process 0 builds (atomically) while the others wait at a barrier, then everyone reads.
     """
     if not (cfg.data.pairs_path or cfg.data.eval_pairs_path):
-        return
+        return cfg
+    import dataclasses
+    from pathlib import Path
+
     import jax
 
     from data_pipeline.prepare import ensure_shards
     from data_pipeline.truncation import TruncationSettings
     from rpo_jax import distributed
-    from rpo_jax.config import ConfigError
 
     distributed.maybe_initialize()
+    data_dir = Path(cfg.train.output_dir) / "data"
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, train_path=cfg.data.train_path or (str(data_dir / "train") if cfg.data.pairs_path else ""),
+        eval_path=cfg.data.eval_path or (str(data_dir / "eval") if cfg.data.eval_pairs_path else "")))
     settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
-    jobs = [(cfg.data.pairs_path, cfg.data.train_path, "train"), (cfg.data.eval_pairs_path, cfg.data.eval_path, "eval")]
-    for pairs, target, name in jobs:
+    jobs = [(cfg.data.pairs_path, cfg.data.train_path), (cfg.data.eval_pairs_path, cfg.data.eval_path)]
+    for pairs, target in jobs:
         if not pairs:
             continue
-        if not target:
-            raise ConfigError(f"data.{name}_path must name where the tokenized {name} pairs go")
         if jax.process_index() == 0:
             manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings)
             if rebuilt:
@@ -50,6 +55,7 @@ def prepare_data(cfg) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("rpo_jax_prepare_data")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    cfg = load_config(args.config, overrides)
-    prepare_data(cfg)
+    cfg = prepare_data(load_config(args.config, overrides))
     trainer = Trainer(cfg, resume=args.resume, allow_config_change=args.allow_config_change,
                       allow_data_change=args.allow_data_change)
     records = trainer.fit()
