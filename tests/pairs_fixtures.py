@@ -1,14 +1,16 @@
 """Shared inputs of the pair-pipeline tests: real IFEval prompts with several responses each.
 
-When `data_pipeline/assets/smollm2_ifeval_samples.jsonl` (SmolLM2 samples, several per IFEval prompt) exists it is
-used; otherwise Google's GPT-4 IFEval responses plus deterministic edits of each (truncated, comma-stripped,
-upper/lower-cased, quoted, with a P.S.), so that each prompt has responses that differ on several constraints.
+Responses: the pool behind the default pairs (`data_pipeline/scripts/build_default_pairs.py`): SmolLM2-135M-Instruct
+samples (4 per prompt, first 110 IFEval prompts) plus Google's GPT-4 response and deterministic edits of it
+(truncated, comma-stripped, upper/lower-cased, quoted, with a P.S.) for every prompt.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from data_pipeline.scripts.build_default_pairs import response_pool
 
 ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 IFEVAL_PROMPTS = ASSETS / "ifeval" / "filtered_input_data.jsonl"
@@ -17,21 +19,6 @@ SMOLLM2_SAMPLES = ASSETS / "smollm2_ifeval_samples.jsonl"
 TRACE_SAMPLE = ASSETS / "trace" / "trace.json"
 DPO_EN_DEMO = ASSETS / "prefs" / "dpo_en_demo-first50.json"
 HH_SLICE = ASSETS / "prefs" / "hh-rlhf-harmless-base-test-slice.jsonl.gz"
-
-
-def _edits(text: str) -> dict[str, str]:
-    words = text.split()
-    no_comma = text.replace(",", "")
-    return {
-        "orig": text,
-        "trunc": " ".join(words[: max(1, len(words) // 4)]),
-        "nocomma": no_comma,
-        "upper": text.upper(),
-        "lower": text.lower(),
-        "quoted_nocomma": f'"{no_comma}"',
-        "ps": text + "\n\nP.S. Thanks for reading, friend.",
-        "trunc_upper_ps": " ".join(words[: max(1, len(words) // 4)]).upper() + "\n\nP.S. BYE",
-    }
 
 
 def ifeval_instructions(min_constraints: int, limit: int) -> list[dict]:
@@ -45,22 +32,10 @@ def write_ifeval_pool(tmp: Path, min_constraints: int = 3, limit: int = 40) -> t
     rows = ifeval_instructions(min_constraints, limit)
     instructions = tmp / "instructions.jsonl"
     instructions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prompts = {r["prompt"]: r["key"] for r in rows}
-    lines = []
-    if SMOLLM2_SAMPLES.is_file():
-        keys = set(prompts.values())
-        for line in SMOLLM2_SAMPLES.read_text().splitlines():
-            sample = json.loads(line)
-            # Empty samples are bad input by design (build-pairs would stop on them).
-            if sample["key"] in keys and sample["response"].strip():
-                lines.append(json.dumps(sample))
-    else:
-        for line in GPT4_RESPONSES.read_text().splitlines():
-            row = json.loads(line)
-            if row["prompt"] not in prompts:
-                continue
-            for name, text in _edits(row["response"]).items():
-                lines.append(json.dumps({"key": prompts[row["prompt"]], "sample_id": name, "response": text}))
+    keys = {r["key"] for r in rows}
+    # The default-pairs pool: SmolLM2's own samples plus GPT-4 responses and their edits (several per prompt
+    # that differ on several constraints; the samples alone rarely differ on 3).
+    lines = [json.dumps(r) for r in response_pool() if r["key"] in keys]
     responses = tmp / "responses.jsonl"
     responses.write_text("".join(line + "\n" for line in lines))
     return instructions, responses, len(lines)
