@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.constraints import check
 from data_pipeline.schema import read_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
