@@ -13,17 +13,25 @@ REPORT_PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("
 
 
 class MetricsLog:
-    """Appends one JSON line per logged step; `truncate_after(step)` drops lines a resumed run will redo."""
+    """Appends one JSON line per logged step; `truncate_to(done)` drops lines a resumed run will redo.
+
+    Train records carry the 0-based index of their step; eval records the number of steps done when they ran.
+    """
 
     def __init__(self, path: str | Path, *, enabled: bool):
         self.path = Path(path)
         self.enabled = enabled
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_to(self, done: int) -> None:
+        """Keeps what a checkpoint after `done` steps covers: train steps 0..done-1, evals at <= done steps."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+
+        def covered(record: dict) -> bool:
+            is_eval = any(k.startswith("eval/") for k in record)
+            return record["step"] <= done if is_eval else record["step"] < done
+
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and covered(json.loads(line))]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

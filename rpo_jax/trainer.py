@@ -126,7 +126,7 @@ class Trainer:
         self.state, iter_state, _ = self.checkpointer.restore(step, abstract_like(self.state))
         self.loader.set_state(iter_state)
         self.start_step = step
-        self.metrics_log.truncate_after(step)
+        self.metrics_log.truncate_to(step)
 
     def save(self, step: int, *, force: bool = False) -> None:
         meta = {"config": self.config_dict, "data_fingerprint": self.data_fingerprint, "step": step}

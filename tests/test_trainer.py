@@ -147,3 +147,14 @@ def test_precomputed_reference_matches_inline(uninterrupted, tmp_path):
     for a, b in zip(inline, metric_lines(tmp_path / "run")):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
+
+
+def test_metrics_log_truncates_to_what_a_checkpoint_covers(tmp_path):
+    from rpo_jax.run_log import MetricsLog
+
+    log = MetricsLog(tmp_path / "m.jsonl", enabled=True)
+    for record in [{"step": 0, "loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "eval/loss": 1}, {"step": 2, "loss": 1},
+                   {"step": 3, "loss": 1}]:
+        log.write(record)
+    log.truncate_to(2)  # the checkpoint after 2 steps: steps 0 and 1, and the eval run after them
+    assert log.read() == [{"step": 0, "loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "eval/loss": 1}]
