@@ -11,7 +11,6 @@ build never leaves a folder that looks complete.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,7 @@ from data_pipeline.recipes.pool_builder import build_pools, match_responses
 from data_pipeline.recipes.rpo import rpo_pairs
 from data_pipeline.recipes.stats import BuildStats
 from data_pipeline.schema import RECIPES, DataError, PairRecord
+from data_pipeline.shards import file_sha256
 
 DEFAULT_MIN_G = 3  # RPO keeps g >= 3 (`margin > 2`), algorithms.md §5 step 7
 
@@ -123,13 +123,6 @@ def split_by_group(records: list[PairRecord], fraction: float, seed: int) -> tup
     return [r for r in records if r.group_id not in held_out], [r for r in records if r.group_id in held_out]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def write_jsonl(path: Path, records: Iterable[PairRecord]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
@@ -174,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = [p for p in (args.input, args.responses) if p]
     summary = stats.to_json()
     summary["settings"] = {
-        "inputs": {p: _sha256(p) for p in inputs}, "recipe": args.recipe, "format": args.format,
+        "inputs": {p: file_sha256(p) for p in inputs}, "recipe": args.recipe, "format": args.format,
         "min_g": (DEFAULT_MIN_G if args.min_g is None else args.min_g) if args.responses else None,
         "skip_bad": args.skip_bad, "eval_fraction": args.eval_fraction, "seed": args.seed,
         "judge": {"base_url": args.judge_base_url, "model": args.judge_model} if args.judge_base_url else None,

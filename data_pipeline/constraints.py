@@ -147,12 +147,11 @@ def is_reversible(type: str) -> bool:  # noqa: A002 - the published API names it
     return type in REVERSIBLE_TYPES
 
 
-def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Constraint]:
-    """The constraints of one IFEval/IFBench-format row (`instruction_id_list`, `kwargs`).
+def ifeval_row_entries(row: dict, source: str, line: int) -> list[tuple[str, dict]]:
+    """(instruction id, kwargs) pairs of an IFEval/IFBench-format row, shape-checked; None kwargs dropped.
 
     kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None).
-    Multi-keyword `keywords:existence` / `keywords:forbidden_words` are split into one constraint per keyword
-    (duplicates dropped), which keeps the row's overall verdict and makes each part reversible.
+    The ids and parameters themselves are validated by the caller.
     """
     ids = row.get("instruction_id_list")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -162,12 +161,24 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
     if not isinstance(kwargs_list, list) or len(kwargs_list) != len(ids):
         raise ConstraintError(f"{where(source, line, 'kwargs')}: must be a list with one dict per "
                               f"instruction id ({len(ids)}), got {kwargs_list!r}")
-    constraints: list[Constraint] = []
+    entries = []
     for index, (type_, raw_kwargs) in enumerate(zip(ids, kwargs_list, strict=True)):
         if not isinstance(raw_kwargs, dict):
             raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: must be a dict, "
                                   f"got {raw_kwargs!r}")
-        kwargs = {name: value for name, value in raw_kwargs.items() if value is not None}
+        entries.append((type_, {name: value for name, value in raw_kwargs.items() if value is not None}))
+    return entries
+
+
+def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Constraint]:
+    """The constraints of one IFEval/IFBench-format row (`instruction_id_list`, `kwargs`).
+
+    kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None).
+    Multi-keyword `keywords:existence` / `keywords:forbidden_words` are split into one constraint per keyword
+    (duplicates dropped), which keeps the row's overall verdict and makes each part reversible.
+    """
+    constraints: list[Constraint] = []
+    for index, (type_, kwargs) in enumerate(ifeval_row_entries(row, source, line)):
         validate_constraint(type_, kwargs, source=source, line=line,
                             type_field=f"instruction_id_list[{index}]", field_prefix=f"kwargs[{index}]")
         if type_ in SINGLE_ITEM_PARAM:

