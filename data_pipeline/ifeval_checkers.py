@@ -17,14 +17,20 @@ NLTK_DATA_DIR = Path(__file__).resolve().parent / "assets" / "nltk_data"
 LANGDETECT_SEED = 0
 
 
-@functools.cache
-def instruction_registry() -> Mapping[str, type]:
-    """IFEval instruction id -> checker class (Google's 25 ids)."""
-    import langdetect
+def use_bundled_nltk_data() -> None:
+    """Put the repo's NLTK data first on NLTK's search path (before any checker module is imported)."""
     import nltk
 
     if str(NLTK_DATA_DIR) not in nltk.data.path:
         nltk.data.path.insert(0, str(NLTK_DATA_DIR))
+
+
+@functools.cache
+def instruction_registry() -> Mapping[str, type]:
+    """IFEval instruction id -> checker class (Google's 25 ids)."""
+    import langdetect
+
+    use_bundled_nltk_data()
     langdetect.DetectorFactory.seed = LANGDETECT_SEED
 
     from data_pipeline.ifeval_lib import instructions_registry
@@ -46,20 +52,31 @@ def _ifeval_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
-def build_checker(instruction_id: str, kwargs: Mapping[str, object], prompt: str | None = None):
-    """(IFEval checker object, its instruction text), built from `kwargs` (validated by the caller).
+def make_checker(checker_class: type, instruction_id: str, kwargs: Mapping[str, object],
+                 prompt: str | None = None):
+    """(checker object, its instruction text) of an IFEval-style checker class (IFEval's or IFBench's).
 
-    Mirrors google-research `evaluation_lib.test_instruction_following_strict`: a checker whose args name
-    `prompt` gets the prompt passed in after its description is built.
+    Mirrors the `evaluation_lib.test_instruction_following_strict` of both google-research and allenai/IFBench:
+    a checker whose args name `prompt` gets the prompt passed in after its description is built.
     """
-    checker = instruction_registry()[instruction_id](instruction_id)
-    description = checker.build_description(**_ifeval_kwargs(kwargs))
+    checker = checker_class(instruction_id)
+    description = checker.build_description(**kwargs)
     args = checker.get_instruction_args()
     if args and "prompt" in args:
         if prompt is None:
             raise ValueError(f"{instruction_id} needs the prompt to be checked")
         checker.build_description(prompt=prompt)
     return checker, description
+
+
+def checker_verdict(checker, response: str) -> bool:
+    """A checker's verdict; an empty response fails, as in IFEval's and IFBench's own evaluation."""
+    return bool(response.strip()) and bool(checker.check_following(response))
+
+
+def build_checker(instruction_id: str, kwargs: Mapping[str, object], prompt: str | None = None):
+    """(IFEval checker object, its instruction text), built from `kwargs` (validated by the caller)."""
+    return make_checker(instruction_registry()[instruction_id], instruction_id, _ifeval_kwargs(kwargs), prompt)
 
 
 def _is_ascii_letter(char: str) -> bool:
@@ -88,7 +105,7 @@ def ifeval_check(instruction_id: str, kwargs: Mapping[str, object], response: st
     if _needs_other_char(instruction_id, kwargs):
         return _other_char_frequency(kwargs, response)
     checker, _ = build_checker(instruction_id, kwargs, prompt)
-    return bool(checker.check_following(response))
+    return checker_verdict(checker, response)
 
 
 def ifeval_description(instruction_id: str, kwargs: Mapping[str, object]) -> str:

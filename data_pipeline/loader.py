@@ -2,14 +2,17 @@
 
 Order of operations (all processes build the same global order from the same seed):
   records (example order) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
-  -> [drop the last partial *global* batch when drop_remainder] -> this process's slice [shard_index::shard_count]
+  -> last partial *global* batch: dropped ("drop"), kept short ("keep"), or completed with weight-0 copies of the
+     epoch's first examples ("fill", for evaluation: every example counted once, every batch the same shape)
+  -> this process's slice [shard_index::shard_count]
   -> decode -> batch(batch_size) with per-batch length bucketing -> optional worker processes (mp_prefetch).
 Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
 and within an epoch the processes' examples are disjoint and together cover it.
 
 Batch (numpy): tokens int32 [B,G,L] (right-padded with the manifest's pad id), loss_mask bool [B,G,L] (the final
 assistant turn incl. its end-of-turn token; logits at t-1 predict token t), segment_ids int32 [B,G,L] (1 real,
-0 pad), positions int32 [B,G,L], margin int32 [B], example_index int64 [B], and ref_logps float32 [B,G] when
+0 pad), positions int32 [B,G,L], margin int32 [B], example_index int64 [B], example_weight float32 [B] (1, or 0 for
+the fill rows of `remainder="fill"`: metrics weight by it), and ref_logps float32 [B,G] when
 reference log-probs are attached to the shards (`shards.attach_ref_logps`).
 """
 
@@ -61,10 +64,24 @@ class CollatePairs:
                 loss_mask[b, g, record["response_starts"][g]:n] = True
         example_index = np.asarray([r["example_index"] for r in records], dtype=np.int64)
         out = {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions,
-               "margin": np.asarray([r["margin"] for r in records], dtype=np.int32), "example_index": example_index}
+               "margin": np.asarray([r["margin"] for r in records], dtype=np.int32), "example_index": example_index,
+               "example_weight": np.asarray([r["weight"] for r in records], dtype=np.float32)}
         if self.ref_logps is not None:
             out["ref_logps"] = self.ref_logps[example_index].astype(np.float32)
         return out
+
+
+class DecodeWeighted:
+    """Decodes a record and gives it weight 1, or 0 when its position in the pass is past the real examples
+    (the fill rows of `remainder="fill"`). Picklable: runs inside Grain worker processes."""
+
+    def __init__(self, num_real: int | None):
+        self.num_real = num_real
+
+    def __call__(self, index: int, data: bytes) -> dict:
+        record = decode_record(data)
+        record["weight"] = 0.0 if self.num_real is not None and index >= self.num_real else 1.0
+        return record
 
 
 class PairBatchIterator:
@@ -103,41 +120,48 @@ class PairBatchIterator:
 
 def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
                 num_epochs: int | None = None, length_buckets: tuple[int, ...] = (), max_length: int | None = None,
-                num_workers: int = 0, read_threads: int = 4, drop_remainder: bool = True,
+                num_workers: int = 0, read_threads: int = 4, remainder: str = "drop",
                 ref_logps_key: str | None = None) -> PairBatchIterator:
     """Batches of this process's share of the shards; see the module docstring for the order of operations.
 
     batch_size is per process. `max_length` defaults to the manifest's; rows longer than it raise. `num_workers`
-    worker processes decode and collate (0 = in this process). With `ref_logps_key` set, attached reference
-    log-probs must exist with exactly that key; without it they are emitted whenever attached.
+    worker processes decode and collate (0 = in this process). `remainder` (drop | keep | fill) says what happens
+    to the last partial global batch of a finite pass; see the module docstring. With `ref_logps_key` set,
+    attached reference log-probs must exist with exactly that key; without it they are emitted whenever attached.
     """
     import grain
 
     manifest = read_manifest(shard_dir)
     max_length = manifest["max_length"] if max_length is None else max_length
     _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
-                     num_workers, shard_dir)
+                     num_workers, remainder, shard_dir)
     ref_logps = _ref_logps(shard_dir, ref_logps_key)
 
     num_examples = manifest["num_examples"]
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest)))
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    num_batches = None
+    num_batches, num_real = None, None
     if num_epochs is not None:
-        total = num_examples * num_epochs
+        num_real = total = num_examples * num_epochs
         global_batch = batch_size * shard_count
-        if drop_remainder:
-            total -= total % global_batch
+        short = total % global_batch
+        if remainder == "drop" and short:
+            total -= short
             ds = ds[:total]
+        elif remainder == "fill" and short:
+            # Wrap around to the pass's first examples: valid rows (they pass every batch check) that weigh 0.
+            fill = global_batch - short
+            ds = grain.MapDataset.concatenate([ds[:total]] + [ds[:total]] * (fill // total) + [ds[:fill % total]])
+            total += fill
         per_process = len(range(shard_index, total, shard_count))
-        num_batches = per_process // batch_size if drop_remainder else -(-per_process // batch_size)
+        num_batches = -(-per_process // batch_size) if remainder == "keep" else per_process // batch_size
         if num_batches == 0:
             raise ValueError(f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
                              f"{batch_size} x {shard_count} processes")
+    ds = ds.map_with_index(DecodeWeighted(num_real))
     ds = ds[shard_index::shard_count]
-    ds = ds.map(decode_record)
     collate = CollatePairs(tuple(sorted(length_buckets)), max_length, manifest["pad_token_id"], ref_logps)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+    ds = ds.batch(batch_size, drop_remainder=remainder != "keep", batch_fn=collate)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                    prefetch_buffer_size=max(2, read_threads)))
     if num_workers > 0:
@@ -157,7 +181,9 @@ def _mark_absl_flags_parsed() -> None:
 
 
 def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
-                     num_workers, shard_dir) -> None:
+                     num_workers, remainder, shard_dir) -> None:
+    if remainder not in ("drop", "keep", "fill"):
+        raise ValueError(f"remainder must be drop, keep or fill, got {remainder!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= shard_index < shard_count:

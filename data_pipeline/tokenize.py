@@ -4,7 +4,8 @@ For each sequence of a pair: the prompt conversation is rendered with the genera
 (prompt + the final assistant turn) is rendered, both are encoded with `add_special_tokens=False`, and the response
 ids are `full[len(prompt):]`. Checked per row, each failure a `DataError` naming file, line and field:
 - the prompt ids are a prefix of the full ids (TRL only warns; a boundary merge would score a different context),
-- BOS occurs exactly once, first (when the tokenizer has one; it comes from the chat template),
+- BOS occurs exactly once, first (when the tokenizer has one; it comes from the chat template); when the BOS
+  token is the one that opens every turn (ChatML's `<|im_start|>`, SmolLM2's BOS), it is first and not doubled,
 - the end-of-turn token is inside the response span, so it is scored (mask never derived from `id != pad`),
 - no message contains the text of a special token (the tokenizer would turn it into that token).
 """
@@ -25,6 +26,9 @@ DEFAULT_CHAT_TEMPLATE = ASSETS_DIR / "chat_templates" / "llama3.jinja"
 DEFAULT_TOKENIZER_DIR = ASSETS_DIR / "tokenizers" / "llama2-sp-32k"
 # End-of-turn tokens of known chat formats; a tokenizer without any of them ends turns with its EOS.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
+# Turn-opening tokens of known chat formats. A tokenizer whose BOS is one of them (SmolLM2: bos_token
+# "<|im_start|>") has one BOS per turn by design, so "exactly one BOS" becomes "BOS first, not doubled".
+TURN_START_TOKENS = ("<|im_start|>",)
 
 
 def load_tokenizer(path: str | Path):
@@ -95,6 +99,7 @@ class PairTokenizer:
         self.chat_template = chat_template
         self.truncation = truncation
         self.bos_token_id = tokenizer.bos_token_id
+        self.bos_opens_turns = tokenizer.bos_token in TURN_START_TOKENS
         self.end_of_turn_id = end_of_turn_id(tokenizer)
         specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len)
         self._special_text = re.compile("|".join(re.escape(s) for s in reversed(specials))) if specials else None
@@ -151,7 +156,12 @@ class PairTokenizer:
             raise DataError(source, line, f"{field}.response", "renders to no tokens", reason="empty_response")
         if self.bos_token_id is not None:
             count = full_ids.count(self.bos_token_id)
-            if count != 1 or full_ids[0] != self.bos_token_id:
+            if self.bos_opens_turns:
+                if full_ids[0] != self.bos_token_id or full_ids[1:2] == [self.bos_token_id]:
+                    raise DataError(source, line, field, f"expected the BOS / turn-start token (id "
+                                    f"{self.bos_token_id}) first and not doubled, got {full_ids[:2]}; the chat "
+                                    "template must open each turn with it once", reason="bos_count")
+            elif count != 1 or full_ids[0] != self.bos_token_id:
                 raise DataError(source, line, field, f"expected exactly one BOS (id {self.bos_token_id}) at the "
                                 f"start, found {count} (first id {full_ids[0]}); the chat template must add it once",
                                 reason="bos_count")

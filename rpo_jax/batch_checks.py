@@ -78,6 +78,11 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
         b = int(np.argmax(margin < 0))
         raise BatchError(f"batch.margin: example {b} has negative margin {int(margin[b])}")
 
+    if "example_weight" in batch:
+        weight = _require(batch, "example_weight", (B,), "float")
+        if not np.isin(weight, (0.0, 1.0)).all() or not weight.any():
+            raise BatchError(f"batch.example_weight: expected 0/1 values with at least one 1, got {weight.tolist()}")
+
     rows = ROW_NAMES[G]
     empty = np.argwhere(loss_mask.sum(axis=2) == 0)
     if empty.size:

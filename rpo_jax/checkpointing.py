@@ -19,6 +19,10 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint was written by a run with another config or other data."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """Saving a step failed (disk full, unwritable directory...); complete earlier checkpoints are untouched."""
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"__bytes__": value.decode("latin-1")}
@@ -58,7 +62,17 @@ class StepCheckpointer:
             data_iter=ocp.args.JsonSave(_json_safe({"state": data_iter_state})),
             meta=ocp.args.JsonSave(meta),
         )
-        return self.manager.save(step, args=args, force=force)
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+        except Exception as e:  # tensorstore and Orbax raise several types for one failed write
+            raise self._write_error(f"saving step {step}", e) from e
+        return saved
+
+    def _write_error(self, what: str, cause: Exception) -> CheckpointWriteError:
+        latest = self.latest_step()
+        kept = f"the latest complete checkpoint is step {latest}" if latest is not None else "no complete checkpoint"
+        return CheckpointWriteError(f"{self.directory}: {what} failed ({type(cause).__name__}: {cause}); {kept}, "
+                                    "left as it was (an unfinished save is only a temporary directory)")
 
     def read_meta(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -74,10 +88,14 @@ class StepCheckpointer:
         return restored["state"], _from_json_safe(restored["data_iter"])["state"], dict(restored["meta"])
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until an asynchronous save has finished; its failure is raised here."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error("an asynchronous save", e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

@@ -202,6 +202,7 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0
     max_consecutive_nonfinite: int = 5
+    tensorboard: bool = False
 
     def __post_init__(self):
         if self.reference_mode not in ("separate", "lora_base", "precomputed", "none"):

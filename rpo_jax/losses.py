@@ -156,20 +156,26 @@ def per_example_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -
 TOTAL_METRICS = frozenset({"num_tokens"})
 
 
-def _mean(values: Array) -> tuple[Array, Array]:
-    return jnp.sum(values), jnp.asarray(values.size, jnp.float32)
+def _weighted_sum(values: Array, weight_B: Array) -> Array:
+    return jnp.sum(values * weight_B.reshape(weight_B.shape + (1,) * (values.ndim - 1)))
 
 
-def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Array,
-                     cfg: LossConfig) -> tuple[Array, dict[str, tuple[Array, Array]]]:
+def _mean(values: Array, weight_B: Array) -> tuple[Array, Array]:
+    return _weighted_sum(values, weight_B), _weighted_sum(jnp.ones_like(values), weight_B)
+
+
+def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Array, cfg: LossConfig,
+                     weight_B: Array | None = None) -> tuple[Array, dict[str, tuple[Array, Array]]]:
     """Per-example loss [B] and TRL-named metrics as `(sum, denominator)` pairs (see module docstring).
 
-    Rewards are β·h; with no reference (SimPO/SFT only) h is the policy log-prob itself.
+    Rewards are β·h; with no reference (SimPO/SFT only) h is the policy log-prob itself. `weight_B` (1 or 0 per
+    example; default all 1) weights the metrics: evaluation completes its last batch with weight-0 rows.
     """
     logps = policy.logps.astype(jnp.float32)
     counts = policy.counts.astype(jnp.float32)
     ref = jnp.zeros_like(logps) if ref_logps is None else jax.lax.stop_gradient(ref_logps.astype(jnp.float32))
     loss_B = per_example_loss(logps, None if ref_logps is None else ref, counts, margin, cfg)
+    w = jnp.ones(logps.shape[:1], jnp.float32) if weight_B is None else weight_B.astype(jnp.float32)
 
     rewards = cfg.beta * jax.lax.stop_gradient(logps - ref)
     logps_sg = jax.lax.stop_gradient(logps)
@@ -177,26 +183,27 @@ def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Ar
     margins = rewards[:, chosen] - rewards[:, rejected]
     chosen_counts = counts[:, chosen]
     metrics = {
-        "loss": _mean(jax.lax.stop_gradient(loss_B)),
-        "rewards/chosen": _mean(rewards[:, chosen]),
-        "rewards/rejected": _mean(rewards[:, rejected]),
-        "rewards/margins": _mean(margins),
-        "rewards/accuracies": _mean((margins > 0).astype(jnp.float32)),  # strict: ties (step 0) count as misses
-        "logps/chosen": _mean(logps_sg[:, chosen]),
-        "logps/rejected": _mean(logps_sg[:, rejected]),
+        "loss": _mean(jax.lax.stop_gradient(loss_B), w),
+        "rewards/chosen": _mean(rewards[:, chosen], w),
+        "rewards/rejected": _mean(rewards[:, rejected], w),
+        "rewards/margins": _mean(margins, w),
+        "rewards/accuracies": _mean((margins > 0).astype(jnp.float32), w),  # strict: ties (step 0) count as misses
+        "logps/chosen": _mean(logps_sg[:, chosen], w),
+        "logps/rejected": _mean(logps_sg[:, rejected], w),
         # Token-weighted as TRL: Σ of per-token vocab-mean logits over all chosen tokens / number of those tokens.
-        "logits/chosen": (jnp.sum(policy.mean_logit_sums[:, chosen]), jnp.sum(chosen_counts)),
-        "logits/rejected": (jnp.sum(policy.mean_logit_sums[:, rejected]), jnp.sum(counts[:, rejected])),
+        "logits/chosen": (_weighted_sum(policy.mean_logit_sums[:, chosen], w), _weighted_sum(chosen_counts, w)),
+        "logits/rejected": (_weighted_sum(policy.mean_logit_sums[:, rejected], w),
+                            _weighted_sum(counts[:, rejected], w)),
         # Token-mean NLL of the chosen responses (= TRL's `sft` loss term).
-        "nll": (-jnp.sum(logps_sg[:, chosen]), jnp.sum(chosen_counts)),
-        "num_tokens": (jnp.sum(counts), jnp.asarray(counts.size, jnp.float32)),
+        "nll": (-_weighted_sum(logps_sg[:, chosen], w), _weighted_sum(chosen_counts, w)),
+        "num_tokens": (_weighted_sum(counts, w), _weighted_sum(jnp.ones_like(counts), w)),
     }
     if "rpo" in cfg.loss_type:
-        metrics["rpo/g_mean"] = _mean(margin.astype(jnp.float32))
+        metrics["rpo/g_mean"] = _mean(margin.astype(jnp.float32), w)
     if logps.shape[1] == 4:
         h = rewards
-        metrics["iopo/margins_input"] = _mean(jnp.stack([h[:, 0] - h[:, 3], h[:, 2] - h[:, 1]], axis=1))
-        metrics["iopo/z_acc"] = _mean((h[:, 0] + h[:, 2] - h[:, 1] - h[:, 3] > 0).astype(jnp.float32))
+        metrics["iopo/margins_input"] = _mean(jnp.stack([h[:, 0] - h[:, 3], h[:, 2] - h[:, 1]], axis=1), w)
+        metrics["iopo/z_acc"] = _mean((h[:, 0] + h[:, 2] - h[:, 1] - h[:, 3] > 0).astype(jnp.float32), w)
     return loss_B, metrics
 
 

@@ -51,7 +51,7 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
         return paired_logps(model, batch, logits_chunk_size=cfg.loss.logits_chunk_size,
                             vocab_chunk_size=cfg.loss.vocab_chunk_size, use_lora=False, mesh=mesh).logps
 
-    loader = make_loader(shard_dir, batch_size=batch_size, seed=0, num_epochs=1, drop_remainder=False,
+    loader = make_loader(shard_dir, batch_size=batch_size, seed=0, num_epochs=1, remainder="keep",
                          length_buckets=cfg.data.length_buckets, max_length=cfg.data.max_length)
     for batch in loader:
         index = batch["example_index"]

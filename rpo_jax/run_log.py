@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -12,15 +13,56 @@ from tqdm import tqdm
 REPORT_PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
 
 
+class TensorBoardLog:
+    """The same records as scalars in a TensorBoard event file (tensorboardX's protos: no TensorFlow needed).
+
+    Written synchronously, record by record, like metrics.jsonl: tensorboardX's SummaryWriter queues events in a
+    thread, and a preempted or killed run would lose the tail. On resume, a SessionLog.START at `purge_step`
+    makes TensorBoard drop what the interrupted run logged from that step on (as `MetricsLog.truncate_to` does).
+    """
+
+    def __init__(self, directory: str | Path, *, purge_step: int | None):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._writer = EventsWriter(str(Path(directory) / "events"))  # writes the file-version header
+        if purge_step is not None:
+            self._writer.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self._writer.flush()
+
+    def write(self, record: dict) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=name, simple_value=float(value)) for name, value in record.items()
+                  if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+        self._writer.write_event(Event(wall_time=time.time(), step=record["step"], summary=Summary(value=values)))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def require_tensorboard() -> None:
+    """Fails early (before any compile) when `train.tensorboard` is set but tensorboardX is missing."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError as e:
+        raise ImportError("train.tensorboard: true needs tensorboardX; pip install 'rpo-jax[tensorboard]'") from e
+
+
 class MetricsLog:
     """Appends one JSON line per logged step; `truncate_to(done)` drops lines a resumed run will redo.
 
     Train records carry the 0-based index of their step; eval records the number of steps done when they ran.
+    Each record also goes to `mirror` (TensorBoard) when one is attached.
     """
 
     def __init__(self, path: str | Path, *, enabled: bool):
         self.path = Path(path)
         self.enabled = enabled
+        self.mirror: TensorBoardLog | None = None
 
     def truncate_to(self, done: int) -> None:
         """Keeps what a checkpoint after `done` steps covers: train steps 0..done-1, evals at <= done steps."""
@@ -42,6 +84,8 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

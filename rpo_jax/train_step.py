@@ -111,7 +111,7 @@ def make_objective(cfg: Config, policy: PolicyParams, mesh: Mesh | None = None) 
     def policy_objective(trainable, frozen, batch, ref_logps_BG, dropout_rng=None):
         model = policy.merged_model(trainable, frozen)
         scores: SequenceScores = paired_logps(model, batch, use_lora=True, lora_dropout_rng=dropout_rng, **score)
-        return loss_and_metrics(scores, ref_logps_BG, batch["margin"], cfg.loss)
+        return loss_and_metrics(scores, ref_logps_BG, batch["margin"], cfg.loss, batch.get("example_weight"))
 
     return reference_logps, policy_objective
 

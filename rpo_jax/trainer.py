@@ -7,6 +7,7 @@ then loop. Metrics of step t are pulled to the host while step t+1 runs, so disp
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import time
@@ -27,7 +28,7 @@ from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.precompute import attached_key, precompute_reference_logps, reference_key
-from rpo_jax.run_log import MetricsLog, Progress, write_report
+from rpo_jax.run_log import MetricsLog, Progress, TensorBoardLog, require_tensorboard, write_report
 from rpo_jax.sharding import make_mesh
 from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step
 
@@ -36,12 +37,27 @@ class TrainingStopped(RuntimeError):
     """Too many consecutive non-finite steps; the last good checkpoint is intact."""
 
 
+def check_output_dir(path: str) -> Path:
+    """Creates `train.output_dir` and proves it writable before any data, compile or training work."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe.{os.getpid()}"
+        probe.write_bytes(b"rpo-jax")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"train.output_dir={path}: cannot write there ({type(e).__name__}: {e})") from e
+    return out
+
+
 def _validate(cfg: Config, mesh) -> int:
     """Checks data paths and batch divisibility before anything compiles; returns the per-process batch."""
     if not cfg.data.train_path:
         raise ConfigError("data.train_path is empty: point it at a directory written by `rpo-jax tokenize`")
     if not (Path(cfg.data.train_path) / "manifest.json").is_file():
         raise ConfigError(f"data.train_path={cfg.data.train_path}: no manifest.json (not a tokenized dataset)")
+    if cfg.train.tensorboard:
+        require_tensorboard()
     if cfg.train.eval_every and not cfg.data.eval_path:
         raise ConfigError("train.eval_every > 0 needs data.eval_path")
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -58,11 +74,13 @@ def _validate(cfg: Config, mesh) -> int:
 
 
 def _make_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool):
+    # Training drops the last partial batch of an epoch (it is seen in the next, reshuffled one); evaluation
+    # completes it with weight-0 rows so that every held-out pair counts exactly once.
     ref_key = reference_key(cfg, path) if cfg.train.reference_mode == "precomputed" else None
     return data_loader.make_loader(
         path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
         shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
-        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, drop_remainder=True,
+        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, remainder="drop" if repeat else "fill",
         ref_logps_key=ref_key)
 
 
@@ -80,8 +98,8 @@ def _to_global(local_batch: dict, shardings: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local_batch.items()}
 
 
-def _model_inputs(batch: dict, reference_mode: str) -> dict:
-    keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"]
+def _model_inputs(batch: dict, reference_mode: str, *, weighted: bool = False) -> dict:
+    keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"] + (["example_weight"] if weighted else [])
     if reference_mode == "precomputed":
         keys.append("ref_logps")  # the loader requires the attachment whose key matches this run
     return {k: batch[k] for k in keys}
@@ -95,8 +113,7 @@ class Trainer:
         self.mesh = make_mesh(cfg.mesh)
         self.per_process_batch = _validate(cfg, self.mesh)
         self.is_main = jax.process_index() == 0
-        self.output_dir = Path(cfg.train.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = check_output_dir(cfg.train.output_dir)
         self.data_fingerprint = data_loader.dataset_fingerprint(cfg.data.train_path)
         if cfg.train.reference_mode == "precomputed":
             _ensure_reference_logps(cfg)
@@ -113,6 +130,12 @@ class Trainer:
         self.start_step = 0
         if resume:
             self._resume(allow_config_change, allow_data_change)
+        if cfg.train.tensorboard and self.is_main:
+            self.metrics_log.mirror = TensorBoardLog(self.output_dir / "tensorboard",
+                                                     purge_step=self.start_step if resume else None)
+            for record in self.metrics_log.read():  # evals at the resume step survive in the JSON lines, but
+                if resume and record["step"] == self.start_step:  # the purge hides them from TensorBoard
+                    self.metrics_log.mirror.write(record)
         self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------------
@@ -153,7 +176,7 @@ class Trainer:
             self._eval_fn = make_eval_step(self.cfg, self.policy, self.mesh)
         sums = None
         for local in _make_loader(self.cfg, self.cfg.data.eval_path, self.per_process_batch, repeat=False):
-            local = _model_inputs(local, self.cfg.train.reference_mode)
+            local = _model_inputs(local, self.cfg.train.reference_mode, weighted=True)
             batch = _to_global(local, batch_shardings(local, self.mesh))
             out = jax.device_get(self._eval_fn(self.state["params"], self.policy.frozen, self.policy.reference,
                                                batch))
@@ -161,7 +184,7 @@ class Trainer:
         if sums is None:
             raise ConfigError(f"data.eval_path={self.cfg.data.eval_path}: no complete eval batch "
                               f"of {self.per_process_batch} groups")
-        return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()}
+        return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()} | {"eval/num_pairs": float(sums["loss"][1])}
 
     def _record(self, step: int, host, tokens: int, seconds: float) -> dict:
         record = {"step": step, **finalize_metrics(host["sums"])}
@@ -233,6 +256,8 @@ class Trainer:
                 self._flush(pending, progress)
         finally:
             progress.close()
+            if self.metrics_log.mirror is not None:
+                self.metrics_log.mirror.close()
             self.checkpointer.wait()
             signal.signal(signal.SIGTERM, previous)
         return self.metrics_log.read()

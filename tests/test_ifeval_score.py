@@ -81,7 +81,7 @@ def test_bad_fields_name_file_line_and_field(tmp_path):
         score(ok_input, responses)
 
 
-def test_ifbench_ids_are_unsupported_and_named():
+def test_ifeval_suite_rejects_ifbench_ids_by_name():
     with pytest.raises(ConstraintError) as err:
         load_input_rows(IFBENCH)
     message = str(err.value)

@@ -72,7 +72,7 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
 
 
 def test_batch_contract_matches_stored_rows(shard_dir, stored):
-    loader = make_loader(shard_dir, batch_size=4, seed=0, num_epochs=1, drop_remainder=False)
+    loader = make_loader(shard_dir, batch_size=4, seed=0, num_epochs=1, remainder="keep")
     seen = []
     for batch in loader:
         B, G, L = batch["tokens"].shape
@@ -136,10 +136,10 @@ def test_process_shards_are_disjoint_and_cover_the_data(shard_dir):
     shares = []
     for index in range(3):
         loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1,
-                             drop_remainder=False)
+                             remainder="keep")
         shares.append([i for batch in loader for i in batch["example_index"].tolist()])
     assert sorted(sum(shares, [])) == list(range(NUM_PAIRS))
-    # With drop_remainder the last partial global batch (23 % (2*3) = 5 examples) goes, equally for all.
+    # With remainder="drop" (the default) the last partial global batch (23 % (2*3) = 5 examples) goes, equally for all.
     counts, union = [], set()
     for index in range(3):
         loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1)
@@ -148,6 +148,21 @@ def test_process_shards_are_disjoint_and_cover_the_data(shard_dir):
         assert union.isdisjoint(ids)
         union |= set(ids)
     assert counts == [(3, 6)] * 3 and len(union) == NUM_PAIRS - NUM_PAIRS % 6
+
+
+def test_fill_counts_every_example_once_in_full_batches(shard_dir):
+    # 23 examples, global batch 2 x 3 = 6: 4 batches per process, the last global one holds 5 real + 1 fill row.
+    real, fill = [], []
+    for index in range(3):
+        loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1,
+                             remainder="fill")
+        batches = list(loader)
+        assert loader.num_batches == len(batches) == 4 and all(b["tokens"].shape[0] == 2 for b in batches)
+        for batch in batches:
+            for i, w in zip(batch["example_index"].tolist(), batch["example_weight"].tolist(), strict=True):
+                (real if w == 1.0 else fill).append(i)
+    assert sorted(real) == list(range(NUM_PAIRS)) and len(fill) == 24 - NUM_PAIRS
+    assert set(fill) <= set(real)  # fill rows are real, valid examples (weighted out)
 
 
 def test_each_batch_is_padded_to_its_bucket(shard_dir):

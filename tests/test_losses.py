@@ -306,6 +306,29 @@ def test_micro_batches_equal_one_big_batch(loss_type, G):
     assert big["num_tokens"] == counts.sum()
 
 
+@pytest.mark.parametrize("loss_type,G", [(("rpo", "sft"), 2), (("iopo",), 4)])
+def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
+    # Evaluation completes its last batch with weight-0 copies of real rows: metrics must equal the real rows' alone.
+    B = 6
+    policy, ref, counts, margin = random_inputs(8, B=B, G=G)
+    logit_sums = np.random.default_rng(9).normal(size=(B, G)).astype(np.float32) * counts
+    cfg = LossConfig(loss_type=loss_type, loss_weights=(1.0,) * len(loss_type))
+
+    def metrics(idx, weight=None):
+        scores = SequenceScores(jnp.asarray(policy[idx]), jnp.asarray(counts[idx]), jnp.asarray(logit_sums[idx]))
+        _, sums = loss_and_metrics(scores, jnp.asarray(ref[idx]), jnp.asarray(margin[idx]), cfg,
+                                   None if weight is None else jnp.asarray(weight, jnp.float32))
+        return finalize_metrics(sums)
+
+    real = metrics(np.arange(4))
+    padded = metrics(np.array([0, 1, 2, 3, 0, 1]), [1, 1, 1, 1, 0, 0])
+    unweighted = metrics(np.array([0, 1, 2, 3, 0, 1]))
+    assert real.keys() == padded.keys()
+    for key in real:
+        np.testing.assert_allclose(padded[key], real[key], rtol=1e-6, err_msg=key)
+    assert unweighted["loss"] != pytest.approx(real["loss"])  # the duplicates would bias it without the weights
+
+
 # ---------------------------------------------------------------- registry and validation
 
 def test_registry_and_reference_needs():

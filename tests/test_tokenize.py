@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import re
@@ -190,6 +191,26 @@ def test_truncation_through_the_tokenizer(tokenizer, template, records):
         assert row[1:start].tolist() == full_row[prompt_len - budget + 1:prompt_len].tolist()
         assert row[start:].tolist() == full_row[prompt_len:prompt_len + prompt_len - budget].tolist()
     assert longest > prompt_len
+
+
+def test_chatml_bos_opens_every_turn(tokenizer, records):
+    """SmolLM2's tokenizer has bos_token <|im_start|>, which ChatML puts at every turn: one BOS per turn is right
+    there; a doubled BOS at the start is still an error."""
+    chatml_tokenizer = copy.deepcopy(tokenizer)
+    chatml_tokenizer.add_special_tokens({"bos_token": "<|im_start|>", "additional_special_tokens": ["<|im_end|>"]})
+    bos, end = chatml_tokenizer.bos_token_id, chatml_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    turn = "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    chatml = ("{% for m in messages %}" + turn + "{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    example = make_pair_tokenizer(chatml_tokenizer, chatml).tokenize(records[0], "p", 1)
+    turns = len(records[0].sequences[0].messages) + 1
+    for row, start in zip(example.rows, example.response_starts, strict=True):
+        assert row[0] == bos and (row == bos).sum() == turns and bos not in row[start:]
+        assert row[-2] == end  # the response span ends with <|im_end|> and the template's newline
+    doubled = "{{ '<|im_start|>' }}" + chatml
+    with pytest.raises(DataError, match="first and not doubled") as err:
+        make_pair_tokenizer(chatml_tokenizer, doubled).tokenize(records[0], "p", 1)
+    assert err.value.reason == "bos_count"
 
 
 def test_broken_prefix_and_special_text_raise_naming_the_field(tokenizer, records):

@@ -1,8 +1,10 @@
 """`rpo-jax train` end to end: exact resume after SIGKILL, SIGTERM, multi-process, bad settings."""
 
 import json
+import resource
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -21,6 +23,32 @@ def metric_lines(run_dir):
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in lines]
 
 
+def tensorboard_scalars(run_dir) -> dict[tuple[str, int], float]:
+    """(tag, step) -> value over the run's event files in write order (the last write of a step wins, as after
+    TensorBoard's purge on resume). Reads the TFRecord framing directly: no TensorFlow or TensorBoard needed."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = Event.FromString(data[offset + 12: offset + 12 + length])
+            offset += 12 + length + 4  # length, its crc, payload, payload crc
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def assert_tensorboard_matches_metrics(run_dir):
+    expected = {(k, r["step"]): v for r in metric_lines(run_dir) for k, v in r.items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    got = {key: value for key, value in tensorboard_scalars(run_dir).items() if key[0] not in TIMING_FIELDS}
+    assert got.keys() == expected.keys(), sorted(set(got) ^ set(expected))[:10]
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key  # stored as float32
+
+
 def exported_tensors(run_dir):
     return load_file(run_dir / "hf" / "model.safetensors")
 
@@ -28,7 +56,7 @@ def exported_tensors(run_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
-    config = write_config(tmp, steps=6, save_every=2)
+    config = write_config(tmp, steps=6, save_every=2, train={"tensorboard": True})
     result = run_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, config
@@ -41,11 +69,12 @@ def test_run_outputs(uninterrupted):
     steps = [r["step"] for r in metric_lines(run)]
     assert steps == list(range(6))
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4, 6]
+    assert_tensorboard_matches_metrics(run)
 
 
 def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     full_tmp, _ = uninterrupted
-    config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data")
+    config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data", train={"tensorboard": True})
     proc = subprocess.Popen(train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "run" / "checkpoints"
@@ -59,6 +88,7 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     result = run_train(config, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     assert metric_lines(tmp_path / "run") == metric_lines(full_tmp / "run")
+    assert_tensorboard_matches_metrics(tmp_path / "run")  # events the killed run wrote after step 2 are superseded
     full, resumed = exported_tensors(full_tmp / "run"), exported_tensors(tmp_path / "run")
     assert full.keys() == resumed.keys()
     for name in full:
@@ -125,6 +155,42 @@ def test_missing_data_path_is_named(tmp_path):
     config = write_config(tmp_path, data=missing)
     result = run_train(config)
     assert result.returncode != 0 and "data.train_path" in result.stderr
+
+
+def test_unwritable_output_dir_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the output directory should be")
+    config = write_config(tmp_path, train={"output_dir": str(blocker / "run")})
+    result = run_train(config)
+    assert result.returncode != 0 and f"train.output_dir={blocker / 'run'}: cannot write there" in result.stderr
+    assert not (tmp_path / "data").exists()  # failed before tokenizing anything
+
+
+def _full_disk(max_file_bytes: int):
+    """preexec_fn: files may not grow past `max_file_bytes`; writes beyond get EFBIG, as on a full disk
+    (SIGXFSZ ignored so the writer sees the error instead of being killed). Works without root or a quota."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    return apply
+
+
+def test_failed_checkpoint_write_is_loud_and_keeps_the_previous_one(uninterrupted, tmp_path):
+    full_tmp, _ = uninterrupted
+    config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data")
+    assert run_train(config, "--steps", "2").returncode == 0
+    step2 = tmp_path / "run" / "checkpoints" / "2"
+    before = {p.relative_to(step2): p.read_bytes() for p in step2.rglob("*") if p.is_file()}
+    # Metrics lines fit under 256 KiB; the step-4 checkpoint (4 MB embedding) does not.
+    result = subprocess.run(train_command(config, "--resume", "--steps", "4"), env=cli_env(), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, preexec_fn=_full_disk(256 * 1024))
+    assert result.returncode != 0
+    assert "saving step 4 failed" in result.stderr, result.stderr[-3000:]
+    assert "the latest complete checkpoint is step 2" in result.stderr
+    assert {p.relative_to(step2): p.read_bytes() for p in step2.rglob("*") if p.is_file()} == before
+    result = run_train(config, "--resume")  # train.steps = 6: continues from step 2 as if nothing happened
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric_lines(tmp_path / "run") == metric_lines(full_tmp / "run")
 
 
 def test_resume_refuses_changed_config(uninterrupted, tmp_path):

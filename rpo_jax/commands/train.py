@@ -60,14 +60,16 @@ def prepare_data(cfg):
 
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.config import load_config
-    from rpo_jax.trainer import Trainer
+    from rpo_jax.trainer import Trainer, check_output_dir
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    cfg = prepare_data(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
+    cfg = prepare_data(cfg)
     trainer = Trainer(cfg, resume=args.resume, allow_config_change=args.allow_config_change,
                       allow_data_change=args.allow_data_change)
     records = trainer.fit()
