@@ -7,6 +7,11 @@ Layout of a params checkpoint `DIR/`:
 
 `save_params` writes into `.DIR.tmp-params` and renames it to `DIR` once everything (Orbax's own commit
 included) is on disk, so a crash never leaves a half-written `DIR`. Single-process (one host) only.
+
+Loaders of model weights (`generate`, `eval`, `train.init_checkpoint`) also take a HuggingFace Llama folder
+(config.json + safetensors, e.g. a trained run's `<output_dir>/hf`): `is_hf_folder` tells the two apart, and
+`checkpoint_model_config`, `checkpoint_lora_config`, `load_checkpoint` and `load_hf_base` read either. An HF
+folder is a merged model: no LoRA config (rank 0).
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
 from rpo_jax.config import ConfigError, LoraConfig, ModelConfig, config_from_dict
+from rpo_jax.hf_io import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
+from rpo_jax.model import Llama
+from rpo_jax.sharding import state_shardings
 
 PARAMS_DIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"
 LORA_CONFIG_FILE = "lora_config.json"
+# ModelConfig fields that say how to run a model, not what it computes: an HF folder has none of them.
+EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy")
+# Also not compared between a run config and an HF folder: it only scales random initialisation.
+_NOT_ARCHITECTURE = (*EXECUTION_FIELDS, "initializer_range")
 
 
 class CheckpointMismatchError(ValueError):
@@ -57,7 +70,8 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (is {path.parent} a params checkpoint from save_params?)")
+        raise FileNotFoundError(f"{path}: not found (is {path.parent} a params checkpoint from save_params, or an "
+                                f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -100,7 +114,8 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     """
     params_dir = Path(path).absolute() / PARAMS_DIR
     if not params_dir.is_dir():
-        raise FileNotFoundError(f"{params_dir}: not found (is {path} a params checkpoint from save_params?)")
+        raise FileNotFoundError(f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
+                                f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)")
     checkpointer = ocp.StandardCheckpointer()
     stored = _flatten(checkpointer.metadata(params_dir).item_metadata.tree)
     wanted_tree = nnx.to_pure_dict(abstract_state)
@@ -122,4 +137,61 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     checkpointer.close()
     state = jax.tree.map(lambda x: x, abstract_state)  # a copy: replace_by_pure_dict mutates the State
     nnx.replace_by_pure_dict(state, restored)
+    return state
+
+
+# ---------------------------------------------------------------- either format: params checkpoint or HF folder
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """True for a HF Llama folder (config.json + model.safetensors or its index, none of save_params' files)."""
+    path = Path(path)
+    if any((path / name).exists() for name in (PARAMS_DIR, MODEL_CONFIG_FILE, LORA_CONFIG_FILE)):
+        return False
+    return (path / "config.json").is_file() and ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file())
+
+
+def checkpoint_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of a params checkpoint, or of an HF folder (its dtype; scan_layers on, no remat)."""
+    return read_hf_config(path) if is_hf_folder(path) else read_model_config(path)
+
+
+def checkpoint_lora_config(path: str | Path) -> LoraConfig:
+    """The LoraConfig of a params checkpoint; rank 0 for an HF folder (a merged model)."""
+    return LoraConfig() if is_hf_folder(path) else read_lora_config(path)
+
+
+def load_checkpoint(path: str | Path, mesh: Mesh) -> tuple[ModelConfig, LoraConfig, nnx.State]:
+    """The whole model of a params checkpoint or an HF folder, read straight into its shardings on `mesh`."""
+    if is_hf_folder(path):
+        cfg, state = load_hf_state(path, mesh)
+        return cfg, LoraConfig(), state
+    cfg, lora_cfg = read_model_config(path), read_lora_config(path)
+    abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, lora_cfg, rngs=nnx.Rngs(0))))[1]
+    return cfg, lora_cfg, restore_params(path, abstract_state, state_shardings(abstract_state, mesh))
+
+
+def _architecture(cfg: ModelConfig) -> dict[str, object]:
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_ARCHITECTURE}
+    rope = fields.pop("rope_parameters")
+    used = ("rope_type", "rope_theta") if rope.rope_type == "default" else dataclasses.asdict(rope)
+    fields.update({f"rope_parameters.{name}": getattr(rope, name) for name in used})
+    return fields
+
+
+def load_hf_base(path: str | Path, model_cfg: ModelConfig, mesh: Mesh) -> nnx.State:
+    """The (non-LoRA) weights of an HF folder for a model configured as `model_cfg`, sharded on `mesh`.
+
+    The folder's config.json must describe the same architecture as `model_cfg` (every field but
+    `EXECUTION_FIELDS` and initializer_range); the execution settings, dtype included, come from `model_cfg`.
+    """
+    hf_cfg = read_hf_config(path)
+    ours, theirs = _architecture(model_cfg), _architecture(hf_cfg)
+    differ = [f"{name} (run config {ours[name]!r}, config.json {theirs[name]!r})"
+              for name in ours if ours[name] != theirs[name]]
+    if differ:
+        raise CheckpointMismatchError(f"{Path(path) / 'config.json'}: the HF folder's architecture differs from "
+                                      f"the run config's model section: {'; '.join(differ)}")
+    _, state = load_hf_state(path, mesh, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
+                             remat_policy=model_cfg.remat_policy)
     return state

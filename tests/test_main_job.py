@@ -42,6 +42,9 @@ def test_readme_main_job(tmp_path):
     assert [r["step"] for r in evals] == [0, 20, 40]
     # Step 0: policy == reference, so the held-out RPO loss is softplus(beta*gamma*g) averaged, near ln 2 + margin.
     assert abs(evals[0]["eval/rewards/margins"]) < 1e-4
+    # Every held-out pair is scored (the last partial batch is completed with weight-0 rows, not dropped).
+    held_out = json.loads((run / "data" / "eval" / "manifest.json").read_text())["counts"]["examples"]
+    assert all(r["eval/num_pairs"] == held_out for r in evals)
     assert all(r["nonfinite_total"] == 0 for r in train)
     assert train[-1]["rewards/margins"] != 0.0  # the policy moved away from the reference
 
