@@ -10,8 +10,8 @@ included) is on disk, so a crash never leaves a half-written `DIR`. Single-proce
 
 Loaders of model weights (`generate`, `eval`, `train.init_checkpoint`) also take a HuggingFace Llama folder
 (config.json + safetensors, e.g. a trained run's `<output_dir>/hf`): `is_hf_folder` tells the two apart, and
-`checkpoint_model_config`, `checkpoint_lora_config`, `load_checkpoint` and `load_hf_base` read either. An HF
-folder is a merged model: no LoRA config (rank 0).
+`checkpoint_model_config`, `load_checkpoint` and `load_hf_base` read either. An HF folder is a merged model:
+no LoRA config (rank 0).
 """
 
 from __future__ import annotations
@@ -156,11 +156,6 @@ def checkpoint_model_config(path: str | Path) -> ModelConfig:
     return read_hf_config(path) if is_hf_folder(path) else read_model_config(path)
 
 
-def checkpoint_lora_config(path: str | Path) -> LoraConfig:
-    """The LoraConfig of a params checkpoint; rank 0 for an HF folder (a merged model)."""
-    return LoraConfig() if is_hf_folder(path) else read_lora_config(path)
-
-
 def load_checkpoint(path: str | Path, mesh: Mesh) -> tuple[ModelConfig, LoraConfig, nnx.State]:
     """The whole model of a params checkpoint or an HF folder, read straight into its shardings on `mesh`."""
     if is_hf_folder(path):
@@ -183,15 +178,17 @@ def load_hf_base(path: str | Path, model_cfg: ModelConfig, mesh: Mesh) -> nnx.St
     """The (non-LoRA) weights of an HF folder for a model configured as `model_cfg`, sharded on `mesh`.
 
     The folder's config.json must describe the same architecture as `model_cfg` (every field but
-    `EXECUTION_FIELDS` and initializer_range); the execution settings, dtype included, come from `model_cfg`.
+    `EXECUTION_FIELDS` and initializer_range), else `CheckpointMismatchError` names each differing field; the
+    execution settings come from `model_cfg` (the weights are cast to its param_dtype).
     """
     hf_cfg = read_hf_config(path)
     ours, theirs = _architecture(model_cfg), _architecture(hf_cfg)
-    differ = [f"{name} (run config {ours[name]!r}, config.json {theirs[name]!r})"
+    differ = [f"{name} (model {ours[name]!r}, config.json {theirs[name]!r})"
               for name in ours if ours[name] != theirs[name]]
     if differ:
         raise CheckpointMismatchError(f"{Path(path) / 'config.json'}: the HF folder's architecture differs from "
-                                      f"the run config's model section: {'; '.join(differ)}")
+                                      f"the model it is loaded into (a run config's model section): "
+                                      f"{'; '.join(differ)}")
     _, state = load_hf_state(path, mesh, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
                              remat_policy=model_cfg.remat_policy)
     return state

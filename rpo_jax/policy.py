@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from rpo_jax.config import Config, ConfigError
 from rpo_jax.losses import needs_reference
 from rpo_jax.model import Llama
-from rpo_jax.params_io import restore_params
+from rpo_jax.params_io import is_hf_folder, load_hf_base, restore_params
 from rpo_jax.remat_offload import check_remat_policy_supported
 from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
 
@@ -131,9 +131,11 @@ def abstract_policy(cfg: Config, mesh: Mesh) -> PolicyParams:
 def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyParams:
     """Creates policy (+ reference) parameters directly in their shardings.
 
-    `init_checkpoint` (a params checkpoint from `rpo-jax import-hf` / `params_io.save_params`), when given,
-    supplies the non-LoRA weights, restored straight into their shardings; LoRA factors are always freshly
-    initialised (B = 0, so policy == base at step 0).
+    `init_checkpoint`, when given, supplies the non-LoRA weights, read straight into their shardings: a params
+    checkpoint (`rpo-jax import-hf` / `params_io.save_params`; names, shapes and dtypes must match), or an HF
+    Llama folder such as a trained run's `hf/` (its config.json must describe `cfg.model`'s architecture; the
+    weights are cast to `cfg.model.param_dtype`). LoRA factors are always freshly initialised (B = 0, so
+    policy == base at step 0).
     """
     layout = policy_layout(cfg, mesh)
     lora_sh, base_sh = layout.lora_state_shardings.to_pure_dict(), layout.base_state_shardings.to_pure_dict()
@@ -144,7 +146,10 @@ def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyPa
         return nnx.split(layout.make(), nnx.LoRAParam, ...)[part].to_pure_dict()
 
     lora = jax.jit(lambda: create(1), out_shardings=lora_sh)()
-    if init_checkpoint:
+    if init_checkpoint and is_hf_folder(init_checkpoint):
+        base = load_hf_base(init_checkpoint, cfg.model, mesh).to_pure_dict()
+        base = jax.device_put(base, base_sh)  # a no-op: load_hf_state already placed them in these shardings
+    elif init_checkpoint:
         base = restore_params(init_checkpoint, layout.abstract_base, layout.base_state_shardings).to_pure_dict()
     else:
         base = jax.jit(lambda: create(2), out_shardings=base_sh)()

@@ -1,4 +1,5 @@
-"""Tiny HF Llama folders for import/export tests: real `transformers` models, or hand-made safetensors."""
+"""Tiny HF Llama folders for import/export tests: real `transformers` models, hand-made safetensors, or one of
+our random models saved both as a params checkpoint and as an HF folder."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rpo_jax.config import MeshConfig, ModelConfig, RopeConfig
-from rpo_jax.hf_io import hf_tensor_names, model_config_to_hf
+from rpo_jax.config import LoraConfig, MeshConfig, ModelConfig, RopeConfig
+from rpo_jax.hf_io import export_hf, hf_tensor_names, model_config_to_hf
 from rpo_jax.sharding import make_mesh
 
 LLAMA3_ROPE = RopeConfig(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
@@ -73,3 +74,17 @@ def write_numpy_llama(cfg: ModelConfig, path: Path, *, drop: str | None = None, 
     raw.update(config_changes or {})
     (path / "config.json").write_text(json.dumps(raw))
     return path
+
+
+def params_and_hf_folder(cfg: ModelConfig, path: Path, seed: int = 0, tokenizer_dir: Path | None = None):
+    """A random Llama saved twice, as params checkpoint `path/ckpt` and as HF folder `path/hf` (as a run's
+    export: tokenizer files copied from `tokenizer_dir`). Returns (ckpt, hf, its parameters as a pure dict)."""
+    from flax import nnx
+
+    from rpo_jax.model import Llama
+    from rpo_jax.params_io import save_params
+
+    state = nnx.state(Llama(cfg, rngs=nnx.Rngs(seed)))
+    save_params(path / "ckpt", state, cfg, LoraConfig())
+    export_hf(state, cfg, LoraConfig(), path / "hf", tokenizer_dir=tokenizer_dir)
+    return path / "ckpt", path / "hf", nnx.to_pure_dict(state)

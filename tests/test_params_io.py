@@ -1,4 +1,5 @@
-"""Orbax params checkpoints: sharded save/restore, config files, and clear errors on mismatched models."""
+"""Orbax params checkpoints: sharded save/restore, config files, and clear errors on mismatched models; HF
+folders as the same loaders' other input (build_policy's init_checkpoint)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from llama_hf_fixtures import tiny_config
+from llama_hf_fixtures import params_and_hf_folder, tiny_config
+from synthetic import tiny_config as run_config
 
 from rpo_jax.config import LoraConfig, MeshConfig
 from rpo_jax.model import Llama
 from rpo_jax.params_io import (
     CheckpointMismatchError,
+    is_hf_folder,
     read_lora_config,
     read_model_config,
     restore_params,
     save_params,
 )
+from rpo_jax.policy import build_policy
 from rpo_jax.sharding import init_sharded, make_mesh, state_shardings
 
 
@@ -84,3 +88,42 @@ def test_base_checkpoint_into_lora_model_via_param_filter(tmp_path):
     restored = restore_params(tmp_path / "ckpt", base_only, state_shardings(base_only, make_mesh(MeshConfig())))
     np.testing.assert_array_equal(restored["layers"]["wq_DHDh"][...], base.layers.wq_DHDh[...])
     assert restored["embed_VD"][...].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("sections", [dict(lora={"rank": 2}, train={"reference_mode": "lora_base"},
+                                           mesh={"max_replicated_fraction": 0.25}),  # tiny LoRA factors
+                                      dict(train={"reference_mode": "separate"})], ids=["lora", "full"])
+def test_build_policy_from_hf_folder_equals_params_checkpoint(tmp_path, sections):
+    cfg = run_config(**sections)
+    ckpt, hf, saved = params_and_hf_folder(cfg.model, tmp_path, seed=5)
+    assert is_hf_folder(hf) and not is_hf_folder(ckpt) and not is_hf_folder(tmp_path / "missing")
+    mesh = make_mesh(cfg.mesh)
+    from_ckpt, from_hf = build_policy(cfg, mesh, str(ckpt)), build_policy(cfg, mesh, str(hf))
+    for part in ("trainable", "frozen", "reference"):
+        a, b = getattr(from_ckpt, part), getattr(from_hf, part)
+        assert jax.tree.structure(a) == jax.tree.structure(b), part
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+        assert jax.tree.map(lambda x: x.sharding, a) == jax.tree.map(lambda x: x.sharding, b), part
+    base = from_hf.merged_params(from_hf.trainable, from_hf.frozen)
+    np.testing.assert_array_equal(base["layers"]["wq_DHDh"], saved["layers"]["wq_DHDh"])  # not a random init
+
+
+def test_hf_init_checkpoint_must_have_the_run_architecture(tmp_path):
+    cfg = run_config()
+    _, hf, saved = params_and_hf_folder(cfg.model, tmp_path)
+    mesh = make_mesh(cfg.mesh)
+    wrong = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_key_value_heads=4, rms_norm_eps=1e-6))
+    with pytest.raises(CheckpointMismatchError, match=r"hf/config\.json: .*architecture differs.*: "
+                       r"num_key_value_heads \(model 4, config\.json 2\); "
+                       r"rms_norm_eps \(model 1e-06, config\.json 1e-05\)$"):
+        build_policy(wrong, mesh, str(hf))
+    rope = dataclasses.replace(cfg.model.rope_parameters, rope_theta=5e5)
+    with pytest.raises(CheckpointMismatchError, match=r"rope_parameters\.rope_theta \(model 500000\.0"):
+        build_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rope_parameters=rope)), mesh,
+                     str(hf))
+    # How to run the model is the run's choice: the weights are cast to its param_dtype.
+    run = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype="bfloat16", dtype="bfloat16",
+                                                             scan_layers=False, initializer_range=0.5))
+    policy = build_policy(run, mesh, str(hf))
+    assert {x.dtype for x in jax.tree.leaves(policy.trainable)} == {jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_array_equal(policy.trainable["embed_VD"], saved["embed_VD"].astype(jnp.bfloat16))

@@ -2,6 +2,8 @@
 
     import-gguf -> generate (sampled) -> build-pairs --recipe rpo -> train (LoRA, RPO loss) -> eval (ifeval, pairs)
 
+eval reads the trained run's HF export (`<output_dir>/hf`, LoRA merged) as it is, with no conversion step.
+
 Each command runs as its own `python -m rpo_jax.cli` process on one CPU device (as tests/test_main_job.py), so
 what passes between steps is only what the commands write. Sizes are kept small for a 2-core CPU: 5 IFEval prompts
 x 4 samples of at most 40 new tokens, 2 LoRA steps of 2 pairs, greedy IFEval generation on 3 prompts.
@@ -127,13 +129,6 @@ def run_dir(train_config) -> Path:
     return Path(json.loads(train_config.read_text())["train"]["output_dir"])
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(work, run_dir) -> Path:
-    """The run's HF export (LoRA merged) back as a params checkpoint, which `eval --checkpoint` takes."""
-    rpo_jax("import-hf", "--model", run_dir / "hf", "--output", work / "trained")
-    return work / "trained"
-
-
 def test_generate_samples_differ_per_prompt(responses, instructions):
     rows = read_jsonl(responses)
     keys = [r["key"] for r in read_jsonl(instructions)]
@@ -224,9 +219,9 @@ def test_train_lora_rpo_on_smollm2(run_dir, tokenizer_dir):
         assert (got.get_tensor("model.norm.weight") == base.get_tensor("model.norm.weight")).all()
 
 
-def test_eval_ifeval_on_trained_model(work, trained_checkpoint, tokenizer_dir):
+def test_eval_ifeval_on_trained_model(work, run_dir, tokenizer_dir):
     out = work / "ifeval.json"
-    rpo_jax("eval", "--suite", "ifeval", "--checkpoint", trained_checkpoint, "--tokenizer", tokenizer_dir,
+    rpo_jax("eval", "--suite", "ifeval", "--checkpoint", run_dir / "hf", "--tokenizer", tokenizer_dir,
             "--limit", IFEVAL_LIMIT, "--max-new-tokens", "16", "--batch-size", IFEVAL_LIMIT, "--output", out)
     results = json.loads(out.read_text())
     first = read_jsonl(IFEVAL)[:IFEVAL_LIMIT]
@@ -237,9 +232,9 @@ def test_eval_ifeval_on_trained_model(work, trained_checkpoint, tokenizer_dir):
         assert 0.0 <= strict <= loose <= 1.0
 
 
-def test_eval_pairs_trained_against_base(work, run_dir, trained_checkpoint, base_checkpoint, train_config):
+def test_eval_pairs_trained_against_base(work, run_dir, base_checkpoint, train_config):
     out = work / "pairs_eval.json"
-    rpo_jax("eval", "--suite", "pairs", "--checkpoint", trained_checkpoint, "--reference", base_checkpoint,
+    rpo_jax("eval", "--suite", "pairs", "--checkpoint", run_dir / "hf", "--reference", base_checkpoint,
             "--pairs", run_dir / "data" / "eval", "--config", train_config, "--batch-size", "2", "--output", out)
     results = json.loads(out.read_text())
     assert 0.0 <= results["rewards/accuracies"] <= 1.0

@@ -10,6 +10,9 @@
                     skipped ones in the results.
   --suite pairs   : reward accuracy / margins / loss of `--checkpoint` against `--reference` on tokenized
                     held-out pairs (`--pairs SHARD_DIR`), with the loss settings of `--config`.
+
+`--checkpoint` and `--reference` each take a params checkpoint (import-hf / import-gguf) or an HF Llama folder,
+such as the `hf/` export a training run leaves in its output directory.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ IF_KEYS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_stri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", required=True, choices=["ifeval", "ifbench", "pairs"])
-    parser.add_argument("--checkpoint", help="params checkpoint (import-hf / import-gguf / a trained run's export)")
+    parser.add_argument("--checkpoint", help="params checkpoint (import-hf / import-gguf) or HF Llama folder "
+                                             "(e.g. a trained run's hf/ export)")
     parser.add_argument("--responses", help="score these responses instead of generating (IF suites)")
     parser.add_argument("--tokenizer", help="tokenizer folder with a chat template (generation)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts (0 = all)")
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="IF suites: leave out (and list) prompts whose instruction ids cannot be checked here")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--reference", help="reference params checkpoint (pairs suite)")
+    parser.add_argument("--reference", help="reference: params checkpoint or HF Llama folder (pairs suite)")
     parser.add_argument("--pairs", help="tokenized held-out pairs: a `rpo-jax tokenize` output folder")
     parser.add_argument("--config", help="run config whose loss/model execution settings to use (pairs suite)")
     parser.add_argument("--output", help="write the results as JSON")
@@ -102,7 +106,7 @@ def _run_pairs_suite(args) -> dict:
     from data_pipeline.loader import make_loader
     from rpo_jax.config import load_config
     from rpo_jax.losses import finalize_metrics
-    from rpo_jax.params_io import read_model_config
+    from rpo_jax.params_io import checkpoint_model_config
     from rpo_jax.policy import build_policy
     from rpo_jax.sharding import make_mesh
     from rpo_jax.train_step import batch_shardings, make_eval_step
@@ -112,7 +116,7 @@ def _run_pairs_suite(args) -> dict:
     cfg = load_config(args.config, ["lora.rank=0", "train.init_checkpoint=",
                                     "train.reference_mode=" + ("separate" if args.reference else "none")])
     # The checkpoint fixes the architecture; the run config only says how to execute it and which loss to use.
-    cfg = dataclasses.replace(cfg, model=read_model_config(args.checkpoint))
+    cfg = dataclasses.replace(cfg, model=checkpoint_model_config(args.checkpoint))
     mesh = make_mesh(cfg.mesh)
     policy = build_policy(cfg, mesh, args.checkpoint)
     if args.reference:

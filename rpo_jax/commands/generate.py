@@ -1,4 +1,5 @@
-"""`rpo-jax generate`: sample N responses per prompt from a params checkpoint with the KV-cache sampler.
+"""`rpo-jax generate`: sample N responses per prompt from a params checkpoint or an HF Llama folder (e.g. a
+trained run's `hf/`) with the KV-cache sampler.
 
 Input: JSONL rows with `key` and either `prompt` (a user message) or `messages` (a chat, list of
 {role, content}); both go through the tokenizer's chat template (`--raw-prompt` feeds `prompt` as-is).
@@ -26,7 +27,8 @@ class PromptFileError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="params checkpoint (import-hf / import-gguf / train)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="params checkpoint (import-hf / import-gguf) or HF Llama folder (e.g. a run's hf/)")
     parser.add_argument("--tokenizer", required=True, help="HF tokenizer folder (with its chat template)")
     parser.add_argument("--prompts", required=True, help="JSONL with `key` and `prompt` or `messages`")
     parser.add_argument("--output", required=True, help="responses JSONL to write")
@@ -102,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from rpo_jax.model import Llama
-    from rpo_jax.params_io import read_lora_config, read_model_config, restore_params
+    from rpo_jax.params_io import load_checkpoint
     from rpo_jax.sampler import Sampler, SamplingParams, truncate_at_stop
-    from rpo_jax.sharding import make_mesh, state_shardings
+    from rpo_jax.sharding import make_mesh
 
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError("--num-samples and --batch-size must be >= 1")
@@ -114,11 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.raw_prompt and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{tokenizer_dir}: tokenizer has no chat template; pass --raw-prompt to use prompts as-is")
 
-    cfg, lora = read_model_config(args.checkpoint), read_lora_config(args.checkpoint)
     mesh = make_mesh(args.mesh)
-    abstract = nnx.eval_shape(lambda: Llama(cfg, lora, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    state = restore_params(args.checkpoint, abstract_state, state_shardings(abstract_state, mesh))
+    cfg, lora, state = load_checkpoint(args.checkpoint, mesh)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(cfg, lora, rngs=nnx.Rngs(0))))
     sampler = Sampler(nnx.merge(graphdef, state), mesh, use_lora=not args.no_lora)
     eos_ids = stop_token_ids(tokenizer, tokenizer_dir, cfg.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
