@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from data_pipeline.llm_judge import JudgeConfig, LLMJudge
+from data_pipeline.local_paths import local_path_arg
 from data_pipeline.readers import BadRows, read_instructions, read_responses
 from data_pipeline.recipes.dpo import dpo_baseline_pairs
 from data_pipeline.recipes.imports import FORMATS, import_pairs
@@ -37,10 +38,13 @@ DEFAULT_MIN_G = 3  # RPO keeps g >= 3 (`margin > 2`), algorithms.md §5 step 7
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=RECIPES, required=True)
-    parser.add_argument("--input", required=True, help="instructions (IFEval rows or our schema), or a preference "
-                        "file to import when --responses is not given")
-    parser.add_argument("--responses", help="responses jsonl (key|prompt, response, optional sample_id)")
-    parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--input", required=True, type=local_path_arg,
+                        help="instructions (IFEval rows or our schema), or a preference file to import when "
+                        "--responses is not given")
+    parser.add_argument("--responses", type=local_path_arg,
+                        help="responses jsonl (key|prompt, response, optional sample_id)")
+    parser.add_argument("--output", required=True, type=local_path_arg,
+                        help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--min-g", type=int, default=None, help=f"pool recipes: least g kept (default {DEFAULT_MIN_G})")
     parser.add_argument("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
@@ -48,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for free_form constraints")
     parser.add_argument("--judge-model")
     parser.add_argument("--judge-api-key-env", help="name of the environment variable holding the API key")
-    parser.add_argument("--judge-cache-dir", help="judge cache (default: <output>.judge_cache beside --output)")
+    parser.add_argument("--judge-cache-dir", type=local_path_arg,
+                        help="judge cache (default: <output>.judge_cache beside --output)")
     parser.add_argument("--judge-max-workers", type=int, default=4, help="concurrent judge requests")
     parser.add_argument("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")

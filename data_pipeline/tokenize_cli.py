@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from data_pipeline.local_paths import local_path_arg
 from data_pipeline.readers import BadRows, guard, iter_json_rows
 from data_pipeline.schema import DataError, PairRecord
 from data_pipeline.shards import ShardWriter, compute_fingerprint, file_sha256, tokenizer_file_hashes
@@ -24,18 +25,21 @@ from data_pipeline.truncation import TRUNCATION_MODES, TruncationSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="pairs JSONL written by `rpo-jax build-pairs`")
-    parser.add_argument("--tokenizer", required=True, help="local HF tokenizer folder (e.g. "
+    parser.add_argument("--input", required=True, type=local_path_arg,
+                        help="pairs JSONL written by `rpo-jax build-pairs`")
+    parser.add_argument("--tokenizer", required=True, type=local_path_arg, help="local HF tokenizer folder (e.g. "
                         "data_pipeline/assets/tokenizers/llama2-sp-32k)")
-    parser.add_argument("--output", required=True, help="shard folder to create (written atomically)")
+    parser.add_argument("--output", required=True, type=local_path_arg,
+                        help="shard folder to create (written atomically)")
     parser.add_argument("--max-length", type=int, required=True, help="max tokens per sequence (prompt+response)")
     parser.add_argument("--truncation", choices=TRUNCATION_MODES, default="drop",
                         help="drop (default) over-long pairs, keep_start (TRL v1: cut the response tail), or "
                         "split (TRL <= 0.28: prompt from the left, responses from the right)")
     parser.add_argument("--max-prompt-length", type=int, default=None,
                         help="prompt budget for --truncation split (default max-length // 2)")
-    parser.add_argument("--chat-template", default=None, help="Jinja chat template file; default: the "
-                        "tokenizer's own, else data_pipeline/assets/chat_templates/llama3.jinja")
+    parser.add_argument("--chat-template", default=None, type=local_path_arg,
+                        help="Jinja chat template file; default: the tokenizer's own, else "
+                        "data_pipeline/assets/chat_templates/llama3.jinja")
     parser.add_argument("--num-shards", type=int, default=1, help="number of ArrayRecord files")
     parser.add_argument("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")

@@ -3,11 +3,13 @@
 #
 #   launch/tpu_pod.sh all    --name rpo-8b --zone us-east5-a --accelerator-type v5p-8 \
 #                            --config configs/run/rpo_llama3_1_8b_v5p8.yaml \
-#                            --output-dir gs://BUCKET/runs/rpo-8b --data gs://BUCKET/data/pairs-tok
+#                            --output-dir /mnt/shared/runs/rpo-8b --data gs://BUCKET/data/pairs-tok
 #   launch/tpu_pod.sh resume --name rpo-8b ... (same flags)   # after a spot preemption
 #
 # Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.
 # `--dry-run` prints each command as `+ cmd` and runs nothing. See launch/README.md.
+# --output-dir (and train.init_checkpoint) are filesystem paths, the same on every worker: mount shared storage
+# (Filestore/NFS) on the workers first. URLs such as gs:// are refused there (the trainer cannot write them yet).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +27,7 @@ RUNTIME_VERSION="${RPO_RUNTIME_VERSION:-v2-alpha-tpuv5}"
 SPOT="${RPO_SPOT:-0}"                            # 1 = spot capacity (cheap, can be preempted any time)
 QUEUED="${RPO_QUEUED:-0}"                        # 1 = request through queued resources and wait for it
 CONFIG="${RPO_CONFIG:-configs/run/rpo_llama3_1_8b_v5p8.yaml}"   # relative to the repository root
-OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # required for train; gs://... so every host shares it
+OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # required for train; absolute, on storage every host shares
 DATA="${RPO_DATA:-}"                             # tokenized shards: gs://bucket/dir or a local dir; "" = config's
 DATA_MODE="${RPO_DATA_MODE:-copy}"               # copy (gsutil rsync to local disk) | gcsfuse (mount)
 STEPS="${RPO_STEPS:-}"                           # "" = the config's train.steps
@@ -87,7 +89,8 @@ Flags (environment variable in brackets, then the default):
   --spot                    [RPO_SPOT=1] spot (preemptible) capacity
   --queued                  [RPO_QUEUED=1] create through queued resources and wait until ACTIVE
   --config PATH             [RPO_CONFIG] $CONFIG
-  --output-dir DIR          [RPO_OUTPUT_DIR] required by train/resume/all; use gs://...
+  --output-dir DIR          [RPO_OUTPUT_DIR] required by train/resume/all; an absolute path on storage
+                            every worker mounts (Filestore/NFS), not gs://
   --data PATH               [RPO_DATA] gs://... or local dir of tokenized shards -> data.train_path
   --data-mode MODE          [RPO_DATA_MODE] $DATA_MODE (copy | gcsfuse)
   --steps N                 [RPO_STEPS] the config's train.steps
@@ -135,6 +138,8 @@ case "$DATA_MODE" in copy | gcsfuse) ;; *) die "--data-mode must be copy or gcsf
 [[ -z "$STEPS" || "$STEPS" =~ ^[0-9]+$ ]] || die "--steps must be a non-negative integer, got '$STEPS'"
 [[ "$DATA_MODE" == copy || -z "$DATA" || "$DATA" == gs://* ]] || die "--data-mode gcsfuse needs a gs:// --data"
 [[ "$LIBTPU_INIT_ARGS" != *[\"\'\$\`\\]* ]] || die "RPO_LIBTPU_INIT_ARGS must not contain quotes, \$, \` or \\"
+[[ "$DATA" == gs://* || ! "$DATA" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] ||
+  die "--data must be gs://... (copied or mounted on the workers) or a local directory, got '$DATA'"
 
 GCLOUD_SCOPE=(--zone="$ZONE")
 [[ -z "$PROJECT" ]] || GCLOUD_SCOPE+=(--project="$PROJECT")
@@ -243,12 +248,22 @@ $q_data)"
   fi
 }
 
-cmd_train() {  # cmd_train [--resume]
-  [[ -n "$OUTPUT_DIR" ]] || die "--output-dir is required (use gs://... so all hosts share checkpoints)"
+# Checked before create / setup, so a bad --output-dir fails before anything is paid for.
+check_output_dir() {
+  [[ -n "$OUTPUT_DIR" ]] || die "--output-dir is required: an absolute path on storage every worker mounts \
+(Filestore/NFS), so all hosts share checkpoints"
+  [[ ! "$OUTPUT_DIR" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] || die "--output-dir $OUTPUT_DIR: URLs are not supported \
+yet: put the files on a path every host can read/write (e.g. a Filestore/NFS mount, or a gcsfuse mount for \
+read-only inputs) and pass that path. gcsfuse renames directories non-atomically, so it is not safe for \
+checkpoints (Orbax commits a step by renaming its temporary directory): use Filestore/NFS for --output-dir on \
+multi-host pods"
   # A relative path would live inside the project copy, which \`setup\` replaces.
-  [[ "$OUTPUT_DIR" == gs://* || "$OUTPUT_DIR" == /* ]] || die "--output-dir must be gs://... or absolute"
-  [[ "$OUTPUT_DIR" == gs://* ]] || note "WARNING: --output-dir $OUTPUT_DIR is on the worker's disk: it is lost \
-with a preempted VM, and multi-host checkpoints need one shared directory (gs://...)"
+  [[ "$OUTPUT_DIR" == /* ]] || die "--output-dir must be an absolute path, got '$OUTPUT_DIR'"
+  note "--output-dir $OUTPUT_DIR must be the same shared directory (Filestore/NFS mount) on every worker: a \
+worker's own disk is lost with a preempted VM, and multi-host checkpoints need one shared directory"
+}
+
+cmd_train() {  # cmd_train [--resume]
   local train=(train --config "$CONFIG" --output-dir "$OUTPUT_DIR")
   [[ -z "$STEPS" ]] || train+=(--steps "$STEPS")
   train+=("$@")
@@ -289,8 +304,9 @@ in ${PROJECT:-<default project>}/$ZONE; config $CONFIG; output ${OUTPUT_DIR:-<un
 case "$COMMAND" in
   create) cmd_create ;;
   setup) cmd_setup ;;
-  train) cmd_train ;;
+  train) check_output_dir; cmd_train ;;
   resume)
+    check_output_dir
     # A recreated slice has empty disks: set it up again. A READY one keeps its install and data.
     cmd_create
     [[ "$CREATED" == 0 ]] || cmd_setup
@@ -298,6 +314,6 @@ case "$COMMAND" in
   stop) cmd_stop ;;
   logs) cmd_logs ;;
   delete) cmd_delete ;;
-  all) cmd_create; cmd_setup; cmd_train ;;
+  all) check_output_dir; cmd_create; cmd_setup; cmd_train ;;
   *) die "unknown command '$COMMAND' (see --help)" ;;
 esac

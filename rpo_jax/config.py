@@ -14,9 +14,20 @@ from typing import Any
 
 import yaml
 
+from data_pipeline.local_paths import url_path_problem
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, or of the wrong type."""
+
+
+def check_local_path(path: str, setting: str) -> str:
+    """Returns `path`; raises ConfigError naming `setting` (e.g. train.output_dir) when it is a URL
+    (see `data_pipeline.local_paths`)."""
+    problem = url_path_problem(path)
+    if problem:
+        raise ConfigError(f"{setting}={problem}")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +145,8 @@ class DataConfig:
     length_buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
+        for name in ("train_path", "eval_path", "pairs_path", "eval_pairs_path", "tokenizer_path"):
+            check_local_path(getattr(self, name), f"data.{name}")
         if (self.pairs_path or self.eval_pairs_path) and not self.tokenizer_path:
             raise ConfigError("data.pairs_path / data.eval_pairs_path need data.tokenizer_path")
         if self.truncation not in ("drop", "keep_start", "split"):
@@ -205,6 +218,8 @@ class TrainConfig:
     tensorboard: bool = False
 
     def __post_init__(self):
+        for name in ("output_dir", "init_checkpoint"):
+            check_local_path(getattr(self, name), f"train.{name}")
         if self.reference_mode not in ("separate", "lora_base", "precomputed", "none"):
             raise ConfigError(
                 f"train.reference_mode must be separate, lora_base, precomputed or none, got {self.reference_mode!r}"

@@ -138,18 +138,26 @@ def needs_reference(cfg: LossConfig) -> bool:
     return any(LOSSES[name].needs_reference for name in cfg.loss_type)
 
 
-def per_example_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
-    """Σ_k w_k · loss_k, shape [B]; `ref_logps=None` only when no selected loss needs a reference."""
+def per_example_terms(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> dict[str, Array]:
+    """Each selected loss, unweighted, shape [B]; `ref_logps=None` only when no selected loss needs a reference."""
     if ref_logps is None:
         if needs_reference(cfg):
             raise ValueError(f"loss.loss_type {list(cfg.loss_type)} needs ref_logps")
         ref_logps = jnp.zeros_like(policy_logps)
-    total = jnp.zeros(policy_logps.shape[:1], jnp.float32)
-    for name, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True):
-        if name not in LOSSES:
-            raise ValueError(f"loss.loss_type: unknown {name!r}; known {sorted(LOSSES)}")
-        total = total + weight * LOSSES[name].fn(policy_logps, ref_logps, counts, margin, cfg)
-    return total
+    unknown = [name for name in cfg.loss_type if name not in LOSSES]
+    if unknown:
+        raise ValueError(f"loss.loss_type: unknown {unknown}; known {sorted(LOSSES)}")
+    return {name: LOSSES[name].fn(policy_logps, ref_logps, counts, margin, cfg) for name in cfg.loss_type}
+
+
+def weighted_total(terms: Mapping[str, Array], cfg: LossConfig) -> Array:
+    """Σ_k w_k · loss_k."""
+    return sum(weight * terms[name] for name, weight in zip(cfg.loss_type, cfg.loss_weights, strict=True))
+
+
+def per_example_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
+    """Σ_k w_k · loss_k, shape [B]; `ref_logps=None` only when no selected loss needs a reference."""
+    return weighted_total(per_example_terms(policy_logps, ref_logps, counts, margin, cfg), cfg)
 
 
 # Metrics finalised as a plain total rather than a mean (their denominator is informational only).
@@ -174,7 +182,8 @@ def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Ar
     logps = policy.logps.astype(jnp.float32)
     counts = policy.counts.astype(jnp.float32)
     ref = jnp.zeros_like(logps) if ref_logps is None else jax.lax.stop_gradient(ref_logps.astype(jnp.float32))
-    loss_B = per_example_loss(logps, None if ref_logps is None else ref, counts, margin, cfg)
+    terms = per_example_terms(logps, None if ref_logps is None else ref, counts, margin, cfg)
+    loss_B = weighted_total(terms, cfg)
     w = jnp.ones(logps.shape[:1], jnp.float32) if weight_B is None else weight_B.astype(jnp.float32)
 
     rewards = cfg.beta * jax.lax.stop_gradient(logps - ref)
@@ -198,6 +207,8 @@ def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Ar
         "nll": (-_weighted_sum(logps_sg[:, chosen], w), _weighted_sum(chosen_counts, w)),
         "num_tokens": (_weighted_sum(counts, w), _weighted_sum(jnp.ones_like(counts), w)),
     }
+    if len(terms) > 1:  # a combined objective (e.g. rpo + sft): each term alone, unweighted, to tell them apart
+        metrics.update({f"loss/{name}": _mean(jax.lax.stop_gradient(term), w) for name, term in terms.items()})
     if "rpo" in cfg.loss_type:
         metrics["rpo/g_mean"] = _mean(margin.astype(jnp.float32), w)
     if logps.shape[1] == 4:

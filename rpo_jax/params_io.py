@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from rpo_jax.config import ConfigError, LoraConfig, ModelConfig, config_from_dict
+from rpo_jax.config import ConfigError, LoraConfig, ModelConfig, check_local_path, config_from_dict
 from rpo_jax.hf_io import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
 from rpo_jax.model import Llama
 from rpo_jax.sharding import state_shardings
@@ -46,7 +46,7 @@ class CheckpointMismatchError(ValueError):
 
 def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> Path:
     """Saves an NNX parameter state (sharded or not) plus its configs to a new folder `path`."""
-    path = Path(path).absolute()
+    path = Path(check_local_path(str(path), "params checkpoint")).absolute()
     if path.exists():
         raise FileExistsError(f"{path}: already exists; refusing to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     pass only the base params (`nnx.state(abstract, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))`) and their
     shardings, then merge with the freshly initialised adapters. Returns a new state; the input is untouched.
     """
-    params_dir = Path(path).absolute() / PARAMS_DIR
+    params_dir = Path(check_local_path(str(path), "params checkpoint")).absolute() / PARAMS_DIR
     if not params_dir.is_dir():
         raise FileNotFoundError(f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
                                 f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)")

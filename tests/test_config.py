@@ -53,6 +53,47 @@ def test_bad_values_name_the_key(override, message):
         load_config(ROOT / "configs/base.yaml", [override])
 
 
+PATH_SETTINGS = ["train.output_dir", "train.init_checkpoint", "data.train_path", "data.eval_path",
+                 "data.pairs_path", "data.eval_pairs_path", "data.tokenizer_path"]
+
+
+@pytest.mark.parametrize("setting", PATH_SETTINGS)
+@pytest.mark.parametrize("url", ["gs://bkt/runs/x", "s3://bkt/x", "https://host/x"])
+def test_url_paths_are_refused_naming_the_setting(setting, url):
+    """The code opens these with the local filesystem, where gs://b/x would silently become ./gs:/b/x."""
+    overrides = [f"{setting}={url}"]
+    if setting.startswith("data.") and "pairs" in setting:
+        overrides.append("data.tokenizer_path=tok")
+    with pytest.raises(ConfigError, match=re.escape(f"{setting}={url}: URLs are not supported yet")) as err:
+        load_config(ROOT / "configs/base.yaml", overrides)
+    assert "Filestore/NFS" in str(err.value) and "gcsfuse" in str(err.value)
+
+
+def test_path_settings_cover_every_path_field():
+    """A new *_path / *_dir / *checkpoint field must join PATH_SETTINGS (and the __post_init__ checks)."""
+    names = [f"{section.name}.{field}" for section in dataclasses.fields(config_lib.Config)
+             for field, _ in _fields(getattr(config_lib, section.type) if isinstance(section.type, str)
+                                     else section.type)]
+    path_like = [n for n in names if re.search(r"(_path|_dir|checkpoint)$", n)]
+    assert sorted(path_like) == sorted(PATH_SETTINGS)
+
+
+def test_local_paths_with_colons_are_accepted():
+    cfg = load_config(ROOT / "configs/base.yaml", ["train.output_dir=/mnt/shared/runs/a:b",
+                                                   "train.init_checkpoint=ckpt/gs:/x"])
+    assert cfg.train.output_dir == "/mnt/shared/runs/a:b"
+
+
+def test_cli_path_flags_refuse_urls(capsys):
+    from rpo_jax.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export-hf", "--checkpoint", "ckpt", "--output", "gs://bkt/hf"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --output: gs://bkt/hf: URLs are not supported yet" in err
+
+
 def test_unknown_key_in_file_names_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  learning_rat: 1.0\n")

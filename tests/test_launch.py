@@ -96,7 +96,7 @@ TPU_ARGS = [
     "--config",
     "configs/run/rpo_llama3_1_8b_v5p8.yaml",
     "--output-dir",
-    "gs://bkt/runs/rpo 8b",
+    "/mnt/shared/runs/rpo 8b",
     "--data",
     "gs://bkt/data/tok",
     "--steps",
@@ -104,7 +104,7 @@ TPU_ARGS = [
     "--set",
     "optim.learning_rate=1e-6",
     "--set",
-    "train.init_checkpoint=gs://bkt/ckpt it's",
+    "train.init_checkpoint=/mnt/shared/ckpt it's",
 ]
 
 
@@ -249,11 +249,24 @@ def test_tpu_queued_and_gcsfuse(fake_env):
     assert not any("gsutil" in r for r in remote)
 
 
-def test_tpu_output_dir_required_and_absolute(fake_env):
-    missing = _run(TPU, "train", "--dry-run", env=fake_env)
+@pytest.mark.parametrize("command", ["train", "resume", "all"])
+def test_tpu_output_dir_required_absolute_and_not_a_url(command, fake_env):
+    """Checked before anything runs (no gcloud call), also for `all` / `resume`, which create the slice first."""
+    missing = _run(TPU, command, env=fake_env)
     assert missing.returncode != 0 and "--output-dir is required" in missing.stderr
-    relative = _run(TPU, "train", "--dry-run", "--output-dir", "runs/x", env=fake_env)
-    assert relative.returncode != 0 and "gs://... or absolute" in relative.stderr
+    relative = _run(TPU, command, "--output-dir", "runs/x", env=fake_env)
+    assert relative.returncode != 0 and "--output-dir must be an absolute path" in relative.stderr
+    for url in ("gs://bkt/runs/rpo", "s3://bkt/runs"):
+        refused = _run(TPU, command, "--output-dir", url, env=fake_env)
+        assert refused.returncode != 0
+        assert f"--output-dir {url}: URLs are not supported yet" in refused.stderr
+        assert "Filestore/NFS" in refused.stderr and "gcsfuse renames directories non-atomically" in refused.stderr
+    assert _calls(fake_env) == []
+
+
+def test_tpu_data_url_must_be_gs(fake_env):
+    result = _run(TPU, "setup", "--dry-run", "--data", "s3://bkt/tok", env=fake_env)
+    assert result.returncode != 0 and "--data must be gs://" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -302,7 +315,7 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
         "--config",
         "configs/run/rpo_llama3_1_8b_v5p8.yaml",
         "--output-dir",
-        "gs://bkt/runs/rpo 8b",
+        "/mnt/shared/runs/rpo 8b",
         "--steps",
         "10",
         "--set",
@@ -310,7 +323,7 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
         "--set",
         "optim.learning_rate=1e-6",
         "--set",
-        "train.init_checkpoint=gs://bkt/ckpt it's",
+        "train.init_checkpoint=/mnt/shared/ckpt it's",
     ]
     assert seen["cwd"] == str(home / "rpo-jax")
     assert seen["env"]["LIBTPU_INIT_ARGS"].split()[0] == "--xla_tpu_enable_async_collective_fusion=true"

@@ -306,6 +306,21 @@ def test_micro_batches_equal_one_big_batch(loss_type, G):
     assert big["num_tokens"] == counts.sum()
 
 
+
+def test_combined_objective_reports_each_term():
+    policy, ref, counts, margin = random_inputs(10, B=6, G=2)
+    scores = SequenceScores(jnp.asarray(policy), jnp.asarray(counts), jnp.zeros_like(jnp.asarray(policy)))
+    combined = LossConfig(loss_type=("rpo", "sft"), loss_weights=(1.0, 0.2))
+    _, sums = loss_and_metrics(scores, jnp.asarray(ref), jnp.asarray(margin), combined)
+    got = finalize_metrics(sums)
+    for name in ("rpo", "sft"):
+        alone = LossConfig(loss_type=(name,), loss_weights=(1.0,))
+        _, single = loss_and_metrics(scores, jnp.asarray(ref), jnp.asarray(margin), alone)
+        single = finalize_metrics(single)
+        assert "loss/" + name not in single  # only combined objectives split their loss
+        np.testing.assert_allclose(got["loss/" + name], single["loss"], rtol=1e-6)
+    np.testing.assert_allclose(got["loss"], got["loss/rpo"] + 0.2 * got["loss/sft"], rtol=1e-6)
+
 @pytest.mark.parametrize("loss_type,G", [(("rpo", "sft"), 2), (("iopo",), 4)])
 def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
     # Evaluation completes its last batch with weight-0 copies of real rows: metrics must equal the real rows' alone.

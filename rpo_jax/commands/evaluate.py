@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from data_pipeline.local_paths import local_path_arg
+
 ASSETS = Path(__file__).resolve().parents[2] / "data_pipeline" / "assets"
 SUITE_INPUTS = {"ifeval": ASSETS / "ifeval" / "input_data.jsonl", "ifbench": ASSETS / "ifbench" / "IFBench_test.jsonl"}
 IF_KEYS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc")
@@ -31,19 +33,24 @@ IF_KEYS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_stri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", required=True, choices=["ifeval", "ifbench", "pairs"])
-    parser.add_argument("--checkpoint", help="params checkpoint (import-hf / import-gguf) or HF Llama folder "
-                                             "(e.g. a trained run's hf/ export)")
-    parser.add_argument("--responses", help="score these responses instead of generating (IF suites)")
-    parser.add_argument("--tokenizer", help="tokenizer folder with a chat template (generation)")
+    parser.add_argument("--checkpoint", type=local_path_arg,
+                        help="params checkpoint (import-hf / import-gguf) or HF Llama folder "
+                             "(e.g. a trained run's hf/ export)")
+    parser.add_argument("--responses", type=local_path_arg,
+                        help="score these responses instead of generating (IF suites)")
+    parser.add_argument("--tokenizer", type=local_path_arg, help="tokenizer folder with a chat template (generation)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts (0 = all)")
     parser.add_argument("--skip-unsupported", action="store_true",
                         help="IF suites: leave out (and list) prompts whose instruction ids cannot be checked here")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--reference", help="reference: params checkpoint or HF Llama folder (pairs suite)")
-    parser.add_argument("--pairs", help="tokenized held-out pairs: a `rpo-jax tokenize` output folder")
-    parser.add_argument("--config", help="run config whose loss/model execution settings to use (pairs suite)")
-    parser.add_argument("--output", help="write the results as JSON")
+    parser.add_argument("--reference", type=local_path_arg,
+                        help="reference: params checkpoint or HF Llama folder (pairs suite)")
+    parser.add_argument("--pairs", type=local_path_arg,
+                        help="tokenized held-out pairs: a `rpo-jax tokenize` output folder")
+    parser.add_argument("--config", type=local_path_arg,
+                        help="run config whose loss/model execution settings to use (pairs suite)")
+    parser.add_argument("--output", type=local_path_arg, help="write the results as JSON")
 
 
 def _print_table(results: dict, keys) -> None:

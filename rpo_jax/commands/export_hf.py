@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from data_pipeline.local_paths import local_path_arg
 from rpo_jax.commands.import_hf import parse_mesh
 from rpo_jax.config import MeshConfig
 
@@ -23,9 +24,11 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="params checkpoint folder (from import-hf or training)")
-    parser.add_argument("--output", required=True, help="new HF folder (must not exist)")
-    parser.add_argument("--tokenizer", default=None, help="folder whose tokenizer/generation files are copied")
+    parser.add_argument("--checkpoint", required=True, type=local_path_arg,
+                        help="params checkpoint folder (from import-hf or training)")
+    parser.add_argument("--output", required=True, type=local_path_arg, help="new HF folder (must not exist)")
+    parser.add_argument("--tokenizer", default=None, type=local_path_arg,
+                        help="folder whose tokenizer/generation files are copied")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="safetensors dtype (default: the checkpoint's param_dtype)")
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_pipeline.local_paths import local_path_arg
 from rpo_jax.commands.import_hf import parse_mesh
 from rpo_jax.config import MeshConfig
 
@@ -27,11 +28,13 @@ class PromptFileError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=True, type=local_path_arg,
                         help="params checkpoint (import-hf / import-gguf) or HF Llama folder (e.g. a run's hf/)")
-    parser.add_argument("--tokenizer", required=True, help="HF tokenizer folder (with its chat template)")
-    parser.add_argument("--prompts", required=True, help="JSONL with `key` and `prompt` or `messages`")
-    parser.add_argument("--output", required=True, help="responses JSONL to write")
+    parser.add_argument("--tokenizer", required=True, type=local_path_arg,
+                        help="HF tokenizer folder (with its chat template)")
+    parser.add_argument("--prompts", required=True, type=local_path_arg,
+                        help="JSONL with `key` and `prompt` or `messages`")
+    parser.add_argument("--output", required=True, type=local_path_arg, help="responses JSONL to write")
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)

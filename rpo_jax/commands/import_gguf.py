@@ -12,14 +12,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from data_pipeline.local_paths import local_path_arg
 from rpo_jax.commands.import_hf import parse_mesh
 from rpo_jax.config import LoraConfig, MeshConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gguf", required=True, help="llama.cpp GGUF file of a Llama model")
-    parser.add_argument("--output", required=True, help="new params checkpoint folder (must not exist)")
-    parser.add_argument("--hf-output", default=None,
+    parser.add_argument("--gguf", required=True, type=local_path_arg, help="llama.cpp GGUF file of a Llama model")
+    parser.add_argument("--output", required=True, type=local_path_arg,
+                        help="new params checkpoint folder (must not exist)")
+    parser.add_argument("--hf-output", default=None, type=local_path_arg,
                         help="also keep the converted HF folder (config, fp32 safetensors, tokenizer) here")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="stored dtype of the checkpoint (the dequantized weights are fp32)")

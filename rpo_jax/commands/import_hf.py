@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from data_pipeline.local_paths import local_path_arg
 from rpo_jax.config import ConfigError, LoraConfig, MeshConfig
 
 
@@ -28,8 +29,10 @@ def parse_mesh(text: str) -> MeshConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="HF folder with config.json and *.safetensors")
-    parser.add_argument("--output", required=True, help="new params checkpoint folder (must not exist)")
+    parser.add_argument("--model", required=True, type=local_path_arg,
+                        help="HF folder with config.json and *.safetensors")
+    parser.add_argument("--output", required=True, type=local_path_arg,
+                        help="new params checkpoint folder (must not exist)")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None,
                         help="stored dtype (default: the HF config's dtype/torch_dtype, else float32)")
     parser.add_argument("--mesh", type=parse_mesh, default=MeshConfig(),

@@ -26,11 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from data_pipeline.local_paths import local_path_arg
+
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/run/)")
+    parser.add_argument("--config", required=True, type=local_path_arg, help="YAML run config (see configs/run/)")
     parser.add_argument("--mesh", default="", metavar="data=D,fsdp=F,tensor=T",
                         help="mesh axis sizes (override mesh.*); every axis must resolve to a number")
     parser.add_argument("--hbm-gb", type=float, help="device memory in GiB: report whether the step fits")
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--topology", default="", help="TPU topology to also compile for (TPU backend only)")
-    parser.add_argument("--output", help="write the report as JSON here")
+    parser.add_argument("--output", type=local_path_arg, help="write the report as JSON here")
 
 
 def _mesh_overrides(text: str) -> list[str]:

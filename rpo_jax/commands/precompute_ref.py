@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+from data_pipeline.local_paths import local_path_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the run config (model, init_checkpoint, data paths)")
+    parser.add_argument("--config", required=True, type=local_path_arg,
+                        help="the run config (model, init_checkpoint, data paths)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from data_pipeline.local_paths import local_path_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/run/)")
-    parser.add_argument("--output-dir", help="overrides train.output_dir")
+    parser.add_argument("--config", required=True, type=local_path_arg, help="YAML run config (see configs/run/)")
+    parser.add_argument("--output-dir", type=local_path_arg, help="overrides train.output_dir")
     parser.add_argument("--steps", type=int, help="overrides train.steps")
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     parser.add_argument("--allow-config-change", action="store_true",
