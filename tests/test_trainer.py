@@ -1,11 +1,11 @@
 """`rpo-jax train` end to end: exact resume after SIGKILL, SIGTERM, multi-process, bad settings."""
 
 import json
-import resource
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -166,13 +166,15 @@ def test_unwritable_output_dir_fails_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()  # failed before tokenizing anything
 
 
-def _full_disk(max_file_bytes: int):
-    """preexec_fn: files may not grow past `max_file_bytes`; writes beyond get EFBIG, as on a full disk
-    (SIGXFSZ ignored so the writer sees the error instead of being killed). Works without root or a quota."""
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-    return apply
+def _on_full_disk(command: list[str], max_file_bytes: int) -> list[str]:
+    """`command` run with files unable to grow past `max_file_bytes`: writes beyond get EFBIG, as on a full disk
+    (SIGXFSZ ignored so the writer sees the error instead of being killed; an ignored signal stays ignored across
+    exec). Works without root or a quota. A small exec wrapper rather than preexec_fn, which is unsafe to fork
+    from this multithreaded (JAX) test process."""
+    wrapper = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", wrapper, *command]
 
 
 def test_failed_checkpoint_write_is_loud_and_keeps_the_previous_one(uninterrupted, tmp_path):
@@ -182,8 +184,8 @@ def test_failed_checkpoint_write_is_loud_and_keeps_the_previous_one(uninterrupte
     step2 = tmp_path / "run" / "checkpoints" / "2"
     before = {p.relative_to(step2): p.read_bytes() for p in step2.rglob("*") if p.is_file()}
     # Metrics lines fit under 256 KiB; the step-4 checkpoint (4 MB embedding) does not.
-    result = subprocess.run(train_command(config, "--resume", "--steps", "4"), env=cli_env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, preexec_fn=_full_disk(256 * 1024))
+    result = subprocess.run(_on_full_disk(train_command(config, "--resume", "--steps", "4"), 256 * 1024),
+                            env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "saving step 4 failed" in result.stderr, result.stderr[-3000:]
     assert "the latest complete checkpoint is step 2" in result.stderr
