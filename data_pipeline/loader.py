@@ -9,6 +9,13 @@ Order of operations (all processes build the same global order from the same see
 Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
 and within an epoch the processes' examples are disjoint and together cover it.
 
+`group_mirrors` (RPO) replaces the example shuffle by a shuffle of two-example units: each pair with its mirror
+(the same two responses in swapped roles, `manifest["mirror_pairs"]`), the remaining examples two by two. Units
+sit at even positions of the global stream, so with an even global batch a pair and its mirror always land in
+the same optimizer step. Why: the mirror's gradient cancels the pair's prompt-independent part ("y_i is better
+than y_j"), leaving only what depends on the instruction; shuffled apart, the two directions are learned and
+unlearned in turn, and a small model memorises responses instead of reading instructions.
+
 Batch (numpy): tokens int32 [B,G,L] (right-padded with the manifest's pad id), loss_mask bool [B,G,L] (the final
 assistant turn incl. its end-of-turn token; logits at t-1 predict token t), segment_ids int32 [B,G,L] (1 real,
 0 pad), positions int32 [B,G,L], margin int32 [B], example_index int64 [B], example_weight float32 [B] (1, or 0 for
@@ -19,6 +26,7 @@ reference log-probs are attached to the shards (`shards.attach_ref_logps`).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +79,58 @@ class CollatePairs:
         return out
 
 
+def mirror_units(manifest: dict, shard_dir) -> np.ndarray:
+    """[N // 2, 2] example indices: each mirror pair, then the unpaired examples two by two (sorted)."""
+    if "mirror_pairs" not in manifest:
+        raise ValueError(f"{shard_dir}: the manifest lists no mirror_pairs; re-run `rpo-jax tokenize`")
+    pairs = [tuple(p) for p in manifest["mirror_pairs"]]
+    paired = {i for p in pairs for i in p}
+    rest = [i for i in range(manifest["num_examples"]) if i not in paired]
+    units = pairs + [tuple(rest[k:k + 2]) for k in range(0, len(rest) - 1, 2)]
+    return np.asarray(units, dtype=np.int64).reshape(-1, 2)
+
+
+class MirrorUnitOrder:
+    """Example indices in stream order for `group_mirrors`: per epoch, a seeded permutation of two-example units,
+    flattened. A random-access source (`__len__`/`__getitem__`, picklable for Grain workers) spanning all epochs.
+
+    With an odd number of examples the one left over goes last in even epochs and first in odd ones, so that across
+    the epoch boundary it pairs with the next leftover and every unit still starts at an even stream position.
+    """
+
+    def __init__(self, units: np.ndarray, num_examples: int, *, seed: int, num_epochs: int | None):
+        self.units, self.num_examples, self.seed = units, num_examples, seed
+        self.num_epochs = num_epochs if num_epochs is not None else sys.maxsize // max(num_examples, 1)
+        covered = set(units.ravel().tolist())
+        self.leftover = np.asarray([i for i in range(num_examples) if i not in covered], dtype=np.int64)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.num_examples * self.num_epochs
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            flat = self.units[np.random.default_rng([self.seed, epoch]).permutation(len(self.units))].ravel()
+            self._cached = (epoch, np.concatenate([self.leftover, flat] if epoch % 2 else [flat, self.leftover]))
+        return self._cached[1]
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch, position = divmod(int(index), self.num_examples)
+        return int(self.order(epoch)[position])
+
+
+class ReadRecord:
+    """Example index -> its raw record (picklable: runs inside Grain worker processes)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, example_index: int) -> bytes:
+        return self.source[example_index]
+
+
 class DecodeWeighted:
     """Decodes a record and gives it weight 1, or 0 when its position in the pass is past the real examples
     (the fill rows of `remainder="fill"`). Picklable: runs inside Grain worker processes."""
@@ -121,7 +181,7 @@ class PairBatchIterator:
 def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
                 num_epochs: int | None = None, length_buckets: tuple[int, ...] = (), max_length: int | None = None,
                 num_workers: int = 0, read_threads: int = 4, remainder: str = "drop",
-                ref_logps_key: str | None = None) -> PairBatchIterator:
+                ref_logps_key: str | None = None, group_mirrors: bool = False) -> PairBatchIterator:
     """Batches of this process's share of the shards; see the module docstring for the order of operations.
 
     batch_size is per process. `max_length` defaults to the manifest's; rows longer than it raise. `num_workers`
@@ -138,8 +198,14 @@ def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_inde
     ref_logps = _ref_logps(shard_dir, ref_logps_key)
 
     num_examples = manifest["num_examples"]
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest)))
-    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    records = grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest))
+    if group_mirrors:
+        if (batch_size * shard_count) % 2:
+            raise ValueError(f"group_mirrors needs an even global batch, got {batch_size} x {shard_count} processes")
+        order = MirrorUnitOrder(mirror_units(manifest, shard_dir), num_examples, seed=seed, num_epochs=num_epochs)
+        ds = grain.MapDataset.source(order).map(ReadRecord(records))
+    else:
+        ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
     num_batches, num_real = None, None
     if num_epochs is not None:
         num_real = total = num_examples * num_epochs

@@ -1,14 +1,21 @@
 """Builds tokenized shards from a pair file when they are missing or stale (what `rpo-jax train` needs first).
 
-A shard folder is reused only if its manifest fingerprint equals the fingerprint of the current pair file,
-tokenizer files, chat template and truncation settings; otherwise it is rebuilt (atomically, replacing it).
+A shard folder is reused only if it has this code's schema version and its manifest fingerprint equals the
+fingerprint of the current pair file, tokenizer files, chat template and truncation settings; otherwise it is
+rebuilt (atomically, replacing it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.shards import compute_fingerprint, file_sha256, read_manifest, tokenizer_file_hashes
+from data_pipeline.shards import (
+    ShardFormatError,
+    compute_fingerprint,
+    file_sha256,
+    read_manifest,
+    tokenizer_file_hashes,
+)
 from data_pipeline.tokenize import load_tokenizer, resolve_chat_template
 from data_pipeline.tokenize_cli import build_shards
 from data_pipeline.truncation import TruncationSettings
@@ -23,7 +30,12 @@ def ensure_shards(pairs_path: str | Path, tokenizer_dir: str | Path, output_dir:
     chat_template, _ = resolve_chat_template(load_tokenizer(tokenizer_dir), None)
     expected = compute_fingerprint(file_sha256(pairs_path), tokenizer_file_hashes(tokenizer_dir), chat_template,
                                    settings.to_json())
-    if (output_dir / "manifest.json").is_file() and read_manifest(output_dir)["fingerprint"] == expected:
-        return read_manifest(output_dir), False
+    if (output_dir / "manifest.json").is_file():
+        try:
+            manifest = read_manifest(output_dir)
+        except ShardFormatError:  # written by another schema version: stale, rebuilt below
+            manifest = None
+        if manifest is not None and manifest["fingerprint"] == expected:
+            return manifest, False
     manifest = build_shards(pairs_path, tokenizer_dir, output_dir, settings, overwrite=True)
     return manifest, True

@@ -23,7 +23,7 @@ import numpy as np
 
 from data_pipeline.tokenize import TokenizedExample
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest lists `mirror_pairs`
 FORMAT_NAME = "rpo-jax-tokenized-pairs"
 MANIFEST_NAME = "manifest.json"
 REF_LOGPS_NAME = "ref_logps.npz"
@@ -113,6 +113,7 @@ class ShardWriter:
         self.group_size: int | None = None
         self.max_row_length = 0
         self.row_lengths: list[int] = []
+        self._by_responses: dict[bytes, list[int]] = {}  # G=2: sorted response token ids -> example indices
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -133,8 +134,20 @@ class ShardWriter:
         self._writer.write(encode_record(self.num_examples, example))
         self.row_lengths.extend(len(r) for r in example.rows)
         self.max_row_length = max(self.max_row_length, *(len(r) for r in example.rows))
+        if self.group_size == 2:
+            responses = sorted(np.asarray(row[start:], dtype="<i4").tobytes()
+                               for row, start in zip(example.rows, example.response_starts, strict=True))
+            self._by_responses.setdefault(b"\xff".join(responses), []).append(self.num_examples)
         self.num_examples += 1
         return self.num_examples - 1
+
+    def mirror_pairs(self) -> list[list[int]]:
+        """Pairs of examples holding the same two responses in swapped roles: an RPO pair (x_Si; y_i > y_j) and its
+        mirror (x_Sj; y_j > y_i). Examples sharing both responses are paired in order of appearance."""
+        pairs = []
+        for indices in self._by_responses.values():
+            pairs.extend([indices[k], indices[k + 1]] for k in range(0, len(indices) - 1, 2))
+        return sorted(pairs)
 
     def finish(self, manifest: dict) -> dict:
         """Writes shards + manifest (adding format fields and the shard list) and renames the folder into place."""
@@ -161,7 +174,7 @@ class ShardWriter:
                 "num_examples": self.num_examples, "group_size": self.group_size,
                 "max_row_length": int(self.max_row_length),
                 "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
-                "shards": shards}
+                "mirror_pairs": self.mirror_pairs(), "shards": shards}
         _write_json_atomic(self._tmp / MANIFEST_NAME, full)
         self._publish()
         return full

@@ -143,6 +143,7 @@ class DataConfig:
     shuffle_seed: int = 0
     num_workers: int = 0
     length_buckets: tuple[int, ...] = ()
+    group_mirrors: bool = False
 
     def __post_init__(self):
         for name in ("train_path", "eval_path", "pairs_path", "eval_pairs_path", "tokenizer_path"):

@@ -67,6 +67,9 @@ def _validate(cfg: Config, mesh) -> int:
             f"data.global_batch_size={cfg.data.global_batch_size} must split into train.grad_accum_steps="
             f"{cfg.train.grad_accum_steps} micro-batches each divisible by the data-parallel ways "
             f"(mesh data×fsdp = {data_ways})")
+    if cfg.data.group_mirrors and cfg.data.global_batch_size % 2:
+        raise ConfigError(f"data.group_mirrors puts each pair and its mirror in one step: data.global_batch_size="
+                          f"{cfg.data.global_batch_size} must be even")
     if cfg.data.global_batch_size % jax.process_count():
         raise ConfigError(f"data.global_batch_size={cfg.data.global_batch_size} does not divide over "
                           f"{jax.process_count()} processes")
@@ -81,7 +84,7 @@ def _make_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool
         path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
         shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
         max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, remainder="drop" if repeat else "fill",
-        ref_logps_key=ref_key)
+        ref_logps_key=ref_key, group_mirrors=cfg.data.group_mirrors and repeat)
 
 
 def _ensure_reference_logps(cfg: Config) -> None:

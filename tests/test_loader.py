@@ -217,3 +217,68 @@ def test_data_pipeline_modules_do_not_import_jax():
     for name in ("tokenize.py", "truncation.py", "shards.py", "loader.py", "tokenize_cli.py"):
         source = (root / name).read_text()
         assert not re.search(r"^\s*(import|from)\s+jax\b", source, re.M), name
+
+
+# ---------------------------------------------------------------- group_mirrors (RPO pair + its mirror in one step)
+
+def mirrored_pairs(num_mirrored: int, num_single: int) -> list[dict]:
+    """RPO rows: `num_mirrored` pairs each followed (not adjacently) by its mirror, plus unmirrored rows."""
+    rows, mirrors = [], []
+    for i in range(num_mirrored + num_single):
+        first, second = f"answer {WORDS[i % 12]} {i}", f"ANSWER {WORDS[(i + 5) % 12]} {i}"
+        prompt_a = (Message("user", f"Question {i}. Use lowercase."),)
+        prompt_b = (Message("user", f"Question {i}. Do not use lowercase."),)
+        row_a = (Sequence(prompt_a, first), Sequence(prompt_a, second))
+        row_b = (Sequence(prompt_b, second), Sequence(prompt_b, first))  # same responses, roles swapped
+        rows.append(row_a)
+        if i < num_mirrored:
+            mirrors.append(row_b)
+    return [{"id": pair_id("rpo", s), "recipe": "rpo", "sequences": [q.to_json() for q in s], "margin": 1,
+             "group_id": f"q{k}", "provenance": {"synthetic": True}} for k, s in enumerate(rows + mirrors)]
+
+
+@pytest.fixture(scope="module")
+def mirror_shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mirrors")
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in mirrored_pairs(num_mirrored=4, num_single=3)))
+    out = root / "shards"
+    build_shards(pairs, DEFAULT_TOKENIZER_DIR, out, TruncationSettings(MAX_LENGTH, "drop"))
+    return out
+
+
+def test_manifest_lists_mirror_pairs(mirror_shards):
+    # Rows 0..6 are the originals, rows 7..10 the mirrors of rows 0..3.
+    assert read_manifest(mirror_shards)["mirror_pairs"] == [[0, 7], [1, 8], [2, 9], [3, 10]]
+
+
+@pytest.mark.parametrize("batch_size,shard_count", [(2, 1), (1, 2), (4, 1)])
+def test_group_mirrors_puts_each_mirror_in_the_same_step(mirror_shards, batch_size, shard_count):
+    num_examples, epochs = 11, 6
+    steps = num_examples * epochs // (batch_size * shard_count)
+    loaders = [make_loader(mirror_shards, batch_size=batch_size, seed=5, shard_index=i, shard_count=shard_count,
+                           group_mirrors=True) for i in range(shard_count)]
+    stream = []  # example indices in global order, one list per optimizer step
+    for _ in range(steps):
+        stream.append([int(x) for loader in loaders for x in next(loader)["example_index"]])
+    partner = {a: b for a, b in read_manifest(mirror_shards)["mirror_pairs"]}
+    partner.update({b: a for a, b in list(partner.items())})
+    for step in stream:
+        assert all(partner[i] in step for i in step if i in partner), step
+    flat = [i for step in stream for i in step]
+    for epoch in range(len(flat) // num_examples):  # each complete epoch is a permutation of all examples
+        assert sorted(flat[epoch * num_examples:(epoch + 1) * num_examples]) == list(range(num_examples))
+    assert flat[:num_examples] != flat[num_examples:2 * num_examples]  # reshuffled per epoch
+
+
+def test_group_mirrors_resumes_and_needs_an_even_global_batch(mirror_shards):
+    loader = make_loader(mirror_shards, batch_size=2, seed=1, group_mirrors=True)
+    for _ in range(3):
+        next(loader)
+    state = loader.get_state()
+    expected = [next(loader)["example_index"].tolist() for _ in range(4)]
+    resumed = make_loader(mirror_shards, batch_size=2, seed=1, group_mirrors=True)
+    resumed.set_state(state)
+    assert [next(resumed)["example_index"].tolist() for _ in range(4)] == expected
+    with pytest.raises(ValueError, match="even global batch"):
+        make_loader(mirror_shards, batch_size=3, seed=1, group_mirrors=True)

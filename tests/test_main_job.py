@@ -1,8 +1,6 @@
-"""The README's main-job command, run as a user would (1 CPU device, fresh output dir): it must train, evaluate,
-checkpoint, report, and export an HF folder that transformers loads.
-
-Not asserted: a held-out improvement. Measured on this default (tiny random-init model, 40 steps), held-out loss
-does not fall below its step-0 value (0.697 -> 0.77); see the trainer issue's notes."""
+"""The README's main-job command, run as a user would (1 CPU device, fresh output dir): it must train, learn
+something that holds on held-out prompts, evaluate, checkpoint, report, and export an HF folder that transformers
+loads."""
 
 import json
 import os
@@ -38,13 +36,19 @@ def test_readme_main_job(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval/loss" in r]
-    assert [r["step"] for r in train] == list(range(40))
-    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert [r["step"] for r in train] == list(range(100))
+    assert [r["step"] for r in evals] == [0, 25, 50, 75, 100]
     # Step 0: policy == reference, so the held-out RPO loss is softplus(beta*gamma*g) averaged, near ln 2 + margin.
     assert abs(evals[0]["eval/rewards/margins"]) < 1e-4
     # Every held-out pair is scored (the last partial batch is completed with weight-0 rows, not dropped).
     held_out = json.loads((run / "data" / "eval" / "manifest.json").read_text())["counts"]["examples"]
     assert all(r["eval/num_pairs"] == held_out for r in evals)
+    # A real learning signal on prompts never trained on: every later eval beats the step-0 loss (policy ==
+    # reference), and the policy ranks most held-out pairs right (chance is 0.5; step 0 ties count as misses).
+    # Measured on this config: loss 0.697 -> 0.625 / 0.674 / 0.652 / 0.655, accuracy 0.68 -> 0.76.
+    baseline = evals[0]["eval/loss"]
+    assert all(r["eval/loss"] < baseline - 0.015 for r in evals[1:]), [r["eval/loss"] for r in evals]
+    assert evals[-1]["eval/rewards/accuracies"] > 0.65 and evals[-1]["eval/rewards/margins"] > 0.1
     assert all(r["nonfinite_total"] == 0 for r in train)
     assert train[-1]["rewards/margins"] != 0.0  # the policy moved away from the reference
 
