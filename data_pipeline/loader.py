@@ -79,15 +79,16 @@ class CollatePairs:
         return out
 
 
-def mirror_units(manifest: dict, shard_dir) -> np.ndarray:
-    """[N // 2, 2] example indices: each mirror pair, then the unpaired examples two by two (sorted)."""
+def mirror_units(manifest: dict, shard_dir) -> tuple[np.ndarray, np.ndarray]:
+    """([N // 2, 2] example indices: each mirror pair, then the unpaired examples two by two (sorted); the one
+    example left over when N is odd, else none)."""
     if "mirror_pairs" not in manifest:
         raise ValueError(f"{shard_dir}: the manifest lists no mirror_pairs; re-run `rpo-jax tokenize`")
     pairs = [tuple(p) for p in manifest["mirror_pairs"]]
     paired = {i for p in pairs for i in p}
     rest = [i for i in range(manifest["num_examples"]) if i not in paired]
     units = pairs + [tuple(rest[k:k + 2]) for k in range(0, len(rest) - 1, 2)]
-    return np.asarray(units, dtype=np.int64).reshape(-1, 2)
+    return np.asarray(units, dtype=np.int64).reshape(-1, 2), np.asarray(rest[len(rest) - len(rest) % 2:], np.int64)
 
 
 class MirrorUnitOrder:
@@ -98,11 +99,10 @@ class MirrorUnitOrder:
     the epoch boundary it pairs with the next leftover and every unit still starts at an even stream position.
     """
 
-    def __init__(self, units: np.ndarray, num_examples: int, *, seed: int, num_epochs: int | None):
-        self.units, self.num_examples, self.seed = units, num_examples, seed
-        self.num_epochs = num_epochs if num_epochs is not None else sys.maxsize // max(num_examples, 1)
-        covered = set(units.ravel().tolist())
-        self.leftover = np.asarray([i for i in range(num_examples) if i not in covered], dtype=np.int64)
+    def __init__(self, units: np.ndarray, leftover: np.ndarray, *, seed: int, num_epochs: int | None):
+        self.units, self.leftover, self.seed = units, leftover, seed
+        self.num_examples = units.size + leftover.size
+        self.num_epochs = num_epochs if num_epochs is not None else sys.maxsize // max(self.num_examples, 1)
         self._cached: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -202,7 +202,7 @@ def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_inde
     if group_mirrors:
         if (batch_size * shard_count) % 2:
             raise ValueError(f"group_mirrors needs an even global batch, got {batch_size} x {shard_count} processes")
-        order = MirrorUnitOrder(mirror_units(manifest, shard_dir), num_examples, seed=seed, num_epochs=num_epochs)
+        order = MirrorUnitOrder(*mirror_units(manifest, shard_dir), seed=seed, num_epochs=num_epochs)
         ds = grain.MapDataset.source(order).map(ReadRecord(records))
     else:
         ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)

@@ -161,6 +161,11 @@ def load_checkpoint(path: str | Path, mesh: Mesh) -> tuple[ModelConfig, LoraConf
     if is_hf_folder(path):
         cfg, state = load_hf_state(path, mesh)
         return cfg, LoraConfig(), state
+    return load_params_checkpoint(path, mesh)
+
+
+def load_params_checkpoint(path: str | Path, mesh: Mesh) -> tuple[ModelConfig, LoraConfig, nnx.State]:
+    """The whole model (LoRA factors included) of a params checkpoint, read straight into its shardings."""
     cfg, lora_cfg = read_model_config(path), read_lora_config(path)
     abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, lora_cfg, rngs=nnx.Rngs(0))))[1]
     return cfg, lora_cfg, restore_params(path, abstract_state, state_shardings(abstract_state, mesh))

@@ -101,11 +101,15 @@ def _to_global(local_batch: dict, shardings: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local_batch.items()}
 
 
-def _model_inputs(batch: dict, reference_mode: str, *, weighted: bool = False) -> dict:
+def _model_inputs(batch: dict, cfg: Config, *, weighted: bool = False) -> dict:
+    """The fields the step reads (validated on the host); `weighted` keeps evaluation's example weights."""
+    precomputed = cfg.train.reference_mode == "precomputed"
     keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"] + (["example_weight"] if weighted else [])
-    if reference_mode == "precomputed":
+    if precomputed:
         keys.append("ref_logps")  # the loader requires the attachment whose key matches this run
-    return {k: batch[k] for k in keys}
+    inputs = {k: batch[k] for k in keys}
+    validate_batch(inputs, cfg.loss, require_ref_logps=precomputed)
+    return inputs
 
 
 class Trainer:
@@ -136,9 +140,10 @@ class Trainer:
         if cfg.train.tensorboard and self.is_main:
             self.metrics_log.mirror = TensorBoardLog(self.output_dir / "tensorboard",
                                                      purge_step=self.start_step if resume else None)
-            for record in self.metrics_log.read():  # evals at the resume step survive in the JSON lines, but
-                if resume and record["step"] == self.start_step:  # the purge hides them from TensorBoard
-                    self.metrics_log.mirror.write(record)
+            if resume:  # evals at the resume step survive in the JSON lines, but the purge hides them
+                for record in self.metrics_log.read():
+                    if record["step"] == self.start_step:
+                        self.metrics_log.mirror.write(record)
         self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------------
@@ -168,8 +173,7 @@ class Trainer:
         return self._step_fns[shape_key]
 
     def next_batch(self) -> tuple[dict, int]:
-        local = _model_inputs(next(self.loader), self.cfg.train.reference_mode)
-        validate_batch(local, self.cfg.loss, require_ref_logps=self.cfg.train.reference_mode == "precomputed")
+        local = _model_inputs(next(self.loader), self.cfg)
         tokens = int(np.asarray(local["segment_ids"]).astype(bool).sum()) * jax.process_count()
         return _to_global(local, batch_shardings(local, self.mesh)), tokens
 
@@ -179,14 +183,13 @@ class Trainer:
             self._eval_fn = make_eval_step(self.cfg, self.policy, self.mesh)
         sums = None
         for local in _make_loader(self.cfg, self.cfg.data.eval_path, self.per_process_batch, repeat=False):
-            local = _model_inputs(local, self.cfg.train.reference_mode, weighted=True)
+            local = _model_inputs(local, self.cfg, weighted=True)
             batch = _to_global(local, batch_shardings(local, self.mesh))
             out = jax.device_get(self._eval_fn(self.state["params"], self.policy.frozen, self.policy.reference,
                                                batch))
             sums = out if sums is None else jax.tree.map(np.add, sums, out)
         if sums is None:
-            raise ConfigError(f"data.eval_path={self.cfg.data.eval_path}: no complete eval batch "
-                              f"of {self.per_process_batch} groups")
+            raise ConfigError(f"data.eval_path={self.cfg.data.eval_path}: no eval batch (empty dataset)")
         return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()} | {"eval/num_pairs": float(sums["loss"][1])}
 
     def _record(self, step: int, host, tokens: int, seconds: float) -> dict:

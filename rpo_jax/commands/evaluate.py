@@ -139,7 +139,7 @@ def _run_pairs_suite(args) -> dict:
                                       {k: jax.device_put(v, sh[k]) for k, v in inputs.items()}))
         sums = out if sums is None else jax.tree.map(np.add, sums, out)
     if sums is None:
-        raise SystemExit(f"{args.pairs}: fewer than {batch_size} pairs; lower --batch-size")
+        raise SystemExit(f"{args.pairs}: no pairs to evaluate")
     results = finalize_metrics(sums)
     _print_table(results, sorted(results))
     return results

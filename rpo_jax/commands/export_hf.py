@@ -38,18 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flax import nnx
-
     from rpo_jax.hf_io import export_hf
-    from rpo_jax.model import Llama
-    from rpo_jax.params_io import read_lora_config, read_model_config, restore_params
-    from rpo_jax.sharding import make_mesh, state_shardings
+    from rpo_jax.params_io import load_params_checkpoint
+    from rpo_jax.sharding import make_mesh
 
-    cfg = read_model_config(args.checkpoint)
-    lora_cfg = read_lora_config(args.checkpoint)
-    mesh = make_mesh(args.mesh)
-    abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, lora_cfg, rngs=nnx.Rngs(0))))[1]
-    state = restore_params(args.checkpoint, abstract_state, state_shardings(abstract_state, mesh))
+    cfg, lora_cfg, state = load_params_checkpoint(args.checkpoint, make_mesh(args.mesh))
     files = export_hf(state, cfg, lora_cfg, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                       tokenizer_dir=args.tokenizer)
     merged = f", LoRA rank {lora_cfg.rank} merged" if lora_cfg.rank else ""
