@@ -4,3 +4,14 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    """Launch-script tests: fake gcloud/git on PATH (see launch_fixtures.py)."""
+    from launch_fixtures import fake_environment
+
+    return fake_environment(tmp_path)

@@ -1,89 +1,21 @@
-"""Launch scripts: syntax, shellcheck, --help / bad flags, and the exact commands they print and run.
+"""Launch scripts: syntax, shellcheck, --help / bad flags, and the exact commands the TPU script prints and runs
+(the GPU script's own commands: test_launch_gpu.py).
 
-`gcloud` and `git` are replaced by fake executables that record their argv, so the tests check both what a
-`--dry-run` prints and what a real run executes (and that a dry run executes nothing).
+`gcloud` and `git` are replaced by fake executables that record their argv (launch_fixtures.py), so the tests check
+both what a `--dry-run` prints and what a real run executes (and that a dry run executes nothing).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
-TPU = LAUNCH / "tpu_pod.sh"
-GPU = LAUNCH / "gpu_single.sh"
-SCRIPTS = [TPU, GPU, LAUNCH / "common.sh"]
-
-# Records its argv as one JSON line; `describe` prints $FAKE_TPU_STATE (or fails when it is empty, like a
-# missing slice); queued-resources describe reports ACTIVE.
-FAKE_TOOL = """#!/usr/bin/env python3
-import json, os, sys
-with open(os.environ["FAKE_CALLS"], "a") as f:
-    f.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
-if "describe" in sys.argv:
-    if "queued-resources" in sys.argv:
-        print("ACTIVE")
-    elif os.environ.get("FAKE_TPU_STATE"):
-        print(os.environ["FAKE_TPU_STATE"])
-    else:
-        sys.exit(1)
-"""
-
-# Stands in for the installed console script: records argv and the environment JAX reads.
-FAKE_RPO_JAX = """#!/usr/bin/env python3
-import json, os, sys
-keys = ["LIBTPU_INIT_ARGS", "TPU_STDERR_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES",
-        "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS"]
-with open(os.environ["FAKE_RPO_JAX_OUT"], "w") as f:
-    json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, f)
-print("fake trainer ran")
-"""
-
-
-def _executable(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture
-def fake_env(tmp_path):
-    """Environment with fake gcloud/git first on PATH and no inherited RPO_* / XLA_FLAGS settings."""
-    bin_dir = tmp_path / "bin"
-    for tool in ("gcloud", "git"):
-        _executable(bin_dir / tool, FAKE_TOOL)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RPO_", "XLA_", "TPU_"))}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    env["FAKE_CALLS"] = str(tmp_path / "calls.jsonl")
-    return env
-
-
-def _run(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-def _calls(env) -> list[list[str]]:
-    path = Path(env["FAKE_CALLS"])
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _printed(stdout: str) -> list[list[str]]:
-    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
-
-
-def _remote(cmd: list[str]) -> str:
-    (arg,) = [a for a in cmd if a.startswith("--command=")]
-    return arg.removeprefix("--command=")
-
+from launch_fixtures import FAKE_RPO_JAX, GPU, LAUNCH, REPO, SCRIPTS, TPU, _calls, _executable, _printed, _remote, _run
 
 TPU_ARGS = [
     "--name",
@@ -343,76 +275,3 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
     (home / "rpo-jax").rmdir()
     assert run_remote().returncode != 0
     assert not out.exists()
-
-
-def test_gpu_dry_run_prints_flags_and_resume(fake_env):
-    result = _run(GPU, "all", "--dry-run", "--gpu", "1", "--data", "/data/tok", "--set", "loss.beta=0.2", env=fake_env)
-    assert result.returncode == 0, result.stderr
-    cmds = _printed(result.stdout)
-    assert ["python3.11", "-m", "venv", ".venv"] in cmds
-    assert [".venv/bin/python", "-m", "pip", "install", "-e", ".[cuda]"] in cmds
-    (train,) = [c for c in cmds if c[0] == "env"]
-    assert train[1:5] == [
-        "CUDA_VISIBLE_DEVICES=1",
-        "XLA_PYTHON_CLIENT_PREALLOCATE=true",
-        "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
-        "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true",
-    ]
-    assert train[5:] == [
-        ".venv/bin/rpo-jax",
-        "train",
-        "--config",
-        "configs/run/rpo_llama3_2_1b_lora_gpu.yaml",
-        "--output-dir",
-        "runs/rpo_llama3_2_1b_lora_gpu",
-        "--set",
-        "data.train_path=/data/tok",
-        "--set",
-        "loss.beta=0.2",
-    ]
-    resume = _run(GPU, "resume", "--dry-run", "--steps", "7", env=fake_env)
-    assert "rpo-jax train --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml" in resume.stdout
-    assert "--steps 7 --resume" in resume.stdout
-
-
-def test_gpu_train_runs_trainer_with_printed_environment(fake_env, tmp_path):
-    venv = tmp_path / "venv"
-    _executable(venv / "bin" / "rpo-jax", FAKE_RPO_JAX)
-    out = tmp_path / "trainer.json"
-    env = {**fake_env, "FAKE_RPO_JAX_OUT": str(out), "RPO_MEM_FRACTION": "0.7", "XLA_FLAGS": "--xla_dump_to=/x"}
-    result = _run(GPU, "resume", "--venv", str(venv), "--output-dir", "/tmp/o", env=env)
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(out.read_text())
-    assert seen["argv"] == [
-        "train",
-        "--config",
-        "configs/run/rpo_llama3_2_1b_lora_gpu.yaml",
-        "--output-dir",
-        "/tmp/o",
-        "--resume",
-    ]
-    assert seen["cwd"] == str(REPO)
-    assert seen["env"] == {
-        "LIBTPU_INIT_ARGS": None,
-        "TPU_STDERR_LOG_LEVEL": None,
-        "TPU_MIN_LOG_LEVEL": None,
-        "CUDA_VISIBLE_DEVICES": "0",
-        "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
-        "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.7",
-        "XLA_FLAGS": "--xla_dump_to=/x --xla_gpu_enable_latency_hiding_scheduler=true",
-    }
-
-
-def _xla_accepts(flags: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    code = "import jax.numpy as jnp; jnp.ones(2).block_until_ready()"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-
-
-def test_gpu_default_xla_flags_are_known_to_jaxlib(fake_env):
-    """XLA aborts on an unknown XLA_FLAGS entry; jaxlib's flag table covers the GPU flags too."""
-    result = _run(GPU, "train", "--dry-run", env=fake_env)
-    (flags,) = [w.removeprefix("XLA_FLAGS=") for c in _printed(result.stdout) for w in c if w.startswith("XLA_FLAGS=")]
-    assert _xla_accepts(flags).returncode == 0
-    assert _xla_accepts("--xla_gpu_no_such_flag_for_rpo_jax=true").returncode != 0  # the check can fail
