@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import flops as flops_mod
-from benchmarks import workload
+from benchmarks import matmul_probe, workload
+from rpo_jax import flops as flops_mod
 
 REFERENCE_MODES = ("separate", "precomputed", "lora_base")
 
@@ -104,7 +104,7 @@ def _perf(step_time: float, cfg, batch: dict, reference_mode: str, num_devices: 
 
 
 def _run_trl(args, prepared, examples: list[dict], tmp: Path) -> dict:
-    from rpo_jax.hf_io import export_hf
+    from rpo_jax.io.hf_export import export_hf
 
     policy = prepared.policy
     hf_dir = tmp / "hf"
@@ -146,8 +146,8 @@ def run(args) -> int:
     on_cpu = jax.default_backend() == "cpu"
     devices = jax.devices()[: args.num_devices or (1 if on_cpu else len(jax.devices()))]
     matmul_size = args.matmul_size or (2048 if on_cpu else 8192)
-    probe = flops_mod.make_matmul_probe(devices[0], args.dtype, matmul_size)
-    peak_before = flops_mod.measure_matmul_peak(probe)
+    probe = matmul_probe.make_matmul_probe(devices[0], args.dtype, matmul_size)
+    peak_before = matmul_probe.measure_matmul_peak(probe)
 
     _, G = workload.LOSS_TYPES[args.loss]
     examples = workload.make_examples(args.batch, G, args.seq_len, workload.model_config(args).vocab_size, args.seed)
@@ -160,8 +160,8 @@ def run(args) -> int:
         prepared[mode] = jax_step.prepare(cfg, batch, devices)
     probe_times = jax_step.time_steps(prepared, args.warmup, args.steps, probe)
     peak_rss = workload.peak_rss_bytes()
-    peak_after = flops_mod.measure_matmul_peak(probe)
-    peak_interleaved = flops_mod.matmul_peak(probe, probe_times)
+    peak_after = matmul_probe.measure_matmul_peak(probe)
+    peak_interleaved = matmul_probe.matmul_peak(probe, probe_times)
     peak = peak_interleaved["flops_per_s"]
     chip_peak = flops_mod.chip_peak_flops(devices[0].device_kind, args.dtype)
 

@@ -12,8 +12,8 @@ import jax
 from rpo_jax.config import Config
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import PolicyParams, build_policy
-from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state, make_train_step
+from rpo_jax.sharding import batch_shardings, make_mesh
+from rpo_jax.train_step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass

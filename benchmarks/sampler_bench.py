@@ -47,7 +47,7 @@ def bench_ours(hf_dir: Path, prompts, n_new: int, repeats: int, pad_id: int):
     from flax import nnx
 
     from rpo_jax.config import MeshConfig
-    from rpo_jax.hf_io import load_hf_state
+    from rpo_jax.io.hf import load_hf_state
     from rpo_jax.model import Llama
     from rpo_jax.sampler import Sampler, SamplingParams
     from rpo_jax.sharding import make_mesh

@@ -26,8 +26,8 @@ from rpo_jax.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    config_from_dict,
 )
+from rpo_jax.config_loading import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_TYPES = {"dpo": ("sigmoid", 2), "rpo": ("rpo", 2), "iopo": ("iopo", 4)}

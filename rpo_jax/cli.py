@@ -1,6 +1,8 @@
 """`rpo-jax` command line: one subcommand per module, imported only when that subcommand runs.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad config value,
+flag, file or data row) is printed as one line and exits 2; `--debug` (anywhere on the line) shows its traceback
+instead. `args.command_argv` holds the command's own arguments, for commands that re-run themselves.
 """
 
 from __future__ import annotations
@@ -8,52 +10,63 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-# name -> (module, one-line help). A module that does not exist yet makes its command say so and exit 2.
+from data_pipeline.errors import UserError
+
+# name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "build-pairs": ("data_pipeline.pairs.cli", "build RPO / IOPO / DPO preference pairs from raw data"),
+    "tokenize": ("data_pipeline.records.cli", "tokenize pair JSONL into ArrayRecord shards with a manifest"),
     "train": ("rpo_jax.commands.train", "train a policy with RPO / DPO / IOPO from a YAML config"),
-    "build-pairs": ("data_pipeline.build_pairs", "build RPO / IOPO / DPO preference pairs from raw data"),
-    "tokenize": ("data_pipeline.tokenize_cli", "tokenize pair JSONL into ArrayRecord shards with a manifest"),
-    "precompute-ref": ("rpo_jax.commands.precompute_ref", "attach reference log-probs to tokenized datasets"),
-    "import-hf": ("rpo_jax.commands.import_hf", "convert a HuggingFace Llama folder into an Orbax checkpoint"),
-    "export-hf": ("rpo_jax.commands.export_hf", "export an Orbax checkpoint as a HuggingFace Llama folder"),
-    "import-gguf": ("rpo_jax.commands.import_gguf", "convert a GGUF Llama file into an Orbax checkpoint"),
+    "precompute-ref": ("rpo_jax.commands.precompute_ref", "compute a run's reference log-probs ahead of training"),
+    "import-hf": ("rpo_jax.commands.import_hf", "convert a HuggingFace Llama folder into a params checkpoint"),
+    "export-hf": ("rpo_jax.commands.export_hf", "export a params checkpoint as a HuggingFace Llama folder"),
+    "import-gguf": ("rpo_jax.commands.import_gguf", "convert a GGUF Llama file into a params checkpoint"),
     "generate": ("rpo_jax.commands.generate", "sample responses with a KV-cache sampler"),
     "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / held-out pair evaluation"),
-    "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
+    "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }
 
 
-def _load(module_name: str):
+def package_version() -> str:
     try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            return None
-        raise
+        return version("rpo-jax")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="rpo-jax", description="Preference optimization (RPO, IOPO, DPO) in JAX.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = argparse.ArgumentParser(prog="rpo-jax", description="Preference optimization (RPO, IOPO, DPO) in JAX.",
+                                     epilog="--debug (anywhere) shows the traceback of a user error.")
+    parser.add_argument("--version", action="version", version=f"rpo-jax {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0].startswith("-"):
+        parser.parse_args(argv)  # --help / --version exit here
         parser.print_help()
-        return 0 if argv else 2
+        return 2
     name = argv[0]
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}")
-    module = _load(COMMANDS[name][0])
-    if module is None:
-        print(f"rpo-jax {name}: not built yet in this version", file=sys.stderr)
-        return 2
-    cmd_parser = argparse.ArgumentParser(prog=f"rpo-jax {name}", description=COMMANDS[name][1])
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"rpo-jax {name}", description=COMMANDS[name][1],
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    args.command_argv = argv[1:]
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"rpo-jax {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

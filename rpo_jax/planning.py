@@ -18,13 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rpo_jax.config import Config, ConfigError
+from rpo_jax.batches import check_batch_split
+from rpo_jax.config import Config
+from rpo_jax.flops import forward_flops, matmul_params, step_flop_units
 from rpo_jax.losses import LOSSES
 from rpo_jax.model import LAYER_WEIGHTS, LORA_TARGETS, count_params, layer_weight_shapes
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import abstract_policy
 from rpo_jax.remat_offload import compiled_uses_host_memory, offload_error
-from rpo_jax.train_step import abstract_train_state, batch_shardings, make_train_step
+from rpo_jax.sharding import batch_shardings
+from rpo_jax.train_step import abstract_train_state, make_train_step
 
 GIB = 2**30
 
@@ -46,14 +49,6 @@ def abstract_batch(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int) -> di
     shaped = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
     shardings = batch_shardings(shaped, mesh)
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in shaped.items()}
-
-
-def check_batch(cfg: Config, mesh: Mesh, batch_size: int) -> None:
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    k = cfg.train.grad_accum_steps
-    if batch_size % k or (batch_size // k) % data_ways:
-        raise ConfigError(f"batch size {batch_size} must split into train.grad_accum_steps={k} micro-batches "
-                          f"each divisible by the data-parallel ways (mesh data×fsdp = {data_ways})")
 
 
 def shard_bytes(tree: Any) -> int:
@@ -98,18 +93,12 @@ def parameter_arithmetic(cfg: Config, mesh: Mesh) -> dict:
 
 
 def analytic_flops(cfg: Config, batch_size: int, seq_len: int) -> dict:
-    """algorithms.md §7 over padded rows: F(T) = 2NT + 2·layers·d_attn·T² per row (N = matmul params with the
-    LM head, without the embedding); full FT = policy 3F + inline reference 1F, LoRA policy ≈ 2F. Remat's
-    recomputation is excluded (MFU counts model FLOPs)."""
-    m = cfg.model
-    n_matmul = count_params(m) - m.vocab_size * m.hidden_size * (0 if m.tie_word_embeddings else 1)
-    n_matmul -= m.hidden_size * (2 * m.num_hidden_layers + 1)  # norms are not matmuls
-    rows, T = batch_size * group_size(cfg), seq_len
-    forward = rows * (2 * n_matmul * T + 2 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * T * T)
-    policy_passes = 2 if cfg.lora.rank > 0 else 3
-    reference_passes = 1 if cfg.train.reference_mode in ("separate", "lora_base") else 0
-    return {"matmul_params": n_matmul, "forward_flops": forward, "passes": policy_passes + reference_passes,
-            "model_flops_per_step": forward * (policy_passes + reference_passes)}
+    """algorithms.md §7 (`rpo_jax.flops`) over padded rows; remat's recomputation is excluded (MFU counts model
+    FLOPs)."""
+    forward = forward_flops(cfg.model, np.full(batch_size * group_size(cfg), seq_len))
+    passes = step_flop_units(cfg.train.reference_mode, cfg.lora.rank > 0)
+    return {"matmul_params": matmul_params(cfg.model), "forward_flops": forward, "passes": passes,
+            "model_flops_per_step": forward * passes}
 
 
 def _cost(compiled) -> dict:
@@ -121,7 +110,7 @@ def _cost(compiled) -> dict:
 
 def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_gib: float | None = None) -> dict:
     """Lowers and compiles `make_train_step` for `mesh` on abstract inputs; returns the report as a dict."""
-    check_batch(cfg, mesh, batch_size)
+    check_batch_split(batch_size, cfg.train.grad_accum_steps, mesh, setting="batch size")
     policy = abstract_policy(cfg, mesh)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     state, state_sh = abstract_train_state(policy, optimizer, cfg.train.seed, mesh)
@@ -205,4 +194,27 @@ def format_report(report: dict) -> str:
     if "fits" in report:
         verdict = "fits" if report["fits"] else "DOES NOT FIT"
         lines.append(f"peak estimate {mem['peak_estimate'] / GIB:.2f} GiB vs HBM {report['hbm_gib']} GiB: {verdict}")
+    target = report.get("target_topology")
+    if target and "skipped" in target:
+        lines.append(f"TPU topology {target['name']}: compile skipped ({target['skipped']})")
+    elif target:
+        lines.append(f"\ncompiled for TPU topology {target['name']}:\n{format_report(target)}")
     return "\n".join(lines)
+
+
+def plan(cfg: Config, batch_size: int, seq_len: int, hbm_gib: float | None = None, topology: str = "") -> dict:
+    """`plan_train_step` on the config's mesh of CPU devices, and (on a TPU backend) also for `topology`."""
+    from rpo_jax.sharding import make_mesh
+
+    needed = math.prod((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    report = plan_train_step(cfg, make_mesh(cfg.mesh, jax.devices("cpu")[:needed]), batch_size, seq_len, hbm_gib)
+    if topology and jax.default_backend() == "tpu":
+        from jax.experimental import topologies
+
+        devices = topologies.get_topology_desc(topology, "tpu").devices
+        report["target_topology"] = {"name": topology, **plan_train_step(cfg, make_mesh(cfg.mesh, devices),
+                                                                         batch_size, seq_len, hbm_gib)}
+    elif topology:
+        report["target_topology"] = {"name": topology,
+                                     "skipped": f"default backend is {jax.default_backend()}, not tpu"}
+    return report

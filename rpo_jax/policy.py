@@ -19,9 +19,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rpo_jax.config import Config, ConfigError
+from rpo_jax.io.params import is_hf_folder, load_hf_base, restore_params
 from rpo_jax.losses import needs_reference
 from rpo_jax.model import Llama
-from rpo_jax.params_io import is_hf_folder, load_hf_base, restore_params
 from rpo_jax.remat_offload import check_remat_policy_supported
 from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
 

@@ -1,28 +1,34 @@
 """Precomputed reference log-probs (algorithms.md §3, mode `precomputed`): one reference pass over a dataset.
 
-The reference runs exactly as inside the train step (same model config, dtype, chunked scoring, mesh) and the
-result [num_examples, G] is attached to the shard folder with a key naming everything it depends on, so a
-training run with `train.reference_mode=precomputed` never loads reference weights.
+The reference runs exactly as inside the train step (same model config, dtype, chunked scoring, mesh). The
+result, [num_examples, G] float32 with row i = example index i, is stored in the run's own folder as
+`<train.output_dir>/ref_logps/<key>.npz`, the key hashing everything it depends on (the data fingerprint, the
+reference weights, the model config and the chunking), so a training run with `train.reference_mode=precomputed`
+never loads reference weights, and data or reference changes are never mixed up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from data_pipeline.loader import dataset_fingerprint, make_loader
-from data_pipeline.shards import attach_ref_logps, read_manifest, read_ref_logps
-from rpo_jax.config import Config, config_to_dict
+from data_pipeline.files import write_bytes_atomic
+from data_pipeline.records.loader import dataset_fingerprint, make_loader
+from data_pipeline.records.shards import read_manifest
+from rpo_jax.batches import MODEL_FIELDS
+from rpo_jax.config import Config
+from rpo_jax.config_loading import config_to_dict
 from rpo_jax.logps import paired_logps
 from rpo_jax.policy import build_policy
-from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings
+from rpo_jax.sharding import batch_shardings, data_parallel_size, make_mesh
 
-MODEL_INPUTS = ("tokens", "loss_mask", "segment_ids", "positions")
+REF_LOGPS_DIR = "ref_logps"
 
 
 def reference_key(cfg: Config, shard_dir: str) -> str:
@@ -33,17 +39,30 @@ def reference_key(cfg: Config, shard_dir: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0) -> tuple[np.ndarray, str]:
-    """Scores every example of `shard_dir` with the reference (init checkpoint, LoRA off); attaches and returns."""
+def ref_logps_path(cfg: Config, shard_dir: str) -> Path:
+    return Path(cfg.train.output_dir) / REF_LOGPS_DIR / f"{reference_key(cfg, shard_dir)}.npz"
+
+
+def load_reference_logps(cfg: Config, shard_dir: str) -> np.ndarray | None:
+    """The stored log-probs for `shard_dir` under `cfg`'s reference, or None when there are none yet."""
+    path = ref_logps_path(cfg, shard_dir)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return data["ref_logps"]
+
+
+def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0) -> tuple[np.ndarray, Path]:
+    """Scores every example of `shard_dir` with the reference (init checkpoint, LoRA off) and stores the result
+    in the run folder; returns it and where it went."""
     mesh = make_mesh(cfg.mesh)
     # The reference is the policy's starting point: the base weights, with LoRA adapters (if any) skipped.
     policy = build_policy(_reference_only(cfg), mesh, cfg.train.init_checkpoint)
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    data_ways = data_parallel_size(mesh)
     batch_size = batch_size or cfg.data.global_batch_size
     batch_size = -(-batch_size // data_ways) * data_ways
     manifest = read_manifest(shard_dir)
-    num_examples, group = manifest["num_examples"], manifest["group_size"]
-    out = np.full((num_examples, group), np.nan, np.float32)
+    out = np.full((manifest["num_examples"], manifest["group_size"]), np.nan, np.float32)
 
     @jax.jit
     def score(params, batch):
@@ -58,24 +77,39 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
         real = len(index)
         # The last batch is padded by repeating its first row so every batch keeps a mesh-divisible shape.
         inputs = {k: np.concatenate([batch[k], np.repeat(batch[k][:1], batch_size - real, axis=0)])
-                  for k in MODEL_INPUTS}
+                  for k in MODEL_FIELDS}
         sh = batch_shardings(inputs, mesh)
         logps = jax.device_get(score(policy.trainable, {k: jax.device_put(v, sh[k]) for k, v in inputs.items()}))
         out[index] = np.asarray(logps)[:real]
     if np.isnan(out).any():
         raise RuntimeError(f"{shard_dir}: {int(np.isnan(out).any(axis=1).sum())} examples were not scored")
-    key = reference_key(cfg, shard_dir)
+    path = ref_logps_path(cfg, shard_dir)
     if jax.process_index() == 0:
-        attach_ref_logps(shard_dir, out, key)
-    return out, key
-
-
-def attached_key(shard_dir: str) -> str | None:
-    attached = read_ref_logps(shard_dir)
-    return None if attached is None else attached[1]
+        buffer = io.BytesIO()
+        np.savez(buffer, ref_logps=out)
+        write_bytes_atomic(path, buffer.getvalue())
+    return out, path
 
 
 def _reference_only(cfg: Config) -> Config:
     """Builds just the reference weights: the base model (LoRA off, so no adapters), no separate copy."""
     return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0),
                                train=dataclasses.replace(cfg.train, reference_mode="precomputed"))
+
+
+def ensure_reference_logps(cfg: Config) -> dict[str, np.ndarray]:
+    """Precomputed mode: data path -> its reference log-probs (train and eval), computed once per key and reused
+    by later runs and resumes in the same output folder."""
+    from jax.experimental import multihost_utils
+
+    found = {}
+    for path in (cfg.data.train_path, cfg.data.eval_path):
+        if not path:
+            continue
+        logps = load_reference_logps(cfg, path)
+        if logps is None:
+            logps, _ = precompute_reference_logps(cfg, path)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"rpo_jax_ref_logps:{path}")
+        found[path] = logps
+    return found

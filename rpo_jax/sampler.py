@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rpo_jax.model import DTYPES, Llama, attention_mask, decoder_layer, rms_norm, rope_cos_sin, rope_inv_freq
-from rpo_jax.sharding import BATCH_AXES
+from rpo_jax.sharding import BATCH_AXES, data_parallel_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +186,7 @@ class Sampler:
         self.mesh = mesh
         self.use_lora = use_lora
         self._compiled: dict[SamplingParams, object] = {}
-        self.batch_multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+        self.batch_multiple = data_parallel_size(mesh)
 
     def _program(self, params: SamplingParams):
         if params not in self._compiled:

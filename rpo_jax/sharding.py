@@ -10,9 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from rpo_jax.config import MeshConfig
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from rpo_jax.config import MESH_AXES, MeshConfig
 
 # Logical axis -> mesh axis (None = replicated). Every logical name used by a parameter must appear here.
 LOGICAL_AXIS_RULES: dict[str, str | None] = {
@@ -128,9 +126,14 @@ def check_sufficiently_sharded(state: nnx.State, shardings: nnx.State, mesh: Mes
         )
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) axis split over data and fsdp; the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways batch rows are split: the product of the `BATCH_AXES` sizes."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def batch_shardings(batch: dict, mesh: Mesh) -> dict:
+    """Per field: leading (batch) axis split over `BATCH_AXES`, the rest replicated."""
+    return {k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (v.ndim - 1)))) for k, v in batch.items()}
 
 
 def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh, max_replicated_fraction: float = 1.0):

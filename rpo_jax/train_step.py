@@ -18,7 +18,6 @@ from rpo_jax.config import Config
 from rpo_jax.logps import SequenceScores, paired_logps
 from rpo_jax.losses import loss_and_metrics
 from rpo_jax.policy import PolicyParams
-from rpo_jax.sharding import BATCH_AXES
 
 TrainState = dict[str, Any]
 
@@ -79,10 +78,6 @@ def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformati
     # The trainable params are passed through (not donated): callers keep `policy.trainable` valid.
     state = jax.jit(_train_state_fn(optimizer, seed), out_shardings=shardings)(policy.trainable)
     return state, shardings
-
-
-def batch_shardings(batch: dict, mesh: Mesh) -> dict:
-    return {k: NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (v.ndim - 1)))) for k, v in batch.items()}
 
 
 def _split_micro(batch: dict, k: int) -> dict:

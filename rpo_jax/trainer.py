@@ -7,7 +7,6 @@ then loop. Metrics of step t are pulled to the host while step t+1 runs, so disp
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import time
@@ -17,41 +16,31 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipeline import loader as data_loader
-from data_pipeline.shards import read_manifest
+from data_pipeline.records.loader import dataset_fingerprint
+from data_pipeline.records.shards import read_manifest
 from rpo_jax import distributed
-from rpo_jax.batch_checks import validate_batch
-from rpo_jax.checkpointing import StepCheckpointer, abstract_like, check_resume_compatible
-from rpo_jax.config import Config, ConfigError, config_to_dict
-from rpo_jax.hf_io import export_hf
+from rpo_jax.batches import model_inputs, open_loader, per_process_batch_size, to_global
+from rpo_jax.config import Config, ConfigError
+from rpo_jax.config_loading import config_to_dict
+from rpo_jax.evaluation import pair_metrics
+from rpo_jax.io.checkpoints import StepCheckpointer, abstract_like, check_resume_compatible
+from rpo_jax.io.hf_export import export_hf
 from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
-from rpo_jax.precompute import attached_key, precompute_reference_logps, reference_key
+from rpo_jax.precompute import ensure_reference_logps
+from rpo_jax.run_data import check_output_dir, prepare_run_data
 from rpo_jax.run_log import MetricsLog, Progress, TensorBoardLog, require_tensorboard, write_report
-from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state, make_eval_step, make_train_step
+from rpo_jax.sharding import batch_shardings, make_mesh
+from rpo_jax.train_step import init_train_state, make_eval_step, make_train_step
 
 
 class TrainingStopped(RuntimeError):
     """Too many consecutive non-finite steps; the last good checkpoint is intact."""
 
 
-def check_output_dir(path: str) -> Path:
-    """Creates `train.output_dir` and proves it writable before any data, compile or training work."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_probe.{os.getpid()}"
-        probe.write_bytes(b"rpo-jax")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"train.output_dir={path}: cannot write there ({type(e).__name__}: {e})") from e
-    return out
-
-
-def _validate(cfg: Config, mesh) -> int:
-    """Checks data paths and batch divisibility before anything compiles; returns the per-process batch."""
+def _check_data_settings(cfg: Config) -> None:
+    """Data paths and the settings that need them, before anything compiles."""
     if not cfg.data.train_path:
         raise ConfigError("data.train_path is empty: point it at a directory written by `rpo-jax tokenize`")
     if not (Path(cfg.data.train_path) / "manifest.json").is_file():
@@ -60,56 +49,6 @@ def _validate(cfg: Config, mesh) -> int:
         require_tensorboard()
     if cfg.train.eval_every and not cfg.data.eval_path:
         raise ConfigError("train.eval_every > 0 needs data.eval_path")
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    per_micro = cfg.data.global_batch_size // cfg.train.grad_accum_steps
-    if cfg.data.global_batch_size % cfg.train.grad_accum_steps or per_micro % data_ways:
-        raise ConfigError(
-            f"data.global_batch_size={cfg.data.global_batch_size} must split into train.grad_accum_steps="
-            f"{cfg.train.grad_accum_steps} micro-batches each divisible by the data-parallel ways "
-            f"(mesh data×fsdp = {data_ways})")
-    if cfg.data.group_mirrors and cfg.data.global_batch_size % 2:
-        raise ConfigError(f"data.group_mirrors puts each pair and its mirror in one step: data.global_batch_size="
-                          f"{cfg.data.global_batch_size} must be even")
-    if cfg.data.global_batch_size % jax.process_count():
-        raise ConfigError(f"data.global_batch_size={cfg.data.global_batch_size} does not divide over "
-                          f"{jax.process_count()} processes")
-    return cfg.data.global_batch_size // jax.process_count()
-
-
-def _make_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool):
-    # Training drops the last partial batch of an epoch (it is seen in the next, reshuffled one); evaluation
-    # completes it with weight-0 rows so that every held-out pair counts exactly once.
-    ref_key = reference_key(cfg, path) if cfg.train.reference_mode == "precomputed" else None
-    return data_loader.make_loader(
-        path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
-        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, remainder="drop" if repeat else "fill",
-        ref_logps_key=ref_key, group_mirrors=cfg.data.group_mirrors and repeat)
-
-
-def _ensure_reference_logps(cfg: Config) -> None:
-    """Precomputed mode: score the datasets with the reference once, unless the attached key already matches."""
-    for path in (cfg.data.train_path, cfg.data.eval_path):
-        if path and attached_key(path) != reference_key(cfg, path):
-            precompute_reference_logps(cfg, path)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"rpo_jax_ref_logps:{path}")
-
-
-def _to_global(local_batch: dict, shardings: dict) -> dict:
-    """Each process contributes its rows; the result is one global array per field, laid out on the mesh."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local_batch.items()}
-
-
-def _model_inputs(batch: dict, cfg: Config, *, weighted: bool = False) -> dict:
-    """The fields the step reads (validated on the host); `weighted` keeps evaluation's example weights."""
-    precomputed = cfg.train.reference_mode == "precomputed"
-    keys = ["tokens", "loss_mask", "segment_ids", "positions", "margin"] + (["example_weight"] if weighted else [])
-    if precomputed:
-        keys.append("ref_logps")  # the loader requires the attachment whose key matches this run
-    inputs = {k: batch[k] for k in keys}
-    validate_batch(inputs, cfg.loss, require_ref_logps=precomputed)
-    return inputs
 
 
 class Trainer:
@@ -118,13 +57,14 @@ class Trainer:
         self.cfg = cfg
         distributed.maybe_initialize()
         self.mesh = make_mesh(cfg.mesh)
-        self.per_process_batch = _validate(cfg, self.mesh)
+        _check_data_settings(cfg)
+        self.per_process_batch = per_process_batch_size(cfg, self.mesh)
         self.is_main = jax.process_index() == 0
         self.output_dir = check_output_dir(cfg.train.output_dir)
-        self.data_fingerprint = data_loader.dataset_fingerprint(cfg.data.train_path)
-        if cfg.train.reference_mode == "precomputed":
-            _ensure_reference_logps(cfg)
-        self.loader = _make_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True)
+        self.data_fingerprint = dataset_fingerprint(cfg.data.train_path)
+        self.ref_logps = ensure_reference_logps(cfg) if cfg.train.reference_mode == "precomputed" else {}
+        self.loader = open_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True,
+                                  ref_logps=self.ref_logps.get(cfg.data.train_path))
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
@@ -173,24 +113,20 @@ class Trainer:
         return self._step_fns[shape_key]
 
     def next_batch(self) -> tuple[dict, int]:
-        local = _model_inputs(next(self.loader), self.cfg)
+        local = model_inputs(next(self.loader), self.cfg)
         tokens = int(np.asarray(local["segment_ids"]).astype(bool).sum()) * jax.process_count()
-        return _to_global(local, batch_shardings(local, self.mesh)), tokens
+        return to_global(local, self.mesh), tokens
 
     def evaluate(self) -> dict[str, float]:
         """Metrics over the whole held-out set (one pass, no shuffle needed: order does not matter)."""
         if self._eval_fn is None:
             self._eval_fn = make_eval_step(self.cfg, self.policy, self.mesh)
-        sums = None
-        for local in _make_loader(self.cfg, self.cfg.data.eval_path, self.per_process_batch, repeat=False):
-            local = _model_inputs(local, self.cfg, weighted=True)
-            batch = _to_global(local, batch_shardings(local, self.mesh))
-            out = jax.device_get(self._eval_fn(self.state["params"], self.policy.frozen, self.policy.reference,
-                                               batch))
-            sums = out if sums is None else jax.tree.map(np.add, sums, out)
-        if sums is None:
-            raise ConfigError(f"data.eval_path={self.cfg.data.eval_path}: no eval batch (empty dataset)")
-        return {f"eval/{k}": v for k, v in finalize_metrics(sums).items()} | {"eval/num_pairs": float(sums["loss"][1])}
+        path = self.cfg.data.eval_path
+        batches = open_loader(self.cfg, path, self.per_process_batch, repeat=False,
+                              ref_logps=self.ref_logps.get(path))
+        metrics = pair_metrics(self._eval_fn, self.state["params"], self.policy.frozen, self.policy.reference,
+                               batches, self.cfg, self.mesh)
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
     def _record(self, step: int, host, tokens: int, seconds: float) -> dict:
         record = {"step": step, **finalize_metrics(host["sums"])}
@@ -300,3 +236,14 @@ class Trainer:
         export_hf(params, self.cfg.model, self.cfg.lora, export_dir,
                   tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None)
         return export_dir
+
+
+def train(cfg: Config, *, resume: bool = False, allow_config_change: bool = False,
+          allow_data_change: bool = False) -> Path | None:
+    """The whole run: output folder checked, data tokenized when needed, trained, exported; returns the HF
+    export folder (on process 0)."""
+    check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
+    cfg = prepare_run_data(cfg)
+    trainer = Trainer(cfg, resume=resume, allow_config_change=allow_config_change,
+                      allow_data_change=allow_data_change)
+    return trainer.finish(trainer.fit())

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 
 from rpo_jax.config import LoraConfig, MeshConfig, ModelConfig, RopeConfig
-from rpo_jax.hf_io import export_hf, hf_tensor_names, model_config_to_hf
+from rpo_jax.io.hf import hf_tensor_names
+from rpo_jax.io.hf_config import model_config_to_hf
+from rpo_jax.io.hf_export import export_hf
 from rpo_jax.sharding import make_mesh
 
 LLAMA3_ROPE = RopeConfig(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
@@ -81,8 +83,8 @@ def params_and_hf_folder(cfg: ModelConfig, path: Path, seed: int = 0, tokenizer_
     export: tokenizer files copied from `tokenizer_dir`). Returns (ckpt, hf, its parameters as a pure dict)."""
     from flax import nnx
 
+    from rpo_jax.io.params import save_params
     from rpo_jax.model import Llama
-    from rpo_jax.params_io import save_params
 
     state = nnx.state(Llama(cfg, rngs=nnx.Rngs(seed)))
     save_params(path / "ckpt", state, cfg, LoraConfig())

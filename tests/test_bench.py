@@ -9,7 +9,8 @@ import statistics
 import numpy as np
 import pytest
 
-from benchmarks import bench, flops
+from benchmarks import bench
+from rpo_jax import flops
 from rpo_jax.config import ModelConfig
 from rpo_jax.model import count_params
 

@@ -5,9 +5,11 @@ import pathlib
 import re
 
 import pytest
+import yaml
 
 from rpo_jax import config as config_lib
-from rpo_jax.config import ConfigError, load_config
+from rpo_jax.config import ConfigError
+from rpo_jax.config_loading import _merge, _read_yaml, config_from_dict, config_to_dict, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -103,7 +105,7 @@ def test_unknown_key_in_file_names_it(tmp_path):
 
 def test_round_trip_through_dict():
     cfg = load_config(ROOT / "configs/model/llama3_1_8b.yaml")
-    assert config_lib.config_from_dict(config_lib.config_to_dict(cfg)) == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
 def _fields(cls, prefix=""):
@@ -127,3 +129,31 @@ def test_every_field_is_read_somewhere():
             if not re.search(rf"\.{name}\b", sources):
                 missing.append(f"{section.name}.{dotted}")
     assert not missing, f"config fields never read: {missing}"
+
+
+def test_base_yaml_lists_every_default_and_nothing_else():
+    """configs/base.yaml documents the dataclass defaults; it must equal them exactly (no second source)."""
+    raw = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    assert raw == config_to_dict(config_lib.Config())
+
+
+def _redundant(values: dict, inherited: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(inherited.get(key), dict):
+            out += _redundant(value, inherited[key], f"{prefix}{key}.")
+        elif key in inherited and value == inherited[key]:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*/*.yaml")), ids=lambda p: p.name)
+def test_presets_state_only_what_differs(path):
+    """A run or model config sets only values that differ from what it inherits (its includes, then defaults)."""
+    raw = yaml.safe_load(path.read_text())
+    includes = raw.pop("include", [])
+    inherited = {}
+    for include in [includes] if isinstance(includes, str) else includes:
+        inherited = _merge(inherited, _read_yaml(path.parent / include))
+    inherited = config_to_dict(config_from_dict(inherited))
+    assert _redundant(raw, inherited) == []

@@ -2,6 +2,7 @@
 tiny model given as params checkpoints or as HF folders."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from trainer_fixtures import DEFAULT_PAIRS, TOKENIZER, write_config
 
 from data_pipeline.constraints import ConstraintError
 from rpo_jax.cli import main
-from rpo_jax.config import load_config
+from rpo_jax.config_loading import load_config
 
 ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 
@@ -26,15 +27,20 @@ def test_ifeval_on_given_responses_reproduces_gpt4(tmp_path, capsys):
     assert "prompt_level_strict_acc" in capsys.readouterr().out
 
 
-def test_ifbench_names_the_ids_it_cannot_check(tmp_path):
+def test_ifbench_names_the_ids_it_cannot_check(tmp_path, capsys):
     # Scored runs (--skip-unsupported) are tested in test_ifbench_score.py.
-    with pytest.raises(ConstraintError, match=r"'ratio:stop_words' on 12 prompt.*'words:start_verb' on 6 prompt"):
-        main(["eval", "--suite", "ifbench", "--responses", str(ASSETS / "ifbench" / "sample_output.jsonl")])
+    argv = ["eval", "--suite", "ifbench", "--responses", str(ASSETS / "ifbench" / "sample_output.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"'ratio:stop_words' on 12 prompt.*'words:start_verb' on 6 prompt", err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(ConstraintError):  # --debug shows the real exception
+        main([*argv, "--debug"])
 
 
 def test_pairs_suite_on_hf_folders_equals_params_checkpoints(tmp_path):
-    from data_pipeline.prepare import ensure_shards
-    from data_pipeline.truncation import TruncationSettings
+    from data_pipeline.records.prepare import ensure_shards
+    from data_pipeline.records.truncation import TruncationSettings
 
     config = write_config(tmp_path)
     cfg = load_config(config)

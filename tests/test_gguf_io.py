@@ -7,7 +7,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from rpo_jax.gguf_io import GGUFError, gguf_to_hf, unpermute_qk  # noqa: E402
+from rpo_jax.io.gguf import GGUFError, gguf_to_hf, unpermute_qk  # noqa: E402
 
 Y, D, H, K, Dh, F, V = 2, 32, 4, 2, 8, 48, 64
 
@@ -106,8 +106,8 @@ def test_import_gguf_command_writes_a_checkpoint_equal_to_the_hf_weights(tmp_pat
 
     from rpo_jax.cli import main
     from rpo_jax.config import MeshConfig
+    from rpo_jax.io.params import read_model_config, restore_params
     from rpo_jax.model import Llama
-    from rpo_jax.params_io import read_model_config, restore_params
     from rpo_jax.sharding import make_mesh, state_shardings
 
     hf = _hf_weights(np.random.default_rng(3))

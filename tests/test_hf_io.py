@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import jax
 import numpy as np
@@ -13,11 +12,12 @@ from jax.sharding import PartitionSpec as P
 from llama_hf_fixtures import one_device_mesh, save_torch_llama, tiny_config, torch_logits, write_numpy_llama
 
 from rpo_jax import cli
-from rpo_jax.commands import export_hf as export_cmd
+from rpo_jax.cli import main
 from rpo_jax.config import LoraConfig, MeshConfig
-from rpo_jax.hf_io import HFConfigError, HFWeightsError, load_hf_state, model_config_from_hf, model_config_to_hf
+from rpo_jax.io.hf import HFWeightsError, load_hf_state
+from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf, model_config_to_hf
+from rpo_jax.io.params import read_model_config, save_params
 from rpo_jax.model import Llama
-from rpo_jax.params_io import read_model_config, save_params
 from rpo_jax.sharding import make_mesh
 
 L = 12
@@ -126,8 +126,8 @@ def test_exported_lora_merge_matches_adapted_model(tmp_path):
     adapted, base = np.asarray(model(tokens, positions)), np.asarray(model(tokens, positions, use_lora=False))
     assert np.abs(adapted - base).max() > 1e-3  # the adapters really change the output
     save_params(tmp_path / "ckpt", nnx.state(model), cfg, lora)
-    assert export_cmd.run(Namespace(checkpoint=str(tmp_path / "ckpt"), output=str(tmp_path / "out"), tokenizer=None,
-                                    dtype=None, max_shard_size=10**9, mesh=MeshConfig(data=8, fsdp=1))) == 0
+    assert main(["export-hf", "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "out"),
+                 "--max-shard-size", "1GB", "--mesh", "data=8,fsdp=1"]) == 0
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     np.testing.assert_allclose(torch_logits(reloaded, tokens), adapted, atol=1e-5, rtol=0)
 
@@ -138,7 +138,7 @@ def test_bfloat16_import_and_export_dtype(tmp_path):
     loaded_cfg, state = load_hf_state(tmp_path / "hf", one_device_mesh(), param_dtype="bfloat16")
     assert loaded_cfg.param_dtype == "bfloat16"
     assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree.leaves(nnx.to_pure_dict(state)))
-    from rpo_jax.hf_io import export_hf
+    from rpo_jax.io.hf_export import export_hf
 
     export_hf(state, loaded_cfg, LoraConfig(), tmp_path / "out")
     from safetensors import safe_open

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.constraints import ConstraintError
-from data_pipeline.ifeval_score import (
+from data_pipeline.constraints.scoring import (
     IFBENCH,
     load_input_rows,
     load_responses,
@@ -130,4 +130,4 @@ def test_cli_writes_the_four_accuracies(tmp_path, capsys):
         assert results[key] == pytest.approx(expected, abs=1e-6), key
     captured = capsys.readouterr()
     assert "prompt_level_loose_acc" in captured.out
-    assert "skipped 18 prompt(s) using ratio:stop_words, words:start_verb" in captured.err
+    assert "skipped 18 prompt(s) using ratio:stop_words, words:start_verb" in captured.out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.constraints import ConstraintError
-from data_pipeline.ifeval_score import InputRow, load_input_rows, loose_variants, score, score_row
+from data_pipeline.constraints.scoring import InputRow, load_input_rows, loose_variants, score, score_row
 
 ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 IFEVAL_INPUT = ASSETS / "ifeval" / "input_data.jsonl"

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pairs_fixtures import read_jsonl
 
-from data_pipeline import build_pairs
-from data_pipeline.llm_judge import JudgeConfig, JudgeError, JudgeParseError, LLMJudge
+from data_pipeline.constraints.llm_judge import JudgeConfig, JudgeError, JudgeParseError, LLMJudge
+from data_pipeline.pairs import cli as build_pairs
 
 
 def _word_rule_answer(messages: list[dict]) -> str:

@@ -23,7 +23,7 @@ LN2 = math.log(2.0)
 # ---------------------------------------------------------------- TRL goldens (no torch needed)
 
 def load_tiny_llama(tensors: dict, prefix: str, cfg: ModelConfig) -> Llama:
-    """HF LlamaForCausalLM tensors -> our layout (interim loader; rpo_jax/hf_io.py has the general one)."""
+    """HF LlamaForCausalLM tensors -> our layout (interim loader; rpo_jax/io/hf.py has the general one)."""
     model = Llama(cfg, rngs=nnx.Rngs(0))
     Y, D, H, K, Dh = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                       cfg.head_dim)

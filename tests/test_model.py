@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from llama_hf_fixtures import tiny_config
 
-from rpo_jax.config import load_config
+from rpo_jax.config_loading import load_config
 from rpo_jax.model import Llama, count_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"

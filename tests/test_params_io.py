@@ -14,8 +14,7 @@ from llama_hf_fixtures import params_and_hf_folder, tiny_config
 from synthetic import tiny_config as run_config
 
 from rpo_jax.config import LoraConfig, MeshConfig
-from rpo_jax.model import Llama
-from rpo_jax.params_io import (
+from rpo_jax.io.params import (
     CheckpointMismatchError,
     is_hf_folder,
     read_lora_config,
@@ -23,6 +22,7 @@ from rpo_jax.params_io import (
     restore_params,
     save_params,
 )
+from rpo_jax.model import Llama
 from rpo_jax.policy import build_policy
 from rpo_jax.sharding import init_sharded, make_mesh, state_shardings
 

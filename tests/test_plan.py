@@ -14,8 +14,8 @@ from rpo_jax.config import ConfigError
 from rpo_jax.optim import make_optimizer
 from rpo_jax.planning import plan_train_step
 from rpo_jax.policy import build_policy
-from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state
+from rpo_jax.sharding import batch_shardings, make_mesh
+from rpo_jax.train_step import init_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -8,15 +8,15 @@ import json
 import pytest
 from pairs_fixtures import DPO_EN_DEMO, HH_SLICE, IFEVAL_PROMPTS, TRACE_SAMPLE, read_jsonl, write_ifeval_pool
 
-from data_pipeline import build_pairs
 from data_pipeline import constraints as cons
-from data_pipeline.readers import iter_json_rows
-from data_pipeline.recipes.imports import import_pairs
-from data_pipeline.recipes.pool import OVERRIDE_HEADER, ConstraintOracle
-from data_pipeline.recipes.pool_builder import build_pools, match_responses
-from data_pipeline.recipes.rpo import rpo_pairs
-from data_pipeline.recipes.stats import BuildStats
-from data_pipeline.schema import Instruction, PairRecord
+from data_pipeline.pairs import cli as build_pairs
+from data_pipeline.pairs.imports import import_pairs
+from data_pipeline.pairs.pool import OVERRIDE_HEADER, ConstraintOracle
+from data_pipeline.pairs.pool_builder import build_pools, match_responses
+from data_pipeline.pairs.readers import iter_json_rows
+from data_pipeline.pairs.rpo import rpo_pairs
+from data_pipeline.pairs.schema import Instruction, PairRecord
+from data_pipeline.pairs.stats import BuildStats
 
 
 def _build(tmp_path, recipe, *extra):
@@ -89,7 +89,7 @@ ENGLISH = {"id": "d", "type": "language:response_language", "params": {"language
 
 
 def _pairs_for(instruction: Instruction, texts: list[str], min_g: int = 3):
-    from data_pipeline.readers import RawResponse
+    from data_pipeline.pairs.readers import RawResponse
 
     stats = BuildStats("rpo", "responses")
     stats.inputs["responses_rows"] = len(texts)

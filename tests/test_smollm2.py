@@ -33,7 +33,7 @@ def ours(hf_dir):
     from flax import nnx
 
     from rpo_jax.config import MeshConfig
-    from rpo_jax.hf_io import load_hf_state
+    from rpo_jax.io.hf import load_hf_state
     from rpo_jax.model import Llama
     from rpo_jax.sharding import make_mesh
 
@@ -135,11 +135,11 @@ def test_generate_command_writes_build_pairs_rows(tmp_path, hf_dir):
 
     from flax import nnx
 
-    from data_pipeline.readers import parse_response
+    from data_pipeline.pairs.readers import parse_response
     from rpo_jax.cli import main
     from rpo_jax.config import LoraConfig, ModelConfig
+    from rpo_jax.io.params import save_params
     from rpo_jax.model import Llama
-    from rpo_jax.params_io import save_params
 
     cfg = ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, eos_token_id=2, bos_token_id=1)

@@ -22,7 +22,7 @@ import pytest
 from smollm2_assets import smollm2_gguf, smollm2_hf_dir
 
 from data_pipeline import constraints as cons
-from data_pipeline.recipes.pool import OVERRIDE_HEADER
+from data_pipeline.pairs.pool import OVERRIDE_HEADER
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -12,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import tokenize_cli
-from data_pipeline.schema import DataError, read_pairs
-from data_pipeline.shards import file_sha256, read_manifest
-from data_pipeline.tokenize import (
+from data_pipeline.files import file_sha256
+from data_pipeline.pairs.schema import DataError, read_pairs
+from data_pipeline.records.shards import read_manifest
+from data_pipeline.records.tokenize import (
     DEFAULT_TOKENIZER_DIR,
     Dropped,
     PairTokenizer,
     load_tokenizer,
     resolve_chat_template,
 )
-from data_pipeline.truncation import TruncationSettings, truncate_group
+from data_pipeline.records.truncation import TruncationSettings, truncate_group
 
 PAIRS = Path(__file__).parent / "assets" / "pairs_small.jsonl"
 BOS, EOS = 1, 2
@@ -236,21 +235,22 @@ def test_broken_prefix_and_special_text_raise_naming_the_field(tokenizer, record
         make_pair_tokenizer(tokenizer, resolve_chat_template(tokenizer, None)[0]).tokenize(poisoned, "p", 3)
 
 
-def cli_args(tmp_path: Path, input_path: Path, output: str = "shards", **overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    tokenize_cli.add_arguments(parser)
-    argv = ["--input", str(input_path), "--tokenizer", str(DEFAULT_TOKENIZER_DIR), "--output",
+def tokenize(tmp_path: Path, input_path: Path, output: str = "shards", **overrides) -> int:
+    """`rpo-jax tokenize` through the real command line; returns its exit code."""
+    from rpo_jax.cli import main
+
+    argv = ["tokenize", "--input", str(input_path), "--tokenizer", str(DEFAULT_TOKENIZER_DIR), "--output",
             str(tmp_path / output), "--max-length", "160"]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
-    return parser.parse_args(argv)
+    return main(argv)
 
 
 def test_cli_writes_manifest_counts_and_stable_fingerprint(tmp_path, capsys):
     rows = fixture_rows(("dpo", "rpo"))
     input_path = write_rows(tmp_path / "pairs.jsonl", rows)
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, "a", num_shards=2)) == 0
+    assert tokenize(tmp_path, input_path, "a", num_shards=2) == 0
     manifest = read_manifest(tmp_path / "a")
     counts = manifest["counts"]
     assert counts["input_rows"] == len(rows) == 5
@@ -258,13 +258,13 @@ def test_cli_writes_manifest_counts_and_stable_fingerprint(tmp_path, capsys):
     assert counts["per_recipe"] == {"dpo": 1, "rpo": 1} and counts["dropped"] == {"prompt_too_long": 3}
     assert manifest["group_size"] == 2 and len(manifest["shards"]) == 2 and manifest["max_row_length"] <= 160
     assert json.loads(capsys.readouterr().out)["examples"] == 2
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, "b", max_length=1024, truncation="keep_start")) == 0
+    assert tokenize(tmp_path, input_path, "b", max_length=1024, truncation="keep_start") == 0
     other = read_manifest(tmp_path / "b")
     assert other["counts"]["examples"] == 5 and other["fingerprint"] != manifest["fingerprint"]
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, "c", num_shards=3)) == 0
+    assert tokenize(tmp_path, input_path, "c", num_shards=3) == 0
     assert read_manifest(tmp_path / "c")["fingerprint"] == manifest["fingerprint"]  # sharding is layout only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "pairs.jsonl"]  # no temp folders left
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, "a")) == 1  # exists, no --overwrite
+    assert tokenize(tmp_path, input_path, "a") == 2  # exists, no --overwrite
 
 
 def test_cli_bad_rows_error_or_are_counted(tmp_path, capsys):
@@ -272,10 +272,10 @@ def test_cli_bad_rows_error_or_are_counted(tmp_path, capsys):
     bad = json.loads(json.dumps(rows[0]))
     bad["sequences"][1]["messages"][0]["role"] = "robot"
     input_path = write_rows(tmp_path / "pairs.jsonl", [*rows[:5], bad, *rows[5:]])
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, max_length=1024)) == 1
+    assert tokenize(tmp_path, input_path, max_length=1024) == 2
     assert "pairs.jsonl:6: field 'sequences[1].messages[0].role'" in capsys.readouterr().err
     assert not (tmp_path / "shards").exists()
-    assert tokenize_cli.run(cli_args(tmp_path, input_path, max_length=1024, skip_bad=True)) == 0
+    assert tokenize(tmp_path, input_path, max_length=1024, skip_bad=True) == 0
     counts = read_manifest(tmp_path / "shards")["counts"]
     assert counts["examples"] == 5 and counts["input_rows"] == 8
     assert counts["dropped"] == {"bad_row:bad_field": 1, "bad_row:group_size_mismatch": 2}

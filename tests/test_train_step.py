@@ -11,8 +11,8 @@ from rpo_jax.config import MeshConfig
 from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
-from rpo_jax.sharding import make_mesh
-from rpo_jax.train_step import batch_shardings, init_train_state, make_train_step
+from rpo_jax.sharding import batch_shardings, make_mesh
+from rpo_jax.train_step import init_train_state, make_train_step
 
 
 def run_steps(cfg, batches, devices=None, mesh_cfg=None):

@@ -210,7 +210,11 @@ def test_precomputed_reference_matches_inline(uninterrupted, tmp_path):
                           train={"reference_mode": "precomputed"})
     result = run_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "data" / "train" / "ref_logps.npz").is_file()
+    # Stored in the run's own folder, one file per dataset keyed by data fingerprint and reference; the shared
+    # data folder is never written to.
+    stored = sorted((tmp_path / "run" / "ref_logps").glob("*.npz"))
+    assert len(stored) == len({p.name for p in stored}) >= 1
+    assert sorted(p.name for p in (tmp_path / "data" / "train").iterdir() if "ref" in p.name) == []
     inline = metric_lines(full_tmp / "run")[:3]
     for a, b in zip(inline, metric_lines(tmp_path / "run")):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)

@@ -3,7 +3,7 @@
 Response pool per IFEval prompt (filtered_input_data.jsonl):
   * SmolLM2-135M-Instruct's own samples (smollm2_ifeval_samples.jsonl, 4 per prompt for the first 110 prompts):
     the self-sampling step of RPO;
-  * Google's GPT-4 response for every prompt plus deterministic edits of it (`data_pipeline.response_edits`),
+  * Google's GPT-4 response for every prompt plus deterministic edits of it (`data_pipeline.pairs.response_edits`),
     so that prompts have responses differing on several constraints.
 Then `rpo-jax build-pairs --recipe rpo --min-g 1 --eval-fraction 0.1 --seed 0`. IFEval prompts carry 1–3
 constraints (RPO's profiles carry 6–12), hence min_g 1 instead of the paper's 3.
@@ -14,7 +14,6 @@ rebuilds into a temporary folder and compares bytes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,10 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline import build_pairs
-from data_pipeline.response_edits import response_edits
+from data_pipeline.files import ASSETS_DIR
+from data_pipeline.pairs.build import BuildSettings, build_pairs
+from data_pipeline.pairs.response_edits import response_edits
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = ASSETS_DIR
 PROMPTS = ASSETS / "ifeval" / "filtered_input_data.jsonl"
 GPT4 = ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl"
 SMOLLM2 = ASSETS / "smollm2_ifeval_samples.jsonl"
@@ -62,12 +62,9 @@ def build(output: Path) -> int:
             os.chdir(root)
             responses = Path(POOL_DIR) / "smollm2_samples+gpt4_edits.jsonl"
             responses.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in response_pool()))
-            parser = argparse.ArgumentParser()
-            build_pairs.add_arguments(parser)
-            args = parser.parse_args(["--recipe", "rpo", "--input", str(PROMPTS.relative_to(root)),
-                                      "--responses", str(responses), "--output", str(output), "--min-g", "1",
-                                      "--eval-fraction", "0.1", "--seed", "0", "--overwrite"])
-            return build_pairs.run(args)
+            build_pairs(BuildSettings(recipe="rpo", input=str(PROMPTS.relative_to(root)), responses=str(responses),
+                                      output=str(output), min_g=1, eval_fraction=0.1, seed=0, overwrite=True))
+            return 0
         finally:
             os.chdir(cwd)
             shutil.rmtree(pool_dir, ignore_errors=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from data_pipeline.local_paths import local_path_arg
-from rpo_jax.commands.import_hf import parse_mesh
-from rpo_jax.config import MeshConfig
+from data_pipeline.files import local_path_arg
+from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -33,16 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="safetensors dtype (default: the checkpoint's param_dtype)")
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
                         help="largest safetensors file; more than one adds model.safetensors.index.json")
-    parser.add_argument("--mesh", type=parse_mesh, default=MeshConfig(),
-                        help="device mesh the checkpoint is restored onto before gathering tensor by tensor")
+    add_mesh_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.hf_io import export_hf
-    from rpo_jax.params_io import load_params_checkpoint
+    from rpo_jax.io.hf_export import export_hf
+    from rpo_jax.io.params import load_params_checkpoint
     from rpo_jax.sharding import make_mesh
 
-    cfg, lora_cfg, state = load_params_checkpoint(args.checkpoint, make_mesh(args.mesh))
+    cfg, lora_cfg, state = load_params_checkpoint(args.checkpoint, make_mesh(mesh_from_args(args)))
     files = export_hf(state, cfg, lora_cfg, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
                       tokenizer_dir=args.tokenizer)
     merged = f", LoRA rank {lora_cfg.rank} merged" if lora_cfg.rank else ""

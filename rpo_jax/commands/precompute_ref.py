@@ -1,30 +1,31 @@
-"""`rpo-jax precompute-ref --config PATH [--set a.b=v ...]`: attach reference log-probs to the run's datasets.
+"""`rpo-jax precompute-ref --config PATH [--set a.b=v ...]`: the reference log-probs of a run's datasets.
 
-`rpo-jax train` with `train.reference_mode=precomputed` does this itself when they are missing or stale; the
-command lets a cheaper machine (or an earlier job) do the reference pass ahead of training.
+`rpo-jax train` with `train.reference_mode=precomputed` computes them itself when its output folder has none for
+the current data and reference; this command lets a cheaper machine (or an earlier job) do that pass first. They
+are stored in `<train.output_dir>/ref_logps/`, keyed by the data fingerprint and the reference.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from data_pipeline.local_paths import local_path_arg
+from rpo_jax.config_loading import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=local_path_arg,
-                        help="the run config (model, init_checkpoint, data paths)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.commands.train import prepare_data
-    from rpo_jax.config import load_config
+    from rpo_jax.config_loading import config_from_args
     from rpo_jax.precompute import precompute_reference_logps
+    from rpo_jax.run_data import check_output_dir, prepare_run_data
 
-    cfg = prepare_data(load_config(args.config, [*args.overrides, "train.reference_mode=precomputed"]))
+    cfg = config_from_args(args, "train.reference_mode=precomputed")
+    check_output_dir(cfg.train.output_dir)
+    cfg = prepare_run_data(cfg)
     for path in (cfg.data.train_path, cfg.data.eval_path):
         if path:
-            logps, key = precompute_reference_logps(cfg, path)
-            print(f"{path}: reference log-probs for {len(logps)} examples attached (key {key[:12]}…)")
+            logps, stored = precompute_reference_logps(cfg, path)
+            print(f"{path}: reference log-probs for {len(logps)} examples -> {stored}")
     return 0

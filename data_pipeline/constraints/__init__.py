@@ -1,0 +1,33 @@
+"""Verifiable constraints: what a response must satisfy, how to check it, how to reverse it, how to score it.
+
+`constraint` (the `Constraint` type with `check` / `reverse` / `render`, re-exported here), `params` (parameter
+schemas), `reversal` (the `rpo:*` reversed ids), `ifeval` / `ifbench` (checker adapters), `scoring` (IFEval and
+IFBench accuracies of a responses file) and `llm_judge` (free-form constraints through an OpenAI-compatible
+endpoint). The bottom wing: imports nothing else from data_pipeline but `files` and `errors`.
+"""
+
+from data_pipeline.constraints.constraint import (
+    NON_REVERSIBLE_TYPES,
+    REVERSIBLE_TYPES,
+    Constraint,
+    ConstraintError,
+    check,
+    constraints_from_ifeval_row,
+    ifeval_row_entries,
+    is_reversible,
+    render,
+    reverse,
+)
+
+__all__ = [
+    "NON_REVERSIBLE_TYPES",
+    "REVERSIBLE_TYPES",
+    "Constraint",
+    "ConstraintError",
+    "check",
+    "constraints_from_ifeval_row",
+    "ifeval_row_entries",
+    "is_reversible",
+    "render",
+    "reverse",
+]

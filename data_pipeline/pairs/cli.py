@@ -1,0 +1,64 @@
+"""`rpo-jax build-pairs`: raw instructions + responses, or preference files, -> pairs.jsonl + stats.json.
+
+Flags map one to one onto `data_pipeline.pairs.build.BuildSettings`; see data_pipeline/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_pipeline.errors import UserError
+from data_pipeline.files import local_path_arg
+from data_pipeline.pairs.build import DEFAULT_MIN_G, BuildSettings, JudgeSettings, build_pairs
+from data_pipeline.pairs.imports import FORMATS
+from data_pipeline.pairs.schema import RECIPES, DataError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    arg = parser.add_argument
+    arg("--recipe", choices=RECIPES, required=True, help="rpo, iopo or dpo")
+    arg("--input", required=True, type=local_path_arg,
+        help="instructions (IFEval rows or our schema), or a preference file to import when --responses is not given")
+    arg("--responses", type=local_path_arg, help="responses jsonl (key|prompt, response, optional sample_id)")
+    arg("--output", required=True, type=local_path_arg, help="output folder (must not exist unless --overwrite)")
+    arg("--overwrite", action="store_true", help="replace an existing output folder")
+    arg("--min-g", type=int, default=None, help=f"pool recipes: least g kept (None: {DEFAULT_MIN_G})")
+    arg("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
+    arg("--format", choices=("auto", *FORMATS), default="auto", help="imports: input format")
+    arg("--judge-base-url", help="OpenAI-compatible endpoint for free_form constraints")
+    arg("--judge-model", help="model name sent to the judge endpoint")
+    arg("--judge-api-key-env", help="name of the environment variable holding the API key")
+    arg("--judge-cache-dir", type=local_path_arg, help="judge cache (None: <output>.judge_cache beside --output)")
+    arg("--judge-max-workers", type=int, default=4, help="concurrent judge requests")
+    arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
+    arg("--seed", type=int, default=0, help="seed of the held-out split")
+
+
+def _judge(args: argparse.Namespace) -> JudgeSettings | None:
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        raise UserError("build-pairs: give both --judge-base-url and --judge-model, or neither")
+    if (args.judge_api_key_env or args.judge_cache_dir) and not args.judge_base_url:
+        raise UserError("build-pairs: --judge-api-key-env / --judge-cache-dir need --judge-base-url")
+    if not args.judge_base_url:
+        return None
+    return JudgeSettings(args.judge_base_url, args.judge_model, args.judge_api_key_env, args.judge_cache_dir,
+                         args.judge_max_workers)
+
+
+def settings_from_args(args: argparse.Namespace) -> BuildSettings:
+    return BuildSettings(recipe=args.recipe, input=args.input, output=args.output, responses=args.responses,
+                         overwrite=args.overwrite, min_g=args.min_g, skip_bad=args.skip_bad, format=args.format,
+                         judge=_judge(args), eval_fraction=args.eval_fraction, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        summary = build_pairs(settings)
+    except DataError as err:
+        raise UserError(f"bad input: {err} (pass --skip-bad to count and skip bad rows)") from err
+    split = summary["split"]
+    print(f"build-pairs: {split['train']} train + {split['eval']} eval {settings.recipe} records -> "
+          f"{settings.output}", file=sys.stderr)
+    return 0

@@ -1,1 +1,0 @@
-"""Pair recipes: rpo (reversed-constraint pairs), iopo (input-output quadruples), dpo (imports and baseline)."""

@@ -1,0 +1,278 @@
+"""Grain loader over tokenized pair shards: numpy batches in the trainer's [B, G, L] layout.
+
+Order of operations (all processes build the same global order from the same seed):
+  records (example order) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
+  -> last partial *global* batch: dropped ("drop"), kept short ("keep"), or completed with weight-0 copies of the
+     epoch's first examples ("fill", for evaluation: every example counted once, every batch the same shape)
+  -> this process's slice [shard_index::shard_count]
+  -> decode -> batch(batch_size) with per-batch length bucketing -> optional worker processes (mp_prefetch).
+Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
+and within an epoch the processes' examples are disjoint and together cover it.
+
+`group_mirrors` (RPO) replaces the example shuffle by a shuffle of two-example units: each pair with its mirror
+(the same two responses in swapped roles, `manifest["mirror_pairs"]`), the remaining examples two by two. Units
+sit at even positions of the global stream, so with an even global batch a pair and its mirror always land in
+the same optimizer step. Why: the mirror's gradient cancels the pair's prompt-independent part ("y_i is better
+than y_j"), leaving only what depends on the instruction; shuffled apart, the two directions are learned and
+unlearned in turn, and a small model memorises responses instead of reading instructions.
+
+Batch (numpy): tokens int32 [B,G,L] (right-padded with the manifest's pad id), loss_mask bool [B,G,L] (the final
+assistant turn incl. its end-of-turn token; logits at t-1 predict token t), segment_ids int32 [B,G,L] (1 real,
+0 pad), positions int32 [B,G,L], margin int32 [B], example_index int64 [B], example_weight float32 [B] (1, or 0 for
+the fill rows of `remainder="fill"`: metrics weight by it), and ref_logps float32 [B,G] when the caller passes
+per-example reference log-probs ([num_examples, G], row i = example index i; the training library computes and
+stores them in its run folder).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+
+
+def dataset_fingerprint(shard_dir: str | Path) -> str:
+    """The manifest's fingerprint (sha256 of pair data, tokenizer files, chat template and settings)."""
+    return read_manifest(shard_dir)["fingerprint"]
+
+
+def bucket_length(longest_row: int, length_buckets: Sequence[int], max_length: int) -> int:
+    """Smallest bucket >= the longest row; `max_length` when no bucket fits (or none are given)."""
+    if longest_row > max_length:
+        raise ValueError(f"row of {longest_row} tokens exceeds max_length {max_length}")
+    return min([b for b in length_buckets if b >= longest_row] + [max_length])
+
+
+class CollatePairs:
+    """Pads a list of decoded records into one batch (picklable: runs inside Grain worker processes)."""
+
+    def __init__(self, length_buckets: tuple[int, ...], max_length: int, pad_token_id: int,
+                 ref_logps: np.ndarray | None):
+        self.length_buckets, self.max_length, self.pad_token_id = length_buckets, max_length, pad_token_id
+        self.ref_logps = ref_logps
+
+    def __call__(self, records: Sequence[dict]) -> dict[str, np.ndarray]:
+        batch, group = len(records), len(records[0]["rows"])
+        longest = max(len(row) for record in records for row in record["rows"])
+        length = bucket_length(longest, self.length_buckets, self.max_length)
+        tokens = np.full((batch, group, length), self.pad_token_id, dtype=np.int32)
+        loss_mask = np.zeros((batch, group, length), dtype=bool)
+        segment_ids = np.zeros((batch, group, length), dtype=np.int32)
+        positions = np.zeros((batch, group, length), dtype=np.int32)
+        for b, record in enumerate(records):
+            for g, row in enumerate(record["rows"]):
+                n = len(row)
+                tokens[b, g, :n] = row
+                segment_ids[b, g, :n] = 1
+                positions[b, g, :n] = np.arange(n, dtype=np.int32)
+                loss_mask[b, g, record["response_starts"][g]:n] = True
+        example_index = np.asarray([r["example_index"] for r in records], dtype=np.int64)
+        out = {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions,
+               "margin": np.asarray([r["margin"] for r in records], dtype=np.int32), "example_index": example_index,
+               "example_weight": np.asarray([r["weight"] for r in records], dtype=np.float32)}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps[example_index].astype(np.float32)
+        return out
+
+
+def mirror_units(manifest: dict, shard_dir) -> tuple[np.ndarray, np.ndarray]:
+    """([N // 2, 2] example indices: each mirror pair, then the unpaired examples two by two (sorted); the one
+    example left over when N is odd, else none)."""
+    if "mirror_pairs" not in manifest:
+        raise ValueError(f"{shard_dir}: the manifest lists no mirror_pairs; re-run `rpo-jax tokenize`")
+    pairs = [tuple(p) for p in manifest["mirror_pairs"]]
+    paired = {i for p in pairs for i in p}
+    rest = [i for i in range(manifest["num_examples"]) if i not in paired]
+    units = pairs + [tuple(rest[k:k + 2]) for k in range(0, len(rest) - 1, 2)]
+    return np.asarray(units, dtype=np.int64).reshape(-1, 2), np.asarray(rest[len(rest) - len(rest) % 2:], np.int64)
+
+
+class MirrorUnitOrder:
+    """Example indices in stream order for `group_mirrors`: per epoch, a seeded permutation of two-example units,
+    flattened. A random-access source (`__len__`/`__getitem__`, picklable for Grain workers) spanning all epochs.
+
+    With an odd number of examples the one left over goes last in even epochs and first in odd ones, so that across
+    the epoch boundary it pairs with the next leftover and every unit still starts at an even stream position.
+    """
+
+    def __init__(self, units: np.ndarray, leftover: np.ndarray, *, seed: int, num_epochs: int | None):
+        self.units, self.leftover, self.seed = units, leftover, seed
+        self.num_examples = units.size + leftover.size
+        self.num_epochs = num_epochs if num_epochs is not None else sys.maxsize // max(self.num_examples, 1)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.num_examples * self.num_epochs
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            flat = self.units[np.random.default_rng([self.seed, epoch]).permutation(len(self.units))].ravel()
+            self._cached = (epoch, np.concatenate([self.leftover, flat] if epoch % 2 else [flat, self.leftover]))
+        return self._cached[1]
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch, position = divmod(int(index), self.num_examples)
+        return int(self.order(epoch)[position])
+
+
+class ReadRecord:
+    """Example index -> its raw record (picklable: runs inside Grain worker processes)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, example_index: int) -> bytes:
+        return self.source[example_index]
+
+
+class DecodeWeighted:
+    """Decodes a record and gives it weight 1, or 0 when its position in the pass is past the real examples
+    (the fill rows of `remainder="fill"`). Picklable: runs inside Grain worker processes."""
+
+    def __init__(self, num_real: int | None):
+        self.num_real = num_real
+
+    def __call__(self, index: int, data: bytes) -> dict:
+        record = decode_record(data)
+        record["weight"] = 0.0 if self.num_real is not None and index >= self.num_real else 1.0
+        return record
+
+
+class PairBatchIterator:
+    """Iterator of numpy batches with a checkpointable position (`get_state`/`set_state`, JSON-serialisable)."""
+
+    def __init__(self, dataset, manifest: dict, num_batches: int | None):
+        self._dataset = dataset
+        self._iterator = iter(dataset)
+        self.manifest = manifest
+        self.num_batches = num_batches  # per process; None when repeating forever
+
+    def __iter__(self) -> PairBatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        # Worker processes hand back shared-memory array subclasses; the trainer gets plain ndarrays.
+        return {name: np.asarray(value) for name, value in next(self._iterator).items()}
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+    def get_state_bytes(self) -> bytes:
+        return json.dumps(self.get_state(), sort_keys=True).encode()
+
+    def set_state_bytes(self, data: bytes) -> None:
+        self.set_state(json.loads(data.decode()))
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+                num_epochs: int | None = None, length_buckets: tuple[int, ...] = (), max_length: int | None = None,
+                num_workers: int = 0, read_threads: int = 4, remainder: str = "drop",
+                ref_logps: np.ndarray | None = None, group_mirrors: bool = False) -> PairBatchIterator:
+    """Batches of this process's share of the shards; see the module docstring for the order of operations.
+
+    batch_size is per process. `max_length` defaults to the manifest's; rows longer than it raise. `num_workers`
+    worker processes decode and collate (0 = in this process). `remainder` (drop | keep | fill) says what happens
+    to the last partial global batch of a finite pass; see the module docstring. `ref_logps` ([num_examples, G],
+    finite) adds each example's row to its batch as `ref_logps`.
+    """
+    import grain
+
+    manifest = read_manifest(shard_dir)
+    max_length = manifest["max_length"] if max_length is None else max_length
+    _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
+                     num_workers, remainder, shard_dir)
+    if ref_logps is not None:
+        ref_logps = _checked_ref_logps(np.asarray(ref_logps), manifest, shard_dir)
+
+    num_examples = manifest["num_examples"]
+    records = grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest))
+    if group_mirrors:
+        if (batch_size * shard_count) % 2:
+            raise ValueError(f"group_mirrors needs an even global batch, got {batch_size} x {shard_count} processes")
+        order = MirrorUnitOrder(*mirror_units(manifest, shard_dir), seed=seed, num_epochs=num_epochs)
+        ds = grain.MapDataset.source(order).map(ReadRecord(records))
+    else:
+        ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
+    num_batches, num_real = None, None
+    if num_epochs is not None:
+        num_real = total = num_examples * num_epochs
+        global_batch = batch_size * shard_count
+        short = total % global_batch
+        if remainder == "drop" and short:
+            total -= short
+            ds = ds[:total]
+        elif remainder == "fill" and short:
+            # Wrap around to the pass's first examples: valid rows (they pass every batch check) that weigh 0.
+            fill = global_batch - short
+            ds = grain.MapDataset.concatenate([ds[:total]] + [ds[:total]] * (fill // total) + [ds[:fill % total]])
+            total += fill
+        per_process = len(range(shard_index, total, shard_count))
+        num_batches = -(-per_process // batch_size) if remainder == "keep" else per_process // batch_size
+        if num_batches == 0:
+            raise ValueError(f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
+                             f"{batch_size} x {shard_count} processes")
+    ds = ds.map_with_index(DecodeWeighted(num_real))
+    ds = ds[shard_index::shard_count]
+    collate = CollatePairs(tuple(sorted(length_buckets)), max_length, manifest["pad_token_id"], ref_logps)
+    ds = ds.batch(batch_size, drop_remainder=remainder != "keep", batch_fn=collate)
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                   prefetch_buffer_size=max(2, read_threads)))
+    if num_workers > 0:
+        _mark_absl_flags_parsed()
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return PairBatchIterator(iter_ds, manifest, num_batches)
+
+
+def _mark_absl_flags_parsed() -> None:
+    # Grain's mp_prefetch reads an absl flag (worker profiling) once JAX's profiler is importable; in a program that
+    # does not run absl.app (rpo-jax, pytest) that read raises UnparsedFlagAccessError. Marking the flags parsed
+    # keeps every flag at its default; it is a no-op when absl already parsed them.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
+                     num_workers, remainder, shard_dir) -> None:
+    if remainder not in ("drop", "keep", "fill"):
+        raise ValueError(f"remainder must be drop, keep or fill, got {remainder!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None (repeat forever), got {num_epochs}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if manifest["max_row_length"] > max_length:
+        raise ValueError(f"{shard_dir}: rows up to {manifest['max_row_length']} tokens do not fit max_length "
+                         f"{max_length}; re-tokenize or raise max_length")
+    bad = [b for b in length_buckets if not 0 < b <= max_length]
+    if bad:
+        raise ValueError(f"length_buckets {bad} must lie in (0, max_length={max_length}]")
+
+
+def _checked_ref_logps(ref_logps: np.ndarray, manifest: dict, shard_dir) -> np.ndarray:
+    expected = (manifest["num_examples"], manifest["group_size"])
+    if ref_logps.shape != expected:
+        raise ValueError(f"ref_logps has shape {ref_logps.shape}; {shard_dir} needs {expected} "
+                         "(num_examples, group_size)")
+    if not np.all(np.isfinite(ref_logps)):
+        raise ValueError(f"ref_logps has {int(np.sum(~np.isfinite(ref_logps)))} non-finite values")
+    return ref_logps.astype(np.float32)

@@ -1,0 +1,96 @@
+"""Our parameter state -> a HuggingFace Llama folder (config.json, safetensors shards + index, tokenizer files),
+through the same `TENSOR_TABLE` the import reads. LoRA adapters are merged into their base weights; the folder
+is written under a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from rpo_jax.config import LoraConfig, ModelConfig
+from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES, TensorMap, hf_tensor_names
+from rpo_jax.io.hf_config import model_config_to_hf
+
+log = logging.getLogger(__name__)
+
+
+def _leaf(pure: dict, path: tuple[str, ...]):
+    node = pure
+    for key in path:
+        node = node[key]
+    return node
+
+
+def _hf_tensor(pure: dict, t: TensorMap, layer: int | None, cfg: ModelConfig, lora_scale: float) -> np.ndarray:
+    """One HF tensor in fp32 from our state; LoRA deltas (scale·A@B, in our layout) merged when present."""
+    array = _leaf(pure, t.path)
+    w = np.asarray(jax.device_get(array if layer is None else array[layer]), np.float32)
+    if t.path[0] == "layers" and f"lora_a_{t.path[-1]}" in pure["layers"]:
+        a = np.asarray(jax.device_get(pure["layers"][f"lora_a_{t.path[-1]}"][layer]), np.float32)
+        b = np.asarray(jax.device_get(pure["layers"][f"lora_b_{t.path[-1]}"][layer]), np.float32)
+        w = w + lora_scale * np.tensordot(a, b, axes=1)  # A [*in, R] @ B [R, *out] is W's own layout
+    inverse = np.argsort(t.perm)
+    return w.transpose(inverse).reshape(t.hf_shape(cfg))
+
+
+def export_hf(state: nnx.State | dict, cfg: ModelConfig, lora_cfg: LoraConfig, output_dir: str | Path, *,
+              dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3,
+              tokenizer_dir: str | Path | None = None) -> list[str]:
+    """Writes a HF Llama folder (config.json, safetensors, tokenizer files) atomically; returns files written.
+
+    LoRA adapters in `state` are always merged into their base weights (HF Llama has no place for them).
+    Single-process only: every tensor is gathered to this host, one at a time.
+    """
+    from rpo_jax.io.safetensors_writer import plan_shards, write_file
+
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists():
+        raise FileExistsError(f"{output_dir}: already exists; refusing to overwrite")
+    dtype = dtype or cfg.param_dtype
+    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
+    lora_scale = lora_cfg.alpha / lora_cfg.rank if lora_cfg.rank > 0 else 0.0
+    has_lora = any(k.startswith("lora_") for k in pure["layers"])
+    if has_lora and lora_cfg.rank == 0:
+        raise ValueError("state has LoRA parameters but lora_cfg.rank is 0; cannot merge them")
+    tokenizer_files = []
+    if tokenizer_dir is not None:
+        tokenizer_files = [Path(tokenizer_dir) / n for n in TOKENIZER_FILES if (Path(tokenizer_dir) / n).is_file()]
+        if not tokenizer_files:
+            raise FileNotFoundError(f"{tokenizer_dir}: none of {TOKENIZER_FILES}")
+    tensors = list(hf_tensor_names(cfg))
+    entries = [(name, t.hf_shape(cfg), dtype) for name, t, _ in tensors]
+    shards = plan_shards(entries, max_shard_bytes)
+    names = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors" for s in range(len(shards))])
+
+    def produce(k: int) -> np.ndarray:
+        _, t, layer = tensors[k]
+        return _hf_tensor(pure, t, layer, cfg, lora_scale).astype(NP_DTYPES[dtype])
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-export"
+    if tmp.exists():  # left by an interrupted export
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for file, shard in zip(names, shards):
+        write_file(tmp / file, [entries[k] for k in shard], lambda j, shard=shard: produce(shard[j]))
+    if len(shards) > 1:
+        total = sum(math.prod(shape) * NP_DTYPES[dt].itemsize for _, shape, dt in entries)
+        weight_map = {entries[k][0]: file for file, shard in zip(names, shards) for k in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        names.append(INDEX_FILE)
+    (tmp / "config.json").write_text(json.dumps(model_config_to_hf(cfg, dtype), indent=2) + "\n")
+    for src in tokenizer_files:
+        (tmp / src.name).write_bytes(src.read_bytes())
+    tmp.rename(output_dir)
+    if has_lora:
+        log.info("merged LoRA adapters (scale %s) into %s", lora_scale, output_dir)
+    return ["config.json", *names, *(p.name for p in tokenizer_files)]
