@@ -1,4 +1,5 @@
-"""Offline data pipeline (no JAX, and nothing from the training library): raw instructions and responses -> tokenized pair shards.
+"""Offline data pipeline: raw instructions and responses -> tokenized pair shards. No JAX, and nothing from
+the training library.
 
 Three wings; imports only point down this list (a test checks it):
 

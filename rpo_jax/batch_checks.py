@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rpo_jax.config import LossConfig
-from rpo_jax.losses import LABEL_SMOOTHING_LOSSES, LOSSES, needs_reference
+from rpo_jax.losses import LOSSES, needs_reference
 
 ROW_NAMES = {2: ("chosen", "rejected"), 4: ("x1,y1", "x1,y2", "x2,y2", "x2,y1")}
 
@@ -20,26 +20,15 @@ class BatchError(ValueError):
     """A batch or loss configuration that the losses cannot be computed on."""
 
 
-def check_loss_config(cfg: LossConfig, group_size: int) -> None:
-    """Loss names, the group size each loss needs, β and label smoothing."""
-    if cfg.beta <= 0:
-        raise BatchError(f"loss.beta must be > 0, got {cfg.beta} (β = 0 leaves the loss stuck at ln 2)")
-    if len(cfg.loss_type) != len(cfg.loss_weights):
-        raise BatchError(f"loss.loss_weights has {len(cfg.loss_weights)} entries for {len(cfg.loss_type)} loss_type")
-    if not cfg.loss_type:
-        raise BatchError("loss.loss_type is empty")
+def check_group_size(cfg: LossConfig, group_size: int) -> None:
+    """The group size each selected loss needs (the loss settings themselves are checked by `LossConfig`)."""
     for name in cfg.loss_type:
-        if name not in LOSSES:
-            raise BatchError(f"loss.loss_type: unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
         need = LOSSES[name].group_size
         if need is not None and need != group_size:
             raise BatchError(
                 f"loss.loss_type {name!r} needs G={need} sequences per group, but batch.tokens has G={group_size}")
     if group_size not in ROW_NAMES:
         raise BatchError(f"batch.tokens: G={group_size} sequences per group; expected 2 (pairs) or 4 (IOPO)")
-    if cfg.label_smoothing > 0 and not set(cfg.loss_type) & set(LABEL_SMOOTHING_LOSSES):
-        raise BatchError(f"loss.label_smoothing={cfg.label_smoothing} is read only by {LABEL_SMOOTHING_LOSSES}, "
-                         f"none of which is in loss.loss_type {list(cfg.loss_type)}")
 
 
 def _require(batch: Mapping, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -68,7 +57,7 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
     if tokens.ndim != 3:
         raise BatchError(f"batch.tokens: expected [B, G, L], got shape {tokens.shape}")
     B, G, L = tokens.shape
-    check_loss_config(loss_cfg, G)
+    check_group_size(loss_cfg, G)
     _require(batch, "tokens", (B, G, L), "int")
     loss_mask = _require(batch, "loss_mask", (B, G, L), "int") != 0
     segment_ids = _require(batch, "segment_ids", (B, G, L), "int")

@@ -154,6 +154,11 @@ class DataConfig:
             raise ConfigError(f"data.global_batch_size must be >= 1, got {self.global_batch_size}")
 
 
+# The registered losses (`rpo_jax.losses.LOSSES` implements exactly these) and those reading label_smoothing.
+LOSS_TYPES = ("sigmoid", "rpo", "iopo", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "sft")
+LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust")
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """Weighted list of registered losses (as TRL's loss_type/loss_weights) and their hyperparameters."""
@@ -170,11 +175,19 @@ class LossConfig:
 
     def __post_init__(self):
         if self.beta <= 0:
-            raise ConfigError(f"loss.beta must be > 0, got {self.beta}")
+            raise ConfigError(f"loss.beta must be > 0, got {self.beta} (β = 0 leaves the loss stuck at ln 2)")
+        if not self.loss_type:
+            raise ConfigError("loss.loss_type is empty")
+        unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
+        if unknown:
+            raise ConfigError(f"loss.loss_type: unknown loss {unknown[0]!r}; known: {', '.join(LOSS_TYPES)}")
         if len(self.loss_type) != len(self.loss_weights):
             raise ConfigError(
                 f"loss.loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type"
             )
+        if self.label_smoothing > 0 and not set(self.loss_type) & set(LABEL_SMOOTHING_LOSSES):
+            raise ConfigError(f"loss.label_smoothing={self.label_smoothing} is read only by "
+                              f"{LABEL_SMOOTHING_LOSSES}, none of which is in loss.loss_type {list(self.loss_type)}")
         if self.rpo_margin_mode not in ("inside", "outside"):
             raise ConfigError(f"loss.rpo_margin_mode must be inside or outside, got {self.rpo_margin_mode!r}")
         if not 0.0 <= self.label_smoothing < 0.5:

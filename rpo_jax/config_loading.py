@@ -74,17 +74,17 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: {e}") from e
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = v
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Reads a YAML file; a top-level `include: [files]` (relative paths) is merged first."""
     path = path.resolve()
     if path in seen:
@@ -99,8 +99,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         includes = [includes]
     merged: dict = {}
     for inc in includes:
-        merged = _merge(merged, _read_yaml(path.parent / inc, (*seen, path)))
-    return _merge(merged, raw)
+        merged = merge_dicts(merged, read_yaml(path.parent / inc, (*seen, path)))
+    return merge_dicts(merged, raw)
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:
@@ -117,13 +117,13 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> 
         update: dict = value
         for part in reversed(path):
             update = {part: update}
-        raw = _merge(raw, update)
+        raw = merge_dicts(raw, update)
     return _build(Config, raw, "")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Loads a YAML config (with includes) and applies `a.b=value` overrides."""
-    return config_from_dict(_read_yaml(Path(path)), overrides)
+    return config_from_dict(read_yaml(Path(path)), overrides)
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -1,12 +1,12 @@
 """`validate_batch`: host-side checks of a batch before it reaches the jitted step, each error naming the field."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from rpo_jax.batch_checks import BatchError, validate_batch
-from rpo_jax.config import ConfigError, LossConfig
+from rpo_jax.config import LOSS_TYPES, ConfigError, LossConfig
+from rpo_jax.losses import LOSSES
 
 
 def valid_batch(B=3, G=2, L=10):
@@ -41,7 +41,6 @@ def _set(name, index, value):
 
 
 @pytest.mark.parametrize("batch,cfg,kwargs,match", [
-    (valid_batch(), LossConfig(loss_type=("dpo",)), {}, r"loss.loss_type: unknown loss 'dpo'"),
     (valid_batch(), LossConfig(loss_type=("iopo",)), {}, r"'iopo' needs G=4 .* G=2"),
     (valid_batch(G=4), LossConfig(loss_type=("rpo",)), {}, r"'rpo' needs G=2 .* G=4"),
     (_broken(_set("loss_mask", (2, 1), 0)), LossConfig(), {}, r"batch.loss_mask: example 2, sequence 1 \(rejected\)"),
@@ -53,7 +52,6 @@ def _set(name, index, value):
     (_broken(_set("loss_mask", (0, 0, 0), 1)), LossConfig(), {}, r"scores position 0"),
     (_broken(_set("loss_mask", (1, 1, 9), 1)), LossConfig(), {}, r"example 1, sequence 1 scores padding"),
     (_broken(lambda b: b.update(positions=b["positions"][..., :5])), LossConfig(), {}, r"batch.positions: shape"),
-    (valid_batch(), LossConfig(loss_type=("hinge",), label_smoothing=0.1), {}, r"loss.label_smoothing"),
     (_broken(lambda b: b.update(example_weight=np.array([1.0, 0.5, 0.0], np.float32))), LossConfig(), {},
      r"batch.example_weight: expected 0/1"),
     (_broken(lambda b: b.update(example_weight=np.zeros(3, np.float32))), LossConfig(), {},
@@ -64,11 +62,17 @@ def test_validate_batch_errors(batch, cfg, kwargs, match):
         validate_batch(batch, cfg, **kwargs)
 
 
-def test_validate_batch_rejects_nonpositive_beta():
-    with pytest.raises(ConfigError, match="loss.beta"):
-        LossConfig(beta=0.0)
-    cfg = LossConfig()
-    object.__setattr__(cfg, "beta", 0.0)  # a config that bypassed its own checks
-    with pytest.raises(BatchError, match="loss.beta must be > 0"):
-        validate_batch(valid_batch(), cfg)
-    assert dataclasses.asdict(LossConfig())["beta"] == 0.1
+@pytest.mark.parametrize("kwargs,match", [
+    ({"beta": 0.0}, "loss.beta must be > 0"),
+    ({"loss_type": ("dpo",)}, "loss.loss_type: unknown loss 'dpo'"),
+    ({"loss_type": ()}, "loss.loss_type is empty"),
+    ({"loss_type": ("rpo", "sft")}, "loss.loss_weights has 1 entries for 2 loss_type"),
+    ({"loss_type": ("hinge",), "label_smoothing": 0.1}, "loss.label_smoothing"),
+])
+def test_loss_settings_are_checked_once_when_the_config_is_built(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        LossConfig(**kwargs)
+
+
+def test_the_config_names_exactly_the_registered_losses():
+    assert set(LOSS_TYPES) == set(LOSSES)

@@ -9,7 +9,7 @@ import yaml
 
 from rpo_jax import config as config_lib
 from rpo_jax.config import ConfigError
-from rpo_jax.config_loading import _merge, _read_yaml, config_from_dict, config_to_dict, load_config
+from rpo_jax.config_loading import config_from_dict, config_to_dict, load_config, merge_dicts, read_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -23,7 +23,7 @@ def test_every_config_parses(path):
 
 def test_presets_exist():
     names = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
-    assert {"tiny", "smollm2_135m", "llama3_2_1b", "llama3_1_8b", "llama3_1_70b"} <= names
+    assert {"smollm2_135m", "llama3_2_1b", "llama3_1_8b", "llama3_1_70b"} <= names
 
 
 def test_override_types_and_nesting():
@@ -154,6 +154,6 @@ def test_presets_state_only_what_differs(path):
     includes = raw.pop("include", [])
     inherited = {}
     for include in [includes] if isinstance(includes, str) else includes:
-        inherited = _merge(inherited, _read_yaml(path.parent / include))
+        inherited = merge_dicts(inherited, read_yaml(path.parent / include))
     inherited = config_to_dict(config_from_dict(inherited))
     assert _redundant(raw, inherited) == []

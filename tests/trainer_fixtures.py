@@ -19,7 +19,7 @@ def write_config(tmp: Path, *, steps: int = 6, save_every: int = 2, eval_every: 
     """A run config (tiny width, 32k vocab for the shipped tokenizer) under `tmp`; returns its path."""
     data_dir = data_dir or tmp / "data"
     raw = {
-        "include": [str(ROOT / "configs/base.yaml"), str(ROOT / "configs/model/tiny.yaml")],
+        "include": [str(ROOT / "configs/base.yaml")],
         "model": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
                   "head_dim": 8},
         "data": {"pairs_path": str(DEFAULT_PAIRS / "pairs.jsonl"),
