@@ -34,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--model", default="tiny", help="preset name in configs/model/ or a YAML path (default tiny)")
     for flag in workload.INLINE_DIMS:
         m.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None)
-    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="parameter and compute dtype (both frameworks)")
+    m.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="parameter and compute dtype (both frameworks)",
+    )
     m.add_argument("--remat", default="none", help="model.remat_policy (none, full, save_dots, ...)")
     w = parser.add_argument_group("workload")
     w.add_argument("--seq-len", type=int, default=256)
@@ -48,13 +52,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--steps", type=int, default=5, help="timed steps (>= 5)")
     w.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--num-devices", type=int, default=0,
-                   help="devices in the mesh (default: 1 on CPU, where fake devices share the same cores; else all)")
+    w.add_argument(
+        "--num-devices",
+        type=int,
+        default=0,
+        help="devices in the mesh (default: 1 on CPU, where fake devices share the same cores; else all)",
+    )
     w.add_argument("--matmul-size", type=int, default=0, help="peak-FLOPs matmul size (default 2048 CPU, 8192 else)")
-    parser.add_argument("--compare", action="append", choices=("trl", "references"), default=[],
-                        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes")
-    parser.add_argument("--sweep", choices=("seq", "vocab", "size"), default=None,
-                        help="run a scaling sweep instead (benchmarks/sweep.py)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        choices=("trl", "references"),
+        default=[],
+        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes",
+    )
+    parser.add_argument(
+        "--sweep",
+        choices=("seq", "vocab", "size"),
+        default=None,
+        help="run a scaling sweep instead (benchmarks/sweep.py)",
+    )
     parser.add_argument("--sweep-points", default="", help="comma-separated sweep values overriding the defaults")
     parser.add_argument("--plot-dir", default=str(workload.REPO / "docs"), help="where sweep PNGs go")
     parser.add_argument("--plot-name", default="", help="sweep PNG file name (default bench_sweep_<kind>.png)")
@@ -76,8 +93,12 @@ def _device_facts(devices) -> dict:
     import jax
 
     d = devices[0]
-    return {"backend": jax.default_backend(), "device_kind": d.device_kind, "num_devices": len(devices),
-            "local_devices_available": jax.local_device_count()}
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": d.device_kind,
+        "num_devices": len(devices),
+        "local_devices_available": jax.local_device_count(),
+    }
 
 
 def _versions() -> dict:
@@ -87,18 +108,30 @@ def _versions() -> dict:
     import numpy
     import optax
 
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def _perf(step_time: float, cfg, batch: dict, reference_mode: str, num_devices: int, peak: float,
-          chip_peak: float | None) -> dict:
+def _perf(
+    step_time: float, cfg, batch: dict, reference_mode: str, num_devices: int, peak: float, chip_peak: float | None
+) -> dict:
     lengths = workload.row_lengths(batch)
     units = flops_mod.step_flop_units(reference_mode, cfg.lora.rank > 0)
     model_flops = units * flops_mod.forward_flops(cfg.model, lengths)
-    out = {"tokens_per_step": int(lengths.sum()), "tokens_per_s": float(lengths.sum() / step_time),
-           "pad_frac": float(1.0 - lengths.sum() / batch["tokens"].size), "model_flops_per_step": model_flops,
-           "flop_units": units, "mfu": model_flops / (step_time * num_devices * peak)}
+    out = {
+        "tokens_per_step": int(lengths.sum()),
+        "tokens_per_s": float(lengths.sum() / step_time),
+        "pad_frac": float(1.0 - lengths.sum() / batch["tokens"].size),
+        "model_flops_per_step": model_flops,
+        "flop_units": units,
+        "mfu": model_flops / (step_time * num_devices * peak),
+    }
     out["mfu_vs_chip_peak"] = model_flops / (step_time * num_devices * chip_peak) if chip_peak else None
     return out
 
@@ -109,15 +142,32 @@ def _run_trl(args, prepared, examples: list[dict], tmp: Path) -> dict:
     policy = prepared.policy
     hf_dir = tmp / "hf"
     # policy.trainable still holds the initial weights (the step's donated state is a separate buffer).
-    export_hf(policy.merged_params(policy.trainable, policy.frozen), prepared.cfg.model, prepared.cfg.lora, hf_dir,
-              dtype=args.dtype)
-    spec = {"hf_dir": str(hf_dir), "examples": examples, "dtype": args.dtype, "beta": prepared.cfg.loss.beta,
-            "reference_mode": args.reference, "warmup": args.warmup, "steps": args.steps}
+    export_hf(
+        policy.merged_params(policy.trainable, policy.frozen),
+        prepared.cfg.model,
+        prepared.cfg.lora,
+        hf_dir,
+        dtype=args.dtype,
+    )
+    spec = {
+        "hf_dir": str(hf_dir),
+        "examples": examples,
+        "dtype": args.dtype,
+        "beta": prepared.cfg.loss.beta,
+        "reference_mode": args.reference,
+        "warmup": args.warmup,
+        "steps": args.steps,
+    }
     (tmp / "spec.json").write_text(json.dumps(spec))
     result_path = tmp / "trl.json"
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.trl_step", str(tmp / "spec.json"), str(result_path)],
-                          cwd=workload.REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trl_step", str(tmp / "spec.json"), str(result_path)],
+        cwd=workload.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"TRL benchmark subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(result_path.read_text())
@@ -151,8 +201,9 @@ def run(args) -> int:
 
     _, G = workload.LOSS_TYPES[args.loss]
     examples = workload.make_examples(args.batch, G, args.seq_len, workload.model_config(args).vocab_size, args.seed)
-    modes = [args.reference] + ([m for m in REFERENCE_MODES if m != args.reference] if "references" in args.compare
-                                else [])
+    modes = [args.reference] + (
+        [m for m in REFERENCE_MODES if m != args.reference] if "references" in args.compare else []
+    )
     prepared = {}
     for mode in modes:
         cfg = workload.run_config(args, mode, args.warmup + args.steps)
@@ -168,38 +219,64 @@ def run(args) -> int:
     main = prepared[args.reference]
     cfg = main.cfg
     result = {
-        "command": shlex.join(["rpo-jax", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"]
+        "command": shlex.join(["rpo-jax", "bench", *sys.argv[2:]])
+        if sys.argv[1:2] == ["bench"]
         else shlex.join(sys.argv),
-        "device": _device_facts(devices), "machine": workload.machine(), "versions": _versions(),
+        "device": _device_facts(devices),
+        "machine": workload.machine(),
+        "versions": _versions(),
         "load_average_start": load_start,
-        "model": {"preset": args.model, "vocab_size": cfg.model.vocab_size, "hidden_size": cfg.model.hidden_size,
-                  "intermediate_size": cfg.model.intermediate_size, "layers": cfg.model.num_hidden_layers,
-                  "heads": cfg.model.num_attention_heads, "kv_heads": cfg.model.num_key_value_heads,
-                  "head_dim": cfg.model.head_dim, "tie_word_embeddings": cfg.model.tie_word_embeddings,
-                  "matmul_params": flops_mod.matmul_params(cfg.model),
-                  "embedding_params": cfg.model.vocab_size * cfg.model.hidden_size},
-        "workload": {"seq_len": args.seq_len, "batch": args.batch, "group_size": G, "loss": args.loss,
-                     "loss_type": list(cfg.loss.loss_type), "reference": args.reference, "dtype": args.dtype,
-                     "remat": args.remat, "logits_chunk_size": args.logits_chunk_size,
-                     "vocab_chunk_size": args.vocab_chunk_size, "lora_rank": cfg.lora.rank,
-                     "warmup": args.warmup, "steps": args.steps},
+        "model": {
+            "preset": args.model,
+            "vocab_size": cfg.model.vocab_size,
+            "hidden_size": cfg.model.hidden_size,
+            "intermediate_size": cfg.model.intermediate_size,
+            "layers": cfg.model.num_hidden_layers,
+            "heads": cfg.model.num_attention_heads,
+            "kv_heads": cfg.model.num_key_value_heads,
+            "head_dim": cfg.model.head_dim,
+            "tie_word_embeddings": cfg.model.tie_word_embeddings,
+            "matmul_params": flops_mod.matmul_params(cfg.model),
+            "embedding_params": cfg.model.vocab_size * cfg.model.hidden_size,
+        },
+        "workload": {
+            "seq_len": args.seq_len,
+            "batch": args.batch,
+            "group_size": G,
+            "loss": args.loss,
+            "loss_type": list(cfg.loss.loss_type),
+            "reference": args.reference,
+            "dtype": args.dtype,
+            "remat": args.remat,
+            "logits_chunk_size": args.logits_chunk_size,
+            "vocab_chunk_size": args.vocab_chunk_size,
+            "lora_rank": cfg.lora.rank,
+            "warmup": args.warmup,
+            "steps": args.steps,
+        },
         **jax_step.step_result(main),
-        **_perf(jax_step.step_result(main)["step_time_s"], cfg, main.batch_np, args.reference, len(devices),
-                peak, chip_peak),
+        **_perf(
+            jax_step.step_result(main)["step_time_s"], cfg, main.batch_np, args.reference, len(devices), peak, chip_peak
+        ),
         "peak_memory_bytes": peak_rss,
         "peak_memory_covers_modes": list(prepared),  # process RSS: every mode prepared in this run counts
         "baseline_rss_bytes": baseline_rss,
         "compiled_peak_bytes": main.memory.get("compiled_peak_bytes"),
-        "matmul_peak": {"size": matmul_size, "dtype": args.dtype, "before": peak_before, "after": peak_after,
-                        "interleaved": peak_interleaved, "used_flops_per_s": peak},
+        "matmul_peak": {
+            "size": matmul_size,
+            "dtype": args.dtype,
+            "before": peak_before,
+            "after": peak_after,
+            "interleaved": peak_interleaved,
+            "used_flops_per_s": peak,
+        },
         "chip_peak_flops_per_s": chip_peak,
     }
     if "references" in args.compare:
         modes_out = {}
         for mode, p in prepared.items():
             r = jax_step.step_result(p)
-            modes_out[mode] = {**r, **_perf(r["step_time_s"], p.cfg, p.batch_np, mode, len(devices), peak,
-                                            chip_peak)}
+            modes_out[mode] = {**r, **_perf(r["step_time_s"], p.cfg, p.batch_np, mode, len(devices), peak, chip_peak)}
         t = {m: modes_out[m]["step_time_s"] for m in modes_out}
         result["reference_modes"] = modes_out
         result["precomputed_speedup_vs_separate"] = t["separate"] / t["precomputed"]
@@ -213,8 +290,9 @@ def run(args) -> int:
         result["load_average_trl_start"] = load_trl
         result["step_time_ratio_vs_trl"] = result["step_time_s"] / trl["trl_step_time_s"]
         result["peak_memory_ratio_vs_trl"] = peak_rss / trl["trl_peak_memory_bytes"]
-        result["peak_memory_above_baseline_ratio_vs_trl"] = (
-            (peak_rss - baseline_rss) / max(trl["trl_peak_memory_bytes"] - trl["trl_baseline_rss_bytes"], 1))
+        result["peak_memory_above_baseline_ratio_vs_trl"] = (peak_rss - baseline_rss) / max(
+            trl["trl_peak_memory_bytes"] - trl["trl_baseline_rss_bytes"], 1
+        )
         if args.loss == "rpo":
             result["trl_note"] = "TRL has no RPO margin; it runs loss_type=sigmoid (same forward/backward cost)"
     result["load_average_end"] = workload.load_average()
@@ -226,16 +304,22 @@ def run(args) -> int:
 
 def summary(r: dict) -> str:
     gib = 1024**3
-    lines = [f"step {r['step_time_s'] * 1e3:.1f} ms (median of {len(r['step_times_s'])}), "
-             f"{r['tokens_per_s']:.0f} tok/s, MFU {r['mfu'] * 100:.1f}% of measured "
-             f"{r['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_time_s']:.1f} s, "
-             f"peak RSS {r['peak_memory_bytes'] / gib:.2f} GiB, compiled peak "
-             f"{(r['compiled_peak_bytes'] or 0) / gib:.3f} GiB, load {r['load_average_start']}"]
+    lines = [
+        f"step {r['step_time_s'] * 1e3:.1f} ms (median of {len(r['step_times_s'])}), "
+        f"{r['tokens_per_s']:.0f} tok/s, MFU {r['mfu'] * 100:.1f}% of measured "
+        f"{r['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_time_s']:.1f} s, "
+        f"peak RSS {r['peak_memory_bytes'] / gib:.2f} GiB, compiled peak "
+        f"{(r['compiled_peak_bytes'] or 0) / gib:.3f} GiB, load {r['load_average_start']}"
+    ]
     if "trl_step_time_s" in r:
-        lines.append(f"TRL step {r['trl_step_time_s'] * 1e3:.1f} ms, peak RSS {r['trl_peak_memory_bytes'] / gib:.2f} "
-                     f"GiB; ours/TRL: time {r['step_time_ratio_vs_trl']:.2f}x, "
-                     f"memory {r['peak_memory_ratio_vs_trl']:.2f}x")
+        lines.append(
+            f"TRL step {r['trl_step_time_s'] * 1e3:.1f} ms, peak RSS {r['trl_peak_memory_bytes'] / gib:.2f} "
+            f"GiB; ours/TRL: time {r['step_time_ratio_vs_trl']:.2f}x, "
+            f"memory {r['peak_memory_ratio_vs_trl']:.2f}x"
+        )
     if "reference_modes" in r:
-        lines.append(", ".join(f"{m} {v['step_time_s'] * 1e3:.1f} ms" for m, v in r["reference_modes"].items())
-                     + f"; precomputed speed-up vs separate {r['precomputed_speedup_vs_separate']:.2f}x")
+        lines.append(
+            ", ".join(f"{m} {v['step_time_s'] * 1e3:.1f} ms" for m, v in r["reference_modes"].items())
+            + f"; precomputed speed-up vs separate {r['precomputed_speedup_vs_separate']:.2f}x"
+        )
     return "\n".join(lines)

@@ -45,11 +45,20 @@ def memory_summary(compiled) -> dict:
     analysis = compiled.memory_analysis()
     if analysis is None:
         return {}
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-              "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     out = {f: int(getattr(analysis, f, 0) or 0) for f in fields}
-    out["compiled_peak_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                                  - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+    out["compiled_peak_bytes"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+    )
     return out
 
 

@@ -28,8 +28,14 @@ NEVER = -1  # an EOS id no token equals, so every row decodes the full length
 
 def chat_prompts(tokenizer, path: Path, n: int) -> list[list[int]]:
     rows = [json.loads(line) for _, line in zip(range(n), open(path))]
-    return [list(tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=True)["input_ids"]) for r in rows]
+    return [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for r in rows
+    ]
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -80,15 +86,25 @@ def bench_transformers(hf_dir: Path, tokenizer, prompts, n_new: int, repeats: in
     def run(n):
         def go():
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                                     pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    max_new_tokens=n,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             return out[:, length:].tolist()
+
         return go
 
     t_full, tokens = timed(run(n_new), repeats)
     t_one, _ = timed(run(1), repeats)
-    return t_full, t_one, tokens, {"torch": torch.__version__, "transformers": transformers.__version__,
-                                   "torch_threads": threads}
+    return (
+        t_full,
+        t_one,
+        tokens,
+        {"torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": threads},
+    )
 
 
 def main(argv=None) -> int:
@@ -98,8 +114,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="default: the CPUs this process may run on (restrict both sides with taskset)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="default: the CPUs this process may run on (restrict both sides with taskset)",
+    )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.max_new_tokens < 2:
@@ -111,28 +131,48 @@ def main(argv=None) -> int:
     prompts = chat_prompts(tokenizer, args.prompts, args.batch_size)
     B, N = len(prompts), args.max_new_tokens
     results = {}
-    for name, bench in (("rpo_jax", lambda: bench_ours(args.hf_dir, prompts, N, args.repeats,
-                                                       tokenizer.pad_token_id)),
-                        ("transformers", lambda: bench_transformers(args.hf_dir, tokenizer, prompts, N,
-                                                                    args.repeats, args.torch_threads))):
+    for name, bench in (
+        ("rpo_jax", lambda: bench_ours(args.hf_dir, prompts, N, args.repeats, tokenizer.pad_token_id)),
+        (
+            "transformers",
+            lambda: bench_transformers(args.hf_dir, tokenizer, prompts, N, args.repeats, args.torch_threads),
+        ),
+    ):
         t_full, t_one, tokens, versions = bench()
-        results[name] = {"seconds_n_tokens": t_full, "seconds_1_token": t_one,
-                         "decode_tokens_per_s": B * (N - 1) / (t_full - t_one),
-                         "end_to_end_tokens_per_s": B * N / t_full, "versions": versions, "tokens": tokens}
-        print(f"{name}: {results[name]['decode_tokens_per_s']:.1f} decode tok/s, "
-              f"{results[name]['end_to_end_tokens_per_s']:.1f} end-to-end tok/s", flush=True)
+        results[name] = {
+            "seconds_n_tokens": t_full,
+            "seconds_1_token": t_one,
+            "decode_tokens_per_s": B * (N - 1) / (t_full - t_one),
+            "end_to_end_tokens_per_s": B * N / t_full,
+            "versions": versions,
+            "tokens": tokens,
+        }
+        print(
+            f"{name}: {results[name]['decode_tokens_per_s']:.1f} decode tok/s, "
+            f"{results[name]['end_to_end_tokens_per_s']:.1f} end-to-end tok/s",
+            flush=True,
+        )
     ours, theirs = results["rpo_jax"].pop("tokens"), results["transformers"].pop("tokens")
     same = [a == b for a, b in zip(ours, theirs)]
     # Where greedy paths part (an fp32 near-tie can flip an argmax after some steps): index of first difference.
-    divergence = {row: next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-                  for row, (a, b) in enumerate(zip(ours, theirs)) if a != b}
+    divergence = {
+        row: next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        for row, (a, b) in enumerate(zip(ours, theirs))
+        if a != b
+    }
     report = {
-        "model_dir": str(args.hf_dir), "batch_size": B, "prompt_lengths": [len(p) for p in prompts],
-        "max_new_tokens": N, "repeats": args.repeats, "decoding": "greedy, EOS ignored",
-        "rows_with_identical_greedy_tokens": sum(same), "first_differing_token_by_row": divergence,
+        "model_dir": str(args.hf_dir),
+        "batch_size": B,
+        "prompt_lengths": [len(p) for p in prompts],
+        "max_new_tokens": N,
+        "repeats": args.repeats,
+        "decoding": "greedy, EOS ignored",
+        "rows_with_identical_greedy_tokens": sum(same),
+        "first_differing_token_by_row": divergence,
         "cpu_count": os.cpu_count(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
-        "platform": platform.platform(), "results": results,
+        "platform": platform.platform(),
+        "results": results,
         "speedup_decode": results["rpo_jax"]["decode_tokens_per_s"] / results["transformers"]["decode_tokens_per_s"],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

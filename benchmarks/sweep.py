@@ -26,14 +26,28 @@ from benchmarks import workload
 SIZES = {
     "tiny": {},
     "small": {"hidden_size": 256, "intermediate_size": 768, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 64},
-    "medium": {"hidden_size": 512, "intermediate_size": 1408, "layers": 8, "heads": 8, "kv_heads": 4,
-               "head_dim": 64},
-    "100m": {"hidden_size": 768, "intermediate_size": 2048, "layers": 12, "heads": 12, "kv_heads": 4,
-             "head_dim": 64},
+    "medium": {"hidden_size": 512, "intermediate_size": 1408, "layers": 8, "heads": 8, "kv_heads": 4, "head_dim": 64},
+    "100m": {"hidden_size": 768, "intermediate_size": 2048, "layers": 12, "heads": 12, "kv_heads": 4, "head_dim": 64},
 }
 DEFAULT_POINTS = {"seq": "256,512,1024,2048,4096", "vocab": "32000,64000,128000", "size": "tiny,small,medium,100m"}
-PASS_THROUGH = ("model", "dtype", "remat", "seq_len", "batch", "loss", "reference", "lora_rank", "logits_chunk_size",
-                "vocab_chunk_size", "steps", "warmup", "seed", "num_devices", "matmul_size", *workload.INLINE_DIMS)
+PASS_THROUGH = (
+    "model",
+    "dtype",
+    "remat",
+    "seq_len",
+    "batch",
+    "loss",
+    "reference",
+    "lora_rank",
+    "logits_chunk_size",
+    "vocab_chunk_size",
+    "steps",
+    "warmup",
+    "seed",
+    "num_devices",
+    "matmul_size",
+    *workload.INLINE_DIMS,
+)
 
 
 def _flag(name: str) -> str:
@@ -57,8 +71,15 @@ def point_args(args, kind: str, value: str) -> tuple[float | str, dict]:
 
 def run_point(flags: dict, tmp: Path) -> dict:
     out = tmp / "point.json"
-    cmd = [sys.executable, "-m", "rpo_jax.cli", "bench", *(f"{_flag(k)}={v}" for k, v in flags.items()),
-           "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rpo_jax.cli",
+        "bench",
+        *(f"{_flag(k)}={v}" for k, v in flags.items()),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=workload.REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"sweep point failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
@@ -80,10 +101,10 @@ def plot(kind: str, points: list[dict], path: Path) -> None:
     ax_t.set_ylabel("seconds per step")
     ax_m.plot(xs, [p["peak_memory_bytes"] / gib for p in points], "o-", label="process peak RSS")
     ax_m.plot(xs, [p["compiled_peak_bytes"] / gib for p in points], "s-", label="XLA compiled peak")
-    ax_m.plot(xs, [p["memory_analysis"]["temp_size_in_bytes"] / gib for p in points], "^-",
-              label="XLA temporaries")
-    ax_m.plot(xs, [p["non_vocab_temp_bytes"] / gib for p in points], "v--",
-              label="temporaries − vocab-weight gradients")
+    ax_m.plot(xs, [p["memory_analysis"]["temp_size_in_bytes"] / gib for p in points], "^-", label="XLA temporaries")
+    ax_m.plot(
+        xs, [p["non_vocab_temp_bytes"] / gib for p in points], "v--", label="temporaries − vocab-weight gradients"
+    )
     ax_m.set_ylabel("GiB")
     for ax in (ax_t, ax_m):
         ax.set_xlabel({"seq": "sequence length L", "vocab": "vocabulary V", "size": "model"}[kind])
@@ -94,8 +115,11 @@ def plot(kind: str, points: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     first = points[0]["workload"]
-    fig.suptitle(f"rpo-jax train step, {kind} sweep: {first['loss']}, reference={first['reference']}, "
-                 f"batch={first['batch']}, {first['dtype']}, {points[0]['device']['backend']}", fontsize=10)
+    fig.suptitle(
+        f"rpo-jax train step, {kind} sweep: {first['loss']}, reference={first['reference']}, "
+        f"batch={first['batch']}, {first['dtype']}, {points[0]['device']['backend']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -119,8 +143,9 @@ def run(args) -> int:
             vocab_params = m["embedding_params"] * (1 if m["tie_word_embeddings"] else 2)
             bytes_per = 2 if r["workload"]["dtype"] == "bfloat16" else 4
             r["non_vocab_temp_bytes"] = r["memory_analysis"]["temp_size_in_bytes"] - vocab_params * bytes_per
-            r["params_total"] = m["matmul_params"] + m["embedding_params"] - (
-                m["embedding_params"] if m["tie_word_embeddings"] else 0)
+            r["params_total"] = (
+                m["matmul_params"] + m["embedding_params"] - (m["embedding_params"] if m["tie_word_embeddings"] else 0)
+            )
             points.append({"x": x, **r})
     png = Path(args.plot_dir) / (args.plot_name or f"bench_sweep_{kind}.png")
     plot(kind, points, png)

@@ -45,13 +45,19 @@ def run(spec: dict) -> dict:
     if spec["reference_mode"] == "separate":
         reference = LlamaForCausalLM.from_pretrained(spec["hf_dir"], dtype=dtype)
     elif spec["reference_mode"] != "precomputed":
-        raise ValueError(f"TRL comparison supports reference modes separate and precomputed, not "
-                         f"{spec['reference_mode']!r} (LoRA needs peft, which is not installed)")
+        raise ValueError(
+            f"TRL comparison supports reference modes separate and precomputed, not "
+            f"{spec['reference_mode']!r} (LoRA needs peft, which is not installed)"
+        )
 
     # A stand-in tokenizer: the trainer needs one to be constructed; every id comes pre-tokenized.
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<pad>")),
-                                        pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<pad>")),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
 
     class PreTokenizedDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -74,30 +80,57 @@ def run(spec: dict) -> dict:
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out_dir:
         args = DPOConfig(
-            output_dir=out_dir, report_to=[], use_cpu=True, bf16=False, fp16=False, beta=spec["beta"],
-            loss_type=["sigmoid"], per_device_train_batch_size=len(examples), max_steps=total,
-            learning_rate=1e-6, lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0,
-            max_length=None, train_sampling_strategy="sequential", save_strategy="no", logging_steps=10**9,
-            disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
-            precompute_ref_log_probs=spec["reference_mode"] == "precomputed", seed=0)
-        trainer = PreTokenizedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
-                                         processing_class=tokenizer, callbacks=[timer])
+            output_dir=out_dir,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            beta=spec["beta"],
+            loss_type=["sigmoid"],
+            per_device_train_batch_size=len(examples),
+            max_steps=total,
+            learning_rate=1e-6,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            max_length=None,
+            train_sampling_strategy="sequential",
+            save_strategy="no",
+            logging_steps=10**9,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            precompute_ref_log_probs=spec["reference_mode"] == "precomputed",
+            seed=0,
+        )
+        trainer = PreTokenizedDPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[timer],
+        )
         start = time.perf_counter()
         trainer.train()
         train_wall = time.perf_counter() - start
-    timed = timer.times[spec["warmup"]:]
+    timed = timer.times[spec["warmup"] :]
     if len(timer.times) != total:
         raise RuntimeError(f"TRL ran {len(timer.times)} steps, expected {total}")
     return {
         "trl_step_time_s": statistics.median(timed),
         "trl_step_times_s": timed,
-        "trl_warmup_times_s": timer.times[:spec["warmup"]],
+        "trl_warmup_times_s": timer.times[: spec["warmup"]],
         "trl_train_wall_s": train_wall,
         "trl_peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "trl_baseline_rss_bytes": baseline_rss,
         "trl_torch_threads": torch.get_num_threads(),
-        "trl_versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                         "torch": torch.__version__, "datasets": datasets.__version__},
+        "trl_versions": {
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "datasets": datasets.__version__,
+        },
     }
 
 

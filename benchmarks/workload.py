@@ -31,9 +31,15 @@ from rpo_jax.config_loading import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_TYPES = {"dpo": ("sigmoid", 2), "rpo": ("rpo", 2), "iopo": ("iopo", 4)}
-INLINE_DIMS = {"hidden_size": "hidden_size", "intermediate_size": "intermediate_size", "layers": "num_hidden_layers",
-               "heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "head_dim": "head_dim",
-               "vocab": "vocab_size"}
+INLINE_DIMS = {
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "vocab": "vocab_size",
+}
 
 
 def resolve_model(spec: str) -> Path:
@@ -53,8 +59,12 @@ def model_config(args) -> ModelConfig:
         raise ConfigError(f"{args.model}: no top-level 'model:' section")
     base = config_from_dict({"model": raw["model"]}).model
     changes = {field: getattr(args, flag) for flag, field in INLINE_DIMS.items() if getattr(args, flag) is not None}
-    changes.update(dtype=args.dtype, param_dtype=args.dtype, remat_policy=args.remat,
-                   max_position_embeddings=max(base.max_position_embeddings, args.seq_len))
+    changes.update(
+        dtype=args.dtype,
+        param_dtype=args.dtype,
+        remat_policy=args.remat,
+        max_position_embeddings=max(base.max_position_embeddings, args.seq_len),
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -65,8 +75,12 @@ def run_config(args, reference_mode: str, total_steps: int) -> Config:
         model=model_config(args),
         lora=lora,
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        loss=LossConfig(loss_type=(loss_type,), loss_weights=(1.0,), logits_chunk_size=args.logits_chunk_size,
-                        vocab_chunk_size=args.vocab_chunk_size),
+        loss=LossConfig(
+            loss_type=(loss_type,),
+            loss_weights=(1.0,),
+            logits_chunk_size=args.logits_chunk_size,
+            vocab_chunk_size=args.vocab_chunk_size,
+        ),
         optim=OptimConfig(learning_rate=1e-6, warmup_ratio=0.0, schedule="constant"),
         train=TrainConfig(steps=total_steps, reference_mode=reference_mode),
     )
@@ -105,13 +119,17 @@ def group_rows(ex: dict, G: int) -> list[tuple[list[int], list[int]]]:
 def make_batch(examples: list[dict], G: int, L: int, seed: int, with_ref: bool) -> dict:
     """Right-padded `[B, G, L]` batch: scored response tokens in `loss_mask`, segment 1 = real token, 0 = pad."""
     B = len(examples)
-    batch = {"tokens": np.zeros((B, G, L), np.int32), "loss_mask": np.zeros((B, G, L), bool),
-             "segment_ids": np.zeros((B, G, L), np.int32), "positions": np.zeros((B, G, L), np.int32)}
+    batch = {
+        "tokens": np.zeros((B, G, L), np.int32),
+        "loss_mask": np.zeros((B, G, L), bool),
+        "segment_ids": np.zeros((B, G, L), np.int32),
+        "positions": np.zeros((B, G, L), np.int32),
+    }
     for b, ex in enumerate(examples):
         for g, (prompt, response) in enumerate(group_rows(ex, G)):
             n = len(prompt) + len(response)
             batch["tokens"][b, g, :n] = prompt + response
-            batch["loss_mask"][b, g, len(prompt):n] = True
+            batch["loss_mask"][b, g, len(prompt) : n] = True
             batch["segment_ids"][b, g, :n] = 1
             batch["positions"][b, g, :n] = np.arange(n)
     rng = np.random.default_rng(seed + 1)
@@ -144,9 +162,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_model": model_name,
-            "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_model": model_name,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    }
 
 
 def load_average() -> list[float]:

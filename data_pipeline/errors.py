@@ -1,8 +1,8 @@
 """The one exception type the command line prints as a single line (exit 2, no traceback unless `--debug`).
 
-Every error a person can fix by changing an input - a config value, a flag, a file, a row of data - derives from
-`UserError` (rpo_jax's `ConfigError`, the pair schema's `DataError`, ...); anything else is a bug and keeps its
-traceback.
+Every error a person can fix by changing an input - a config value, a flag, a file, a row of data - derives
+from `UserError` (the training config's `ConfigError`, the pair schema's `DataError`, ...); anything else is a
+bug and keeps its traceback.
 """
 
 

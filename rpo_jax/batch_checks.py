@@ -26,7 +26,8 @@ def check_group_size(cfg: LossConfig, group_size: int) -> None:
         need = LOSSES[name].group_size
         if need is not None and need != group_size:
             raise BatchError(
-                f"loss.loss_type {name!r} needs G={need} sequences per group, but batch.tokens has G={group_size}")
+                f"loss.loss_type {name!r} needs G={need} sequences per group, but batch.tokens has G={group_size}"
+            )
     if group_size not in ROW_NAMES:
         raise BatchError(f"batch.tokens: G={group_size} sequences per group; expected 2 (pairs) or 4 (IOPO)")
 
@@ -44,8 +45,10 @@ def _require(batch: Mapping, name: str, shape: tuple[int, ...], kind: str) -> np
             raise BatchError(f"batch.{name}: dtype {arr.dtype}, expected a float type")
         bad = np.argwhere(~np.isfinite(arr))
         if bad.size:
-            raise BatchError(f"batch.{name}: non-finite value {arr[tuple(bad[0])]} at index {tuple(bad[0].tolist())}"
-                             f" ({len(bad)} in total)")
+            raise BatchError(
+                f"batch.{name}: non-finite value {arr[tuple(bad[0])]} at index {tuple(bad[0].tolist())}"
+                f" ({len(bad)} in total)"
+            )
     return arr
 
 
@@ -76,8 +79,10 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
     empty = np.argwhere(loss_mask.sum(axis=2) == 0)
     if empty.size:
         b, g = (int(i) for i in empty[0])
-        raise BatchError(f"batch.loss_mask: example {b}, sequence {g} ({rows[g]}) scores no token "
-                         f"({len(empty)} such rows); every response needs at least its end-of-turn token")
+        raise BatchError(
+            f"batch.loss_mask: example {b}, sequence {g} ({rows[g]}) scores no token "
+            f"({len(empty)} such rows); every response needs at least its end-of-turn token"
+        )
     first = np.argwhere(loss_mask[:, :, 0])
     if first.size:
         b, g = (int(i) for i in first[0])
@@ -85,8 +90,9 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
     on_padding = np.argwhere(loss_mask & (segment_ids == 0))
     if on_padding.size:
         b, g, t = (int(i) for i in on_padding[0])
-        raise BatchError(f"batch.loss_mask: example {b}, sequence {g} scores padding (segment_ids == 0) at "
-                         f"position {t}")
+        raise BatchError(
+            f"batch.loss_mask: example {b}, sequence {g} scores padding (segment_ids == 0) at position {t}"
+        )
 
     if "ref_logps" in batch:
         ref = _require(batch, "ref_logps", (B, G), "float")
@@ -95,8 +101,9 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
             b, g = (int(i) for i in positive[0])
             raise BatchError(f"batch.ref_logps: example {b}, sequence {g} has log-prob {ref[b, g]} > 0")
     elif require_ref_logps and needs_reference(loss_cfg):
-        raise BatchError(f"batch.ref_logps is missing: precomputed reference mode with loss.loss_type "
-                         f"{list(loss_cfg.loss_type)}")
+        raise BatchError(
+            f"batch.ref_logps is missing: precomputed reference mode with loss.loss_type {list(loss_cfg.loss_type)}"
+        )
     for name, value in batch.items():
         arr = np.asarray(value)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

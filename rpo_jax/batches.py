@@ -15,14 +15,16 @@ from rpo_jax.sharding import batch_shardings, data_parallel_size
 MODEL_FIELDS = ("tokens", "loss_mask", "segment_ids", "positions")
 
 
-def check_batch_split(global_batch: int, grad_accum_steps: int, mesh: Mesh, *,
-                      setting: str = "data.global_batch_size") -> None:
+def check_batch_split(
+    global_batch: int, grad_accum_steps: int, mesh: Mesh, *, setting: str = "data.global_batch_size"
+) -> None:
     """The global batch must split into `grad_accum_steps` micro-batches, each divisible over the mesh."""
     data_ways = data_parallel_size(mesh)
     if global_batch % grad_accum_steps or (global_batch // grad_accum_steps) % data_ways:
         raise ConfigError(
             f"{setting}={global_batch} must split into train.grad_accum_steps={grad_accum_steps} micro-batches "
-            f"each divisible by the data-parallel ways (mesh data×fsdp = {data_ways})")
+            f"each divisible by the data-parallel ways (mesh data×fsdp = {data_ways})"
+        )
 
 
 def per_process_batch_size(cfg: Config, mesh: Mesh) -> int:
@@ -30,30 +32,42 @@ def per_process_batch_size(cfg: Config, mesh: Mesh) -> int:
     groups each process loads per step."""
     check_batch_split(cfg.data.global_batch_size, cfg.train.grad_accum_steps, mesh)
     if cfg.data.group_mirrors and cfg.data.global_batch_size % 2:
-        raise ConfigError(f"data.group_mirrors puts each pair and its mirror in one step: data.global_batch_size="
-                          f"{cfg.data.global_batch_size} must be even")
+        raise ConfigError(
+            f"data.group_mirrors puts each pair and its mirror in one step: data.global_batch_size="
+            f"{cfg.data.global_batch_size} must be even"
+        )
     if cfg.data.global_batch_size % jax.process_count():
-        raise ConfigError(f"data.global_batch_size={cfg.data.global_batch_size} does not divide over "
-                          f"{jax.process_count()} processes")
+        raise ConfigError(
+            f"data.global_batch_size={cfg.data.global_batch_size} does not divide over {jax.process_count()} processes"
+        )
     return cfg.data.global_batch_size // jax.process_count()
 
 
-def open_loader(cfg: Config, path: str, per_process_batch: int, *, repeat: bool,
-                ref_logps: np.ndarray | None = None) -> PairBatchIterator:
+def open_loader(
+    cfg: Config, path: str, per_process_batch: int, *, repeat: bool, ref_logps: np.ndarray | None = None
+) -> PairBatchIterator:
     """This process's batches of `path`. Training (`repeat`) drops the last partial batch of an epoch (it is seen
     in the next, reshuffled one); a single pass completes it with weight-0 rows so every example counts once."""
     return make_loader(
-        path, batch_size=per_process_batch, seed=cfg.data.shuffle_seed, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), num_epochs=None if repeat else 1, length_buckets=cfg.data.length_buckets,
-        max_length=cfg.data.max_length, num_workers=cfg.data.num_workers, remainder="drop" if repeat else "fill",
-        ref_logps=ref_logps, group_mirrors=cfg.data.group_mirrors and repeat)
+        path,
+        batch_size=per_process_batch,
+        seed=cfg.data.shuffle_seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        num_epochs=None if repeat else 1,
+        length_buckets=cfg.data.length_buckets,
+        max_length=cfg.data.max_length,
+        num_workers=cfg.data.num_workers,
+        remainder="drop" if repeat else "fill",
+        ref_logps=ref_logps,
+        group_mirrors=cfg.data.group_mirrors and repeat,
+    )
 
 
 def model_inputs(batch: dict, cfg: Config, *, weighted: bool = False) -> dict:
     """The fields the step reads, validated on the host; `weighted` keeps evaluation's example weights."""
     precomputed = cfg.train.reference_mode == "precomputed"
-    keys = [*MODEL_FIELDS, "margin"] + (["example_weight"] if weighted else []) + (["ref_logps"] if precomputed
-                                                                                     else [])
+    keys = [*MODEL_FIELDS, "margin"] + (["example_weight"] if weighted else []) + (["ref_logps"] if precomputed else [])
     inputs = {k: batch[k] for k in keys}
     validate_batch(inputs, cfg.loss, require_ref_logps=precomputed)
     return inputs

@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = argparse.ArgumentParser(prog="rpo-jax", description="Preference optimization (RPO, IOPO, DPO) in JAX.",
-                                     epilog="--debug (anywhere) shows the traceback of a user error.")
+    parser = argparse.ArgumentParser(
+        prog="rpo-jax",
+        description="Preference optimization (RPO, IOPO, DPO) in JAX.",
+        epilog="--debug (anywhere) shows the traceback of a user error.",
+    )
     parser.add_argument("--version", action="version", version=f"rpo-jax {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}")
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"rpo-jax {name}", description=COMMANDS[name][1],
-                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cmd_parser = argparse.ArgumentParser(
+        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     args.command_argv = argv[1:]

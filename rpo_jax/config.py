@@ -186,8 +186,10 @@ class LossConfig:
                 f"loss.loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type"
             )
         if self.label_smoothing > 0 and not set(self.loss_type) & set(LABEL_SMOOTHING_LOSSES):
-            raise ConfigError(f"loss.label_smoothing={self.label_smoothing} is read only by "
-                              f"{LABEL_SMOOTHING_LOSSES}, none of which is in loss.loss_type {list(self.loss_type)}")
+            raise ConfigError(
+                f"loss.label_smoothing={self.label_smoothing} is read only by "
+                f"{LABEL_SMOOTHING_LOSSES}, none of which is in loss.loss_type {list(self.loss_type)}"
+            )
         if self.rpo_margin_mode not in ("inside", "outside"):
             raise ConfigError(f"loss.rpo_margin_mode must be inside or outside, got {self.rpo_margin_mode!r}")
         if not 0.0 <= self.label_smoothing < 0.5:

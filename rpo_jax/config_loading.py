@@ -128,6 +128,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def config_to_dict(cfg: Any) -> dict:
     """Plain nested dict (tuples as lists) suitable for YAML/JSON; inverse of `config_from_dict`."""
+
     def convert(v):
         if dataclasses.is_dataclass(v):
             return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -158,9 +159,14 @@ def parse_mesh_sizes(text: str) -> dict[str, int]:
 
 
 def add_mesh_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mesh", type=parse_mesh_sizes, default={}, metavar="data=D,fsdp=F,tensor=T",
-                        help="device mesh axis sizes, -1 = all remaining devices (default: the config's mesh "
-                        "section where there is a config, else data=1,fsdp=-1,tensor=1)")
+    parser.add_argument(
+        "--mesh",
+        type=parse_mesh_sizes,
+        default={},
+        metavar="data=D,fsdp=F,tensor=T",
+        help="device mesh axis sizes, -1 = all remaining devices (default: the config's mesh "
+        "section where there is a config, else data=1,fsdp=-1,tensor=1)",
+    )
 
 
 def mesh_from_args(args: argparse.Namespace) -> MeshConfig:
@@ -171,8 +177,14 @@ def mesh_from_args(args: argparse.Namespace) -> MeshConfig:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` and repeatable `--set section.key=value`, as every config-driven command takes them."""
     parser.add_argument("--config", required=True, type=local_path_arg, help="YAML run config (see configs/run/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (repeatable; unknown keys are errors)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable; unknown keys are errors)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, *extra_overrides: str) -> Config:

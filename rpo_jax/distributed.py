@@ -30,9 +30,11 @@ def maybe_initialize() -> bool:
         missing = [k for k in (ENV_NUM_PROCESSES, ENV_PROCESS_ID) if k not in os.environ]
         if missing:
             raise RuntimeError(f"{ENV_COORDINATOR} is set but {', '.join(missing)} is not")
-        jax.distributed.initialize(coordinator_address=coordinator,
-                                   num_processes=int(os.environ[ENV_NUM_PROCESSES]),
-                                   process_id=int(os.environ[ENV_PROCESS_ID]))
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+            process_id=int(os.environ[ENV_PROCESS_ID]),
+        )
         return True
     if _tpu_pod():
         jax.distributed.initialize()

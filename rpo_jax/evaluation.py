@@ -20,8 +20,9 @@ from rpo_jax.config import Config, ConfigError
 from rpo_jax.losses import finalize_metrics
 
 
-def pair_metrics(eval_step: Callable, params, frozen, reference, batches: Iterable[dict], cfg: Config,
-                 mesh: Mesh) -> dict[str, float]:
+def pair_metrics(
+    eval_step: Callable, params, frozen, reference, batches: Iterable[dict], cfg: Config, mesh: Mesh
+) -> dict[str, float]:
     """Metrics over every batch (weighted by example_weight, so the fill rows of the last batch count 0), plus
     `num_pairs`, the number of examples scored."""
     sums = None
@@ -34,8 +35,9 @@ def pair_metrics(eval_step: Callable, params, frozen, reference, batches: Iterab
     return finalize_metrics(sums) | {"num_pairs": float(sums["loss"][1])}
 
 
-def evaluate_pairs(cfg: Config, checkpoint: str, reference: str | None, pairs_dir: str,
-                   batch_size: int) -> dict[str, float]:
+def evaluate_pairs(
+    cfg: Config, checkpoint: str, reference: str | None, pairs_dir: str, batch_size: int
+) -> dict[str, float]:
     """`checkpoint` against `reference` (None: reference-free losses only) on `pairs_dir`, with `cfg`'s loss and
     execution settings. The checkpoint fixes the architecture; LoRA and init_checkpoint settings are ignored."""
     from rpo_jax.io.params import checkpoint_model_config
@@ -47,15 +49,22 @@ def evaluate_pairs(cfg: Config, checkpoint: str, reference: str | None, pairs_di
     data_ways = data_parallel_size(mesh)
     max_length = read_manifest(pairs_dir)["max_length"]
     cfg = dataclasses.replace(
-        cfg, model=checkpoint_model_config(checkpoint), lora=dataclasses.replace(cfg.lora, rank=0),
-        train=dataclasses.replace(cfg.train, init_checkpoint="",
-                                  reference_mode="separate" if reference else "none"),
-        data=dataclasses.replace(cfg.data, eval_path=pairs_dir, max_length=max_length,
-                                 length_buckets=tuple(b for b in cfg.data.length_buckets if b <= max_length),
-                                 global_batch_size=max(data_ways, batch_size // data_ways * data_ways)))
+        cfg,
+        model=checkpoint_model_config(checkpoint),
+        lora=dataclasses.replace(cfg.lora, rank=0),
+        train=dataclasses.replace(cfg.train, init_checkpoint="", reference_mode="separate" if reference else "none"),
+        data=dataclasses.replace(
+            cfg.data,
+            eval_path=pairs_dir,
+            max_length=max_length,
+            length_buckets=tuple(b for b in cfg.data.length_buckets if b <= max_length),
+            global_batch_size=max(data_ways, batch_size // data_ways * data_ways),
+        ),
+    )
     policy = build_policy(cfg, mesh, checkpoint)
     if reference:
         policy = dataclasses.replace(policy, reference=build_policy(cfg, mesh, reference).trainable)
     batches = open_loader(cfg, pairs_dir, cfg.data.global_batch_size // jax.process_count(), repeat=False)
-    return pair_metrics(make_eval_step(cfg, policy, mesh), policy.trainable, policy.frozen, policy.reference,
-                        batches, cfg, mesh)
+    return pair_metrics(
+        make_eval_step(cfg, policy, mesh), policy.trainable, policy.frozen, policy.reference, batches, cfg, mesh
+    )

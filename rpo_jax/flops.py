@@ -15,14 +15,27 @@ import numpy as np
 from rpo_jax.config import ModelConfig
 
 # Published dense bf16 peaks (TFLOP/s per chip), algorithms.md §7; matched against `device.device_kind`.
-CHIP_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
-                         "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+CHIP_PEAK_BF16_TFLOPS = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+}
 
 
 def matmul_params(cfg: ModelConfig) -> int:
     """N: every matmul weight of the decoder plus the LM head (tied or not); embedding lookups are not matmuls."""
-    D, H, K, Dh, F = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                      cfg.intermediate_size)
+    D, H, K, Dh, F = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
     per_layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
     return cfg.num_hidden_layers * per_layer + D * cfg.vocab_size
 

@@ -65,14 +65,21 @@ def _messages(obj: dict, raw: bool, path, line_no: int) -> dict:
         messages = [{"role": "user", "content": obj["prompt"]}]
     elif "messages" in obj and not raw:
         messages = obj["messages"]
-        if not (isinstance(messages, list) and messages and all(
+        if not (
+            isinstance(messages, list)
+            and messages
+            and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages)):
-            raise PromptFileError(f"{path}:{line_no}: field 'messages': must be a non-empty list of "
-                                  f"{{role, content}} strings")
+                for m in messages
+            )
+        ):
+            raise PromptFileError(
+                f"{path}:{line_no}: field 'messages': must be a non-empty list of {{role, content}} strings"
+            )
     else:
-        raise PromptFileError(f"{path}:{line_no}: field 'prompt': missing or not a string"
-                              + ("" if raw else " (and no 'messages')"))
+        raise PromptFileError(
+            f"{path}:{line_no}: field 'prompt': missing or not a string" + ("" if raw else " (and no 'messages')")
+        )
     user = [m["content"] for m in messages if m["role"] == "user"]
     return {"prompt": obj.get("prompt", user[-1] if user else ""), "messages": messages}
 
@@ -93,18 +100,26 @@ def _prompt_ids(tokenizer, row: dict, settings: GenerationSettings, max_position
     if settings.raw_prompt:
         ids = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
     else:
-        ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            row["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
     if len(ids) + settings.max_new_tokens > max_positions:
-        raise PromptFileError(f"{prompts_path}:{row['line']}: field 'prompt': {len(ids)} tokens + "
-                              f"--max-new-tokens {settings.max_new_tokens} exceed the model's "
-                              f"max_position_embeddings {max_positions}")
+        raise PromptFileError(
+            f"{prompts_path}:{row['line']}: field 'prompt': {len(ids)} tokens + "
+            f"--max-new-tokens {settings.max_new_tokens} exceed the model's "
+            f"max_position_embeddings {max_positions}"
+        )
     return list(ids)
 
 
-def generate_responses(checkpoint: str, tokenizer_dir: str | Path, prompts_path: str | Path,
-                       output_path: str | Path, settings: GenerationSettings,
-                       mesh_cfg: MeshConfig | None = None) -> dict:
+def generate_responses(
+    checkpoint: str,
+    tokenizer_dir: str | Path,
+    prompts_path: str | Path,
+    output_path: str | Path,
+    settings: GenerationSettings,
+    mesh_cfg: MeshConfig | None = None,
+) -> dict:
     """Samples `settings.num_samples` responses per prompt and writes them to `output_path`; returns a summary
     (responses, generated tokens, finish reasons, seconds, tokens/s)."""
     import jax
@@ -127,29 +142,51 @@ def generate_responses(checkpoint: str, tokenizer_dir: str | Path, prompts_path:
     sampler = Sampler(nnx.merge(graphdef, state), mesh, use_lora=settings.use_lora)
     eos_ids = stop_token_ids(tokenizer, tokenizer_dir, cfg.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, pad_id=int(pad_id),
-                            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-    jobs = [(row, s, _prompt_ids(tokenizer, row, settings, cfg.max_position_embeddings, prompts_path))
-            for row in rows for s in range(settings.num_samples)]
+    params = SamplingParams(
+        max_new_tokens=settings.max_new_tokens,
+        eos_ids=eos_ids,
+        pad_id=int(pad_id),
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+    )
+    jobs = [
+        (row, s, _prompt_ids(tokenizer, row, settings, cfg.max_position_embeddings, prompts_path))
+        for row in rows
+        for s in range(settings.num_samples)
+    ]
 
     key = jax.random.key(settings.seed)
     out, counts, started, generated = [], {"eos": 0, "stop_string": 0, "length": 0}, time.time(), 0
     for b, start in enumerate(range(0, len(jobs), settings.batch_size)):
-        batch = jobs[start:start + settings.batch_size]
+        batch = jobs[start : start + settings.batch_size]
         # Fill the last batch to full size with repeats so it reuses the compiled program; extras dropped.
         prompts = [ids for _, _, ids in batch] + [batch[0][2]] * (settings.batch_size - len(batch))
-        completions = sampler.generate(prompts, params, jax.random.fold_in(key, b))[:len(batch)]
+        completions = sampler.generate(prompts, params, jax.random.fold_in(key, b))[: len(batch)]
         for (row, sample_id, _), completion in zip(batch, completions):
-            text, cut = truncate_at_stop(tokenizer.decode(completion.tokens, skip_special_tokens=True),
-                                         settings.stop)
+            text, cut = truncate_at_stop(tokenizer.decode(completion.tokens, skip_special_tokens=True), settings.stop)
             reason = "stop_string" if cut else "eos" if completion.stopped else "length"
             counts[reason] += 1
             generated += len(completion.tokens)
-            out.append({"key": row["key"], "prompt": row["prompt"], "sample_id": sample_id, "response": text,
-                        "finish_reason": reason, "num_tokens": len(completion.tokens)})
-        print(f"{start + len(batch)}/{len(jobs)} sequences, {generated} tokens, {time.time() - started:.0f}s",
-              flush=True)
+            out.append(
+                {
+                    "key": row["key"],
+                    "prompt": row["prompt"],
+                    "sample_id": sample_id,
+                    "response": text,
+                    "finish_reason": reason,
+                    "num_tokens": len(completion.tokens),
+                }
+            )
+        print(
+            f"{start + len(batch)}/{len(jobs)} sequences, {generated} tokens, {time.time() - started:.0f}s", flush=True
+        )
     write_jsonl_atomic(output_path, out)
     seconds = time.time() - started
-    return {"responses": len(out), "generated_tokens": generated, "finish_reasons": counts, "seconds": seconds,
-            "tokens_per_s": generated / max(seconds, 1e-9)}
+    return {
+        "responses": len(out),
+        "generated_tokens": generated,
+        "finish_reasons": counts,
+        "seconds": seconds,
+        "tokens_per_s": generated / max(seconds, 1e-9),
+    }

@@ -43,8 +43,7 @@ def shift_targets(tokens_NL: jax.Array, loss_mask_NL: jax.Array) -> tuple[jax.Ar
 
 
 def _full_vocab_stats(h_NCD, lm_head_DV, targets_NC):
-    logits_NCV = jnp.einsum("ncd,dv->ncv", h_NCD, lm_head_DV.astype(h_NCD.dtype),
-                            preferred_element_type=jnp.float32)
+    logits_NCV = jnp.einsum("ncd,dv->ncv", h_NCD, lm_head_DV.astype(h_NCD.dtype), preferred_element_type=jnp.float32)
     lse_NC = jax.nn.logsumexp(logits_NCV, axis=-1)
     target_logit_NC = jnp.take_along_axis(logits_NCV, targets_NC[..., None], axis=-1)[..., 0]
     return target_logit_NC, lse_NC
@@ -57,7 +56,8 @@ def _fold_vocab_chunk(carry, h_NCD, w_DVc, targets_NC, offset):
     # The max only shifts the exponent for stability; lse is independent of it, so it needs no gradient.
     new_max_NC = jax.lax.stop_gradient(jnp.maximum(max_NC, jnp.max(logits_NCVc, axis=-1)))
     sum_exp_NC = sum_exp_NC * jnp.exp(max_NC - new_max_NC) + jnp.sum(
-        jnp.exp(logits_NCVc - new_max_NC[..., None]), axis=-1)
+        jnp.exp(logits_NCVc - new_max_NC[..., None]), axis=-1
+    )
     width = w_DVc.shape[1]
     local_NC = targets_NC - offset
     inside_NC = (local_NC >= 0) & (local_NC < width)
@@ -83,7 +83,8 @@ def _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size: int):
     if remainder:
         offset = num_full * vocab_chunk_size
         carry = jax.checkpoint(_fold_vocab_chunk, static_argnums=(4,))(
-            carry, h_NCD, lm_head_DV[:, offset:], targets_NC, offset)
+            carry, h_NCD, lm_head_DV[:, offset:], targets_NC, offset
+        )
     max_NC, sum_exp_NC, target_logit_NC = carry
     return target_logit_NC, max_NC + jnp.log(sum_exp_NC)
 
@@ -97,12 +98,21 @@ def _score_chunk(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D, vocab_ch
     logp_NC = target_logit_NC - lse_NC
     # mean_v(h·W[:, v]) = h·mean_v(W): the metric costs one [D] dot per token instead of a pass over the vocab.
     mean_logit_NC = jax.lax.stop_gradient(jnp.einsum("ncd,d->nc", h_NCD.astype(jnp.float32), mean_head_D))
-    return (jnp.sum(jnp.where(scored_NC, logp_NC, 0.0), axis=-1),
-            jnp.sum(jnp.where(scored_NC, mean_logit_NC, 0.0), axis=-1))
+    return (
+        jnp.sum(jnp.where(scored_NC, logp_NC, 0.0), axis=-1),
+        jnp.sum(jnp.where(scored_NC, mean_logit_NC, 0.0), axis=-1),
+    )
 
 
-def score_hidden(h_NLD: jax.Array, tokens_NL: jax.Array, loss_mask_NL: jax.Array, lm_head_DV: jax.Array, *,
-                 logits_chunk_size: int, vocab_chunk_size: int = 0) -> SequenceScores:
+def score_hidden(
+    h_NLD: jax.Array,
+    tokens_NL: jax.Array,
+    loss_mask_NL: jax.Array,
+    lm_head_DV: jax.Array,
+    *,
+    logits_chunk_size: int,
+    vocab_chunk_size: int = 0,
+) -> SequenceScores:
     """Scores final hidden states `[N, L, D]` against their next tokens; returns `[N]` sums.
 
     `logits_chunk_size` is the number of positions (over all N rows together) whose logits exist at once: each
@@ -132,6 +142,7 @@ def score_hidden(h_NLD: jax.Array, tokens_NL: jax.Array, loss_mask_NL: jax.Array
 
     mean_head_D = jax.lax.stop_gradient(jnp.mean(lm_head_DV.astype(jnp.float32), axis=1))
     longest = jnp.max(counts_N)
+
     def skip(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D):
         return jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32)
 
@@ -153,9 +164,16 @@ def score_hidden(h_NLD: jax.Array, tokens_NL: jax.Array, loss_mask_NL: jax.Array
     return SequenceScores(logps_N, counts_N.astype(jnp.float32), mean_logit_sums_N)
 
 
-def paired_logps(model: Llama, batch: Mapping[str, jax.Array], *, logits_chunk_size: int,
-                 vocab_chunk_size: int = 0, use_lora: bool = True,
-                 lora_dropout_rng: jax.Array | None = None, mesh: Mesh | None = None) -> SequenceScores:
+def paired_logps(
+    model: Llama,
+    batch: Mapping[str, jax.Array],
+    *,
+    logits_chunk_size: int,
+    vocab_chunk_size: int = 0,
+    use_lora: bool = True,
+    lora_dropout_rng: jax.Array | None = None,
+    mesh: Mesh | None = None,
+) -> SequenceScores:
     """`SequenceScores` of shape `[B, G]` for a batch with `tokens`, `loss_mask`, `segment_ids`, `positions`.
 
     `use_lora=False` runs the base weights only (the `lora_base` reference forward); `lora_dropout_rng` is passed
@@ -170,12 +188,24 @@ def paired_logps(model: Llama, batch: Mapping[str, jax.Array], *, logits_chunk_s
     def rows(name):
         return jnp.reshape(jnp.asarray(batch[name]), (B * G, L))
 
-    h_NLD = model(rows("tokens"), rows("positions"), rows("segment_ids"), return_hidden=True, use_lora=use_lora,
-                 lora_dropout_rng=lora_dropout_rng)
+    h_NLD = model(
+        rows("tokens"),
+        rows("positions"),
+        rows("segment_ids"),
+        return_hidden=True,
+        use_lora=use_lora,
+        lora_dropout_rng=lora_dropout_rng,
+    )
     lm_head_DV = model.lm_head_weight()
     if mesh is not None:
         lm_head_DV = jax.lax.with_sharding_constraint(lm_head_DV, NamedSharding(mesh, PartitionSpec()))
         h_NLD = jax.lax.with_sharding_constraint(h_NLD, NamedSharding(mesh, PartitionSpec(BATCH_AXES, None, None)))
-    scores = score_hidden(h_NLD, rows("tokens"), rows("loss_mask"), lm_head_DV,
-                          logits_chunk_size=logits_chunk_size, vocab_chunk_size=vocab_chunk_size)
+    scores = score_hidden(
+        h_NLD,
+        rows("tokens"),
+        rows("loss_mask"),
+        lm_head_DV,
+        logits_chunk_size=logits_chunk_size,
+        vocab_chunk_size=vocab_chunk_size,
+    )
     return SequenceScores(*(x.reshape(B, G) for x in scores))

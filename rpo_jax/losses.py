@@ -167,8 +167,9 @@ def _mean(values: Array, weight_B: Array) -> tuple[Array, Array]:
     return _weighted_sum(values, weight_B), _weighted_sum(jnp.ones_like(values), weight_B)
 
 
-def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Array, cfg: LossConfig,
-                     weight_B: Array | None = None) -> tuple[Array, dict[str, tuple[Array, Array]]]:
+def loss_and_metrics(
+    policy: SequenceScores, ref_logps: Array | None, margin: Array, cfg: LossConfig, weight_B: Array | None = None
+) -> tuple[Array, dict[str, tuple[Array, Array]]]:
     """Per-example loss [B] and TRL-named metrics as `(sum, denominator)` pairs (see module docstring).
 
     Rewards are β·h; with no reference (SimPO/SFT only) h is the policy log-prob itself. `weight_B` (1 or 0 per
@@ -196,8 +197,10 @@ def loss_and_metrics(policy: SequenceScores, ref_logps: Array | None, margin: Ar
         "logps/rejected": _mean(logps_sg[:, rejected], w),
         # Token-weighted as TRL: Σ of per-token vocab-mean logits over all chosen tokens / number of those tokens.
         "logits/chosen": (_weighted_sum(policy.mean_logit_sums[:, chosen], w), _weighted_sum(chosen_counts, w)),
-        "logits/rejected": (_weighted_sum(policy.mean_logit_sums[:, rejected], w),
-                            _weighted_sum(counts[:, rejected], w)),
+        "logits/rejected": (
+            _weighted_sum(policy.mean_logit_sums[:, rejected], w),
+            _weighted_sum(counts[:, rejected], w),
+        ),
         # Token-mean NLL of the chosen responses (= TRL's `sft` loss term).
         "nll": (-_weighted_sum(logps_sg[:, chosen], w), _weighted_sum(chosen_counts, w)),
         "num_tokens": (_weighted_sum(counts, w), _weighted_sum(jnp.ones_like(counts), w)),

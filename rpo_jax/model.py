@@ -32,15 +32,34 @@ LAYER_WEIGHTS: dict[str, tuple[tuple[str, ...], int]] = {
     "w_down_FD": (("mlp", "embed"), 1),
 }
 LORA_DROPOUT_KEY, LORA_DROPOUT_RATE = "_lora_dropout_key", "_lora_dropout_rate"
-LORA_TARGETS = {"q": "wq_DHDh", "k": "wk_DKDh", "v": "wv_DKDh", "o": "wo_HDhD",
-                "gate": "w_gate_DF", "up": "w_up_DF", "down": "w_down_FD"}
+LORA_TARGETS = {
+    "q": "wq_DHDh",
+    "k": "wk_DKDh",
+    "v": "wv_DKDh",
+    "o": "wo_HDhD",
+    "gate": "w_gate_DF",
+    "up": "w_up_DF",
+    "down": "w_down_FD",
+}
 
 
 def layer_weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    D, H, K, Dh, F = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                      cfg.intermediate_size)
-    return {"wq_DHDh": (D, H, Dh), "wk_DKDh": (D, K, Dh), "wv_DKDh": (D, K, Dh), "wo_HDhD": (H, Dh, D),
-            "w_gate_DF": (D, F), "w_up_DF": (D, F), "w_down_FD": (F, D)}
+    D, H, K, Dh, F = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    return {
+        "wq_DHDh": (D, H, Dh),
+        "wk_DKDh": (D, K, Dh),
+        "wv_DKDh": (D, K, Dh),
+        "wo_HDhD": (H, Dh, D),
+        "w_gate_DF": (D, F),
+        "w_up_DF": (D, F),
+        "w_down_FD": (F, D),
+    }
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
@@ -79,7 +98,8 @@ def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
     # As HF: normalise in fp32, cast back, then scale; the order matters for bf16 parity.
     x32 = x_BLD.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight_D.astype(x_BLD.dtype) * normed.astype(x_BLD.dtype)
+    weight = weight_D.astype(x_BLD.dtype).reshape((1,) * (x_BLD.ndim - 1) + weight_D.shape)
+    return weight * normed.astype(x_BLD.dtype)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> jax.Array:
@@ -92,14 +112,15 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> jax.Array:
     wavelen = 2 * math.pi / inv_freq
     scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq)
     smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
-        rope.high_freq_factor - rope.low_freq_factor)
+        rope.high_freq_factor - rope.low_freq_factor
+    )
     smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
     is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
     return jnp.where(is_medium, smoothed, scaled)
 
 
 def rope_cos_sin(positions_BL: jax.Array, inv_freq: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    freqs_BLf = positions_BL[..., None].astype(jnp.float32) * inv_freq
+    freqs_BLf = positions_BL[..., None].astype(jnp.float32) * inv_freq[None, None, :]
     emb = jnp.concatenate([freqs_BLf, freqs_BLf], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -137,13 +158,21 @@ def _project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contra
             keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
             x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
         xa = jnp.einsum(f"{x_spec},{w_in}r->{lead}r", x, p[f"lora_a_{name}"].astype(x.dtype))
-        delta = jnp.einsum(f"{lead}r,r{w_spec[len(w_in):]}->{out_spec}", xa, p[f"lora_b_{name}"].astype(x.dtype))
+        delta = jnp.einsum(f"{lead}r,r{w_spec[len(w_in) :]}->{out_spec}", xa, p[f"lora_b_{name}"].astype(x.dtype))
         y = y + lora_scale * delta
     return y
 
 
-def decoder_layer(cfg: ModelConfig, p: Mapping[str, jax.Array], x_BLD, cos, sin, mask_B1TS,
-                  lora_scale: float, kv_update: Callable | None = None):
+def decoder_layer(
+    cfg: ModelConfig,
+    p: Mapping[str, jax.Array],
+    x_BLD,
+    cos,
+    sin,
+    mask_B1TS,
+    lora_scale: float,
+    kv_update: Callable | None = None,
+):
     """One pre-norm Llama block. Returns (x_BLD, (k_BLKDh, v_BLKDh)): this step's keys/values.
 
     `kv_update`, when given (the sampler's KV cache), maps this step's (keys, values) to the full (keys, values)
@@ -159,7 +188,8 @@ def decoder_layer(cfg: ModelConfig, p: Mapping[str, jax.Array], x_BLD, cos, sin,
     new_kv = (k_BLKDh, v_BLKDh)
     keys, values = kv_update(new_kv) if kv_update is not None else new_kv
     attn_BLHDh = jax.nn.dot_product_attention(
-        q_BLHDh, keys, values, mask=mask_B1TS, scale=cfg.head_dim**-0.5, implementation="xla")
+        q_BLHDh, keys, values, mask=mask_B1TS, scale=cfg.head_dim**-0.5, implementation="xla"
+    )
     x_BLD = x_BLD + _project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld")
     h = rms_norm(x_BLD, p["post_attn_norm_D"], eps)
     gate_BLF = _project(h, p, "w_gate_DF", lora_scale, "bld,df->blf")
@@ -193,13 +223,13 @@ class Llama(nnx.Module):
         self.lora_dropout = lora.dropout
         dtype = DTYPES[cfg.param_dtype]
         V, D = cfg.vocab_size, cfg.hidden_size
-        self.embed_VD = nnx.Param(_normal(rngs, (V, D), cfg.initializer_range, dtype),
-                                  logical_axes=("vocab", "embed"))
+        self.embed_VD = nnx.Param(_normal(rngs, (V, D), cfg.initializer_range, dtype), logical_axes=("vocab", "embed"))
         self.layers = DecoderLayers(cfg, lora, rngs=rngs)
         self.final_norm_D = nnx.Param(jnp.ones((D,), dtype), logical_axes=("norm",))
         if not cfg.tie_word_embeddings:
-            self.lm_head_DV = nnx.Param(_normal(rngs, (D, V), cfg.initializer_range, dtype),
-                                        logical_axes=("embed", "vocab"))
+            self.lm_head_DV = nnx.Param(
+                _normal(rngs, (D, V), cfg.initializer_range, dtype), logical_axes=("embed", "vocab")
+            )
 
     def lm_head_weight(self) -> jax.Array:
         """[D, V] output projection (the transposed embedding when tied)."""
@@ -207,8 +237,16 @@ class Llama(nnx.Module):
             return self.embed_VD[...].T
         return self.lm_head_DV[...]
 
-    def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None, *, return_hidden: bool = False,
-                 use_lora: bool = True, lora_dropout_rng: jax.Array | None = None):
+    def __call__(
+        self,
+        tokens_BL,
+        positions_BL,
+        segment_ids_BL=None,
+        *,
+        return_hidden: bool = False,
+        use_lora: bool = True,
+        lora_dropout_rng: jax.Array | None = None,
+    ):
         """`lora_dropout_rng` turns on LoRA dropout (training only); without it adapters run deterministically."""
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]

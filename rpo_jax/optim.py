@@ -36,7 +36,13 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTr
     schedule = learning_rate_schedule(cfg, total_steps)
     transform = optax.chain(
         optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0 else optax.identity(),
-        optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
-                    weight_decay=cfg.weight_decay, mask=weight_decay_mask),
+        optax.adamw(
+            schedule,
+            b1=cfg.adam_b1,
+            b2=cfg.adam_b2,
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+            mask=weight_decay_mask,
+        ),
     )
     return transform, schedule

@@ -41,9 +41,13 @@ def group_size(cfg: Config) -> int:
 def abstract_batch(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int) -> dict:
     """The batch the trainer feeds (`trainer._model_inputs`), as sharded ShapeDtypeStructs."""
     B, G, L = batch_size, group_size(cfg), seq_len
-    shapes = {"tokens": ((B, G, L), jnp.int32), "loss_mask": ((B, G, L), jnp.bool_),
-              "segment_ids": ((B, G, L), jnp.int32), "positions": ((B, G, L), jnp.int32),
-              "margin": ((B,), jnp.int32)}
+    shapes = {
+        "tokens": ((B, G, L), jnp.int32),
+        "loss_mask": ((B, G, L), jnp.bool_),
+        "segment_ids": ((B, G, L), jnp.int32),
+        "positions": ((B, G, L), jnp.int32),
+        "margin": ((B,), jnp.int32),
+    }
     if cfg.train.reference_mode == "precomputed":
         shapes["ref_logps"] = ((B, G), jnp.float32)
     shaped = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
@@ -88,8 +92,14 @@ def parameter_arithmetic(cfg: Config, mesh: Mesh) -> dict:
         "adam_moments": 2 * (lora if uses_lora else base),
         "reference_copy": base if cfg.train.reference_mode == "separate" else 0.0,
     }
-    return {"num_params": n_base, "num_lora_params": n_lora, "param_dtype": cfg.model.param_dtype,
-            "model_shards": shards, "bytes_per_device": parts, "total_bytes_per_device": sum(parts.values())}
+    return {
+        "num_params": n_base,
+        "num_lora_params": n_lora,
+        "param_dtype": cfg.model.param_dtype,
+        "model_shards": shards,
+        "bytes_per_device": parts,
+        "total_bytes_per_device": sum(parts.values()),
+    }
 
 
 def analytic_flops(cfg: Config, batch_size: int, seq_len: int) -> dict:
@@ -97,8 +107,12 @@ def analytic_flops(cfg: Config, batch_size: int, seq_len: int) -> dict:
     FLOPs)."""
     forward = forward_flops(cfg.model, np.full(batch_size * group_size(cfg), seq_len))
     passes = step_flop_units(cfg.train.reference_mode, cfg.lora.rank > 0)
-    return {"matmul_params": matmul_params(cfg.model), "forward_flops": forward, "passes": passes,
-            "model_flops_per_step": forward * passes}
+    return {
+        "matmul_params": matmul_params(cfg.model),
+        "forward_flops": forward,
+        "passes": passes,
+        "model_flops_per_step": forward * passes,
+    }
 
 
 def _cost(compiled) -> dict:
@@ -115,8 +129,7 @@ def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     state, state_sh = abstract_train_state(policy, optimizer, cfg.train.seed, mesh)
     batch = abstract_batch(cfg, mesh, batch_size, seq_len)
-    step = make_train_step(cfg, policy, optimizer, schedule, mesh, state_sh,
-                           {k: v.sharding for k, v in batch.items()})
+    step = make_train_step(cfg, policy, optimizer, schedule, mesh, state_sh, {k: v.sharding for k, v in batch.items()})
     t0 = time.perf_counter()
     lowered = step.lower(state, policy.frozen, policy.reference, batch)
     t1 = time.perf_counter()
@@ -128,11 +141,17 @@ def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_
         raise offload_error(platform)
 
     mem = compiled.memory_analysis()
-    memory = {name: int(getattr(mem, f"{name}_size_in_bytes")) for name in
-              ("argument", "output", "alias", "temp", "generated_code")}
+    memory = {
+        name: int(getattr(mem, f"{name}_size_in_bytes"))
+        for name in ("argument", "output", "alias", "temp", "generated_code")
+    }
     memory["peak_estimate"] = memory["argument"] + memory["temp"] + memory["output"] - memory["alias"]
-    inputs = {"train_state": shard_bytes(state), "frozen": shard_bytes(policy.frozen),
-              "reference": shard_bytes(policy.reference or {}), "batch": shard_bytes(batch)}
+    inputs = {
+        "train_state": shard_bytes(state),
+        "frozen": shard_bytes(policy.frozen),
+        "reference": shard_bytes(policy.reference or {}),
+        "batch": shard_bytes(batch),
+    }
     cost = _cost(compiled)
     n_devices = mesh.devices.size
     model_flops = analytic_flops(cfg, batch_size, seq_len)
@@ -140,11 +159,20 @@ def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_
         "platform": platform,
         "mesh": dict(mesh.shape),
         "devices": int(n_devices),
-        "batch": {"global_batch_size": batch_size, "group_size": group_size(cfg), "seq_len": seq_len,
-                  "grad_accum_steps": cfg.train.grad_accum_steps},
-        "model": {"param_dtype": cfg.model.param_dtype, "dtype": cfg.model.dtype,
-                  "remat_policy": cfg.model.remat_policy, "scan_layers": cfg.model.scan_layers,
-                  "lora_rank": cfg.lora.rank, "reference_mode": cfg.train.reference_mode},
+        "batch": {
+            "global_batch_size": batch_size,
+            "group_size": group_size(cfg),
+            "seq_len": seq_len,
+            "grad_accum_steps": cfg.train.grad_accum_steps,
+        },
+        "model": {
+            "param_dtype": cfg.model.param_dtype,
+            "dtype": cfg.model.dtype,
+            "remat_policy": cfg.model.remat_policy,
+            "scan_layers": cfg.model.scan_layers,
+            "lora_rank": cfg.lora.rank,
+            "reference_mode": cfg.train.reference_mode,
+        },
         "compile_seconds": {"lower": round(t1 - t0, 2), "compile": round(t2 - t1, 2)},
         "memory_per_device_bytes": memory,
         "inputs_per_device_bytes": {**inputs, "total": sum(inputs.values())},
@@ -168,8 +196,12 @@ def _gib(x: float) -> str:
 
 
 def format_report(report: dict) -> str:
-    mem, ins, ar, fl = (report["memory_per_device_bytes"], report["inputs_per_device_bytes"],
-                        report["arithmetic"], report["flops"])
+    mem, ins, ar, fl = (
+        report["memory_per_device_bytes"],
+        report["inputs_per_device_bytes"],
+        report["arithmetic"],
+        report["flops"],
+    )
     b = report["batch"]
     lines = [
         f"platform {report['platform']}, mesh {report['mesh']} ({report['devices']} devices); "
@@ -212,9 +244,13 @@ def plan(cfg: Config, batch_size: int, seq_len: int, hbm_gib: float | None = Non
         from jax.experimental import topologies
 
         devices = topologies.get_topology_desc(topology, "tpu").devices
-        report["target_topology"] = {"name": topology, **plan_train_step(cfg, make_mesh(cfg.mesh, devices),
-                                                                         batch_size, seq_len, hbm_gib)}
+        report["target_topology"] = {
+            "name": topology,
+            **plan_train_step(cfg, make_mesh(cfg.mesh, devices), batch_size, seq_len, hbm_gib),
+        }
     elif topology:
-        report["target_topology"] = {"name": topology,
-                                     "skipped": f"default backend is {jax.default_backend()}, not tpu"}
+        report["target_topology"] = {
+            "name": topology,
+            "skipped": f"default backend is {jax.default_backend()}, not tpu",
+        }
     return report

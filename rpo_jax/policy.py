@@ -27,6 +27,7 @@ from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
 
 Params = dict[str, Any]
 
+
 @dataclasses.dataclass
 class PolicyParams:
     graphdef: nnx.GraphDef
@@ -62,11 +63,15 @@ def validate_reference_mode(cfg: Config) -> None:
     if mode == "lora_base" and not lora:
         raise ConfigError("train.reference_mode=lora_base needs lora.rank > 0")
     if mode == "separate" and lora:
-        raise ConfigError("train.reference_mode=separate with lora.rank > 0 would copy the base weights; "
-                          "use train.reference_mode=lora_base (the base with adapters disabled)")
+        raise ConfigError(
+            "train.reference_mode=separate with lora.rank > 0 would copy the base weights; "
+            "use train.reference_mode=lora_base (the base with adapters disabled)"
+        )
     if mode == "none" and needs_reference(cfg.loss):
-        raise ConfigError(f"train.reference_mode=none but loss.loss_type {list(cfg.loss.loss_type)} needs a "
-                          "reference (only simpo and sft are reference-free)")
+        raise ConfigError(
+            f"train.reference_mode=none but loss.loss_type {list(cfg.loss.loss_type)} needs a "
+            "reference (only simpo and sft are reference-free)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +97,20 @@ def policy_layout(cfg: Config, mesh: Mesh) -> PolicyLayout:
     abstract = nnx.eval_shape(make)
     graphdef, abstract_lora, abstract_base = nnx.split(abstract, nnx.LoRAParam, ...)
     _, abstract_all = nnx.split(abstract)
-    check_sufficiently_sharded(abstract_all, state_shardings(abstract_all, mesh), mesh,
-                               cfg.mesh.max_replicated_fraction)
-    return PolicyLayout(make, graphdef, abstract_lora, abstract_base, state_shardings(abstract_lora, mesh),
-                        state_shardings(abstract_base, mesh))
+    check_sufficiently_sharded(
+        abstract_all, state_shardings(abstract_all, mesh), mesh, cfg.mesh.max_replicated_fraction
+    )
+    return PolicyLayout(
+        make,
+        graphdef,
+        abstract_lora,
+        abstract_base,
+        state_shardings(abstract_lora, mesh),
+        state_shardings(abstract_base, mesh),
+    )
 
 
-def _assemble(cfg: Config, layout: PolicyLayout, lora: Params, base: Params, reference: Params | None
-              ) -> PolicyParams:
+def _assemble(cfg: Config, layout: PolicyLayout, lora: Params, base: Params, reference: Params | None) -> PolicyParams:
     uses_lora = cfg.lora.rank > 0
     lora_sh, base_sh = layout.lora_state_shardings.to_pure_dict(), layout.base_state_shardings.to_pure_dict()
     return PolicyParams(
@@ -119,8 +130,11 @@ def abstract_policy(cfg: Config, mesh: Mesh) -> PolicyParams:
     layout = policy_layout(cfg, mesh)
 
     def shaped(abstract_state: nnx.State, shardings: nnx.State) -> Params:
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract_state.to_pure_dict(), shardings.to_pure_dict())
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state.to_pure_dict(),
+            shardings.to_pure_dict(),
+        )
 
     lora = shaped(layout.abstract_lora, layout.lora_state_shardings)
     base = shaped(layout.abstract_base, layout.base_state_shardings)

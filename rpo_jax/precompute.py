@@ -34,8 +34,12 @@ REF_LOGPS_DIR = "ref_logps"
 def reference_key(cfg: Config, shard_dir: str) -> str:
     """Hash of data (fingerprint covers pairs, tokenizer, template, max length), reference weights and dtype."""
     reference = cfg.train.init_checkpoint or f"seed:{cfg.train.seed}"
-    payload = {"data": dataset_fingerprint(shard_dir), "reference": reference, "model": config_to_dict(cfg.model),
-               "chunks": [cfg.loss.logits_chunk_size, cfg.loss.vocab_chunk_size]}
+    payload = {
+        "data": dataset_fingerprint(shard_dir),
+        "reference": reference,
+        "model": config_to_dict(cfg.model),
+        "chunks": [cfg.loss.logits_chunk_size, cfg.loss.vocab_chunk_size],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -67,17 +71,31 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
     @jax.jit
     def score(params, batch):
         model = policy.merged_model(params, policy.frozen)
-        return paired_logps(model, batch, logits_chunk_size=cfg.loss.logits_chunk_size,
-                            vocab_chunk_size=cfg.loss.vocab_chunk_size, use_lora=False, mesh=mesh).logps
+        return paired_logps(
+            model,
+            batch,
+            logits_chunk_size=cfg.loss.logits_chunk_size,
+            vocab_chunk_size=cfg.loss.vocab_chunk_size,
+            use_lora=False,
+            mesh=mesh,
+        ).logps
 
-    loader = make_loader(shard_dir, batch_size=batch_size, seed=0, num_epochs=1, remainder="keep",
-                         length_buckets=cfg.data.length_buckets, max_length=cfg.data.max_length)
+    loader = make_loader(
+        shard_dir,
+        batch_size=batch_size,
+        seed=0,
+        num_epochs=1,
+        remainder="keep",
+        length_buckets=cfg.data.length_buckets,
+        max_length=cfg.data.max_length,
+    )
     for batch in loader:
         index = batch["example_index"]
         real = len(index)
         # The last batch is padded by repeating its first row so every batch keeps a mesh-divisible shape.
-        inputs = {k: np.concatenate([batch[k], np.repeat(batch[k][:1], batch_size - real, axis=0)])
-                  for k in MODEL_FIELDS}
+        inputs = {
+            k: np.concatenate([batch[k], np.repeat(batch[k][:1], batch_size - real, axis=0)]) for k in MODEL_FIELDS
+        }
         sh = batch_shardings(inputs, mesh)
         logps = jax.device_get(score(policy.trainable, {k: jax.device_put(v, sh[k]) for k, v in inputs.items()}))
         out[index] = np.asarray(logps)[:real]
@@ -93,8 +111,11 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
 
 def _reference_only(cfg: Config) -> Config:
     """Builds just the reference weights: the base model (LoRA off, so no adapters), no separate copy."""
-    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0),
-                               train=dataclasses.replace(cfg.train, reference_mode="precomputed"))
+    return dataclasses.replace(
+        cfg,
+        lora=dataclasses.replace(cfg.lora, rank=0),
+        train=dataclasses.replace(cfg.train, reference_mode="precomputed"),
+    )
 
 
 def ensure_reference_logps(cfg: Config) -> dict[str, np.ndarray]:

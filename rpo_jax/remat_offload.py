@@ -25,7 +25,8 @@ def offload_error(platform: str) -> ConfigError:
     return ConfigError(
         f"model.remat_policy=offload_dots: the {platform} backend does not place remat residuals in host memory "
         "(the compiled program has no host-memory buffers), so the policy would silently act as plain "
-        "save_dots_no_batch; choose model.remat_policy full, save_dots or save_dots_no_batch on this backend")
+        "save_dots_no_batch; choose model.remat_policy full, save_dots or save_dots_no_batch on this backend"
+    )
 
 
 def check_remat_policy_supported(policy_name: str, mesh: Mesh) -> None:
@@ -37,6 +38,7 @@ def check_remat_policy_supported(policy_name: str, mesh: Mesh) -> None:
     def residual_heavy(w_DD, x_ND):
         def f(w, x):
             return jnp.sum(jnp.sin(x @ w) @ w)  # x @ w is a no-batch-dims dot: its output is offloaded
+
         return jax.grad(jax.checkpoint(f, policy=remat_policy(policy_name)))(w_DD, x_ND)
 
     probe = jax.ShapeDtypeStruct((16, 16), jnp.float32, sharding=replicated)

@@ -41,17 +41,24 @@ def prepare_run_data(cfg: Config) -> Config:
         return cfg
     distributed.maybe_initialize()
     data_dir = Path(cfg.train.output_dir) / "data"
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, train_path=cfg.data.train_path or (str(data_dir / "train") if cfg.data.pairs_path else ""),
-        eval_path=cfg.data.eval_path or (str(data_dir / "eval") if cfg.data.eval_pairs_path else "")))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            cfg.data,
+            train_path=cfg.data.train_path or (str(data_dir / "train") if cfg.data.pairs_path else ""),
+            eval_path=cfg.data.eval_path or (str(data_dir / "eval") if cfg.data.eval_pairs_path else ""),
+        ),
+    )
     settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
     for pairs, target in ((cfg.data.pairs_path, cfg.data.train_path), (cfg.data.eval_pairs_path, cfg.data.eval_path)):
         if pairs and jax.process_index() == 0:
             manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings)
             if rebuilt:
                 counts = manifest["counts"]
-                print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, "
-                      f"dropped {counts['dropped']}", flush=True)
+                print(
+                    f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}",
+                    flush=True,
+                )
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

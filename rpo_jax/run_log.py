@@ -35,8 +35,11 @@ class TensorBoardLog:
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=name, simple_value=float(value)) for name, value in record.items()
-                  if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+        values = [
+            Summary.Value(tag=name, simple_value=float(value))
+            for name, value in record.items()
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
         self._writer.write_event(Event(wall_time=time.time(), step=record["step"], summary=Summary(value=values)))
         self._writer.flush()
 
@@ -100,9 +103,12 @@ class Progress:
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc="train")
 
     def update(self, record: dict) -> None:
-        self.bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}",
-                             acc=f"{record.get('rewards/accuracies', math.nan):.3f}",
-                             tok_s=f"{record.get('tokens_per_s', 0.0):.0f}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{record.get('loss', math.nan):.4f}",
+            acc=f"{record.get('rewards/accuracies', math.nan):.3f}",
+            tok_s=f"{record.get('tokens_per_s', 0.0):.0f}",
+            refresh=False,
+        )
         self.bar.update(1)
 
     def close(self) -> None:

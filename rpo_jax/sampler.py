@@ -68,8 +68,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int) -> tupl
     for row, prompt in enumerate(prompts):
         if not 0 < len(prompt) <= length:
             raise ValueError(f"prompt {row}: length {len(prompt)} not in [1, {length}]")
-        tokens[row, length - len(prompt):] = prompt
-        segments[row, length - len(prompt):] = 1
+        tokens[row, length - len(prompt) :] = prompt
+        segments[row, length - len(prompt) :] = 1
     return tokens, segments
 
 
@@ -96,8 +96,9 @@ def next_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> 
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-def forward_with_cache(model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index,
-                       lora_scale: float):
+def forward_with_cache(
+    model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index, lora_scale: float
+):
     """Runs T new tokens through all layers, writing their k/v at `write_index` of the [Y, B, S, K, Dh] cache.
 
     Returns (fp32 logits of the last token [B, V], keys, values). `segments_BS` covers the whole cache.
@@ -130,8 +131,7 @@ def forward_with_cache(model: Llama, tokens_BT, positions_BT, segments_BT, segme
     return logits_BV, keys, values
 
 
-def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingParams, mesh: Mesh,
-              use_lora: bool):
+def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingParams, mesh: Mesh, use_lora: bool):
     model = nnx.merge(graphdef, state)
     cfg = model.cfg
     lora_scale = model.lora_scale if use_lora else 0.0
@@ -150,8 +150,9 @@ def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingP
     positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
     eos = jnp.asarray(params.eos_ids, jnp.int32)
 
-    logits_BV, keys, values = forward_with_cache(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys,
-                                                 values, 0, lora_scale)
+    logits_BV, keys, values = forward_with_cache(
+        model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0, lora_scale
+    )
     first = next_token(logits_BV, jax.random.fold_in(key, 0), params)
     out_BN = jnp.full((B, N), params.pad_id, jnp.int32).at[:, 0].set(first)
     out_BN = jax.lax.with_sharding_constraint(out_BN, batch_spec)
@@ -166,8 +167,16 @@ def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingP
         # Token `step - 1` is fed at cache index P + step - 1 and position prompt_len + step - 1.
         positions_B1 = (prompt_len_B + step - 1)[:, None]
         logits_BV, keys, values = forward_with_cache(
-            model, last_B[:, None], positions_B1, jnp.ones((B, 1), jnp.int32), segments_BS, keys, values,
-            P + step - 1, lora_scale)
+            model,
+            last_B[:, None],
+            positions_B1,
+            jnp.ones((B, 1), jnp.int32),
+            segments_BS,
+            keys,
+            values,
+            P + step - 1,
+            lora_scale,
+        )
         token_B = next_token(logits_BV, jax.random.fold_in(key, step), params)
         token_B = jnp.where(done_B, params.pad_id, token_B)
         out_BN = jax.lax.dynamic_update_slice(out_BN, token_B[:, None], (0, step))
@@ -191,8 +200,11 @@ class Sampler:
     def _program(self, params: SamplingParams):
         if params not in self._compiled:
             self._compiled[params] = jax.jit(
-                lambda g, s, t, seg, k: _generate(g, s, t, seg, k, params=params, mesh=self.mesh,
-                                                  use_lora=self.use_lora), static_argnums=0)
+                lambda g, s, t, seg, k: _generate(
+                    g, s, t, seg, k, params=params, mesh=self.mesh, use_lora=self.use_lora
+                ),
+                static_argnums=0,
+            )
         return self._compiled[params]
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, key: jax.Array) -> list[Completion]:
@@ -219,4 +231,4 @@ class Sampler:
 def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
     """Cuts `text` before the earliest stop string; returns (text, whether one was found)."""
     cuts = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+    return (text[: min(cuts)], True) if cuts else (text, False)

@@ -51,8 +51,9 @@ def _train_state_fn(optimizer: optax.GradientTransformation, seed: int) -> Calla
     return create
 
 
-def train_state_shardings(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
-                          mesh: Mesh) -> tuple[TrainState, TrainState]:
+def train_state_shardings(
+    policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
     """(abstract state of ShapeDtypeStructs, shardings); works on concrete or abstract `policy.trainable`."""
     abstract = jax.eval_shape(_train_state_fn(optimizer, seed), policy.trainable)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -62,16 +63,18 @@ def train_state_shardings(policy: PolicyParams, optimizer: optax.GradientTransfo
     return abstract, shardings
 
 
-def abstract_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
-                         mesh: Mesh) -> tuple[TrainState, TrainState]:
+def abstract_train_state(
+    policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
     """What `init_train_state` returns, as ShapeDtypeStructs with shardings: nothing is allocated."""
     abstract, shardings = train_state_shardings(policy, optimizer, seed, mesh)
     shaped = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return shaped, shardings
 
 
-def init_train_state(policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int,
-                     mesh: Mesh) -> tuple[TrainState, TrainState]:
+def init_train_state(
+    policy: PolicyParams, optimizer: optax.GradientTransformation, seed: int, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
     """(state, shardings). Everything is created inside one jit with explicit out_shardings: the optimizer
     moments land sharded like their parameters (zeros have no data dependence GSPMD could propagate from)."""
     _, shardings = train_state_shardings(policy, optimizer, seed, mesh)
@@ -111,8 +114,15 @@ def make_objective(cfg: Config, policy: PolicyParams, mesh: Mesh | None = None) 
     return reference_logps, policy_objective
 
 
-def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh, state_sh: TrainState, batch_sh: dict) -> Callable:
+def make_train_step(
+    cfg: Config,
+    policy: PolicyParams,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    state_sh: TrainState,
+    batch_sh: dict,
+) -> Callable:
     """Returns step(state, frozen, reference, batch) -> (state, metrics); compiled once per batch shape."""
     reference_logps, policy_objective = make_objective(cfg, policy, mesh)
     k = cfg.train.grad_accum_steps
@@ -126,6 +136,7 @@ def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.Gradient
             return jnp.sum(loss_B), metric_sums
 
         return jax.value_and_grad(summed, has_aux=True)(params)
+
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def step(state: TrainState, frozen, reference, batch):
@@ -145,7 +156,8 @@ def make_train_step(cfg: Config, policy: PolicyParams, optimizer: optax.Gradient
         zero_grads = jax.tree.map(jnp.zeros_like, params)
         first_mb = jax.tree.map(lambda x: x[0], micro)
         zero_metrics = jax.tree.map(
-            jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, frozen, reference, first_mb, rng)[0][1]))
+            jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, frozen, reference, first_mb, rng)[0][1])
+        )
         (grads, metric_sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (micro, jnp.arange(k)))
         # The objective is the mean over the global batch: summed per-example losses / number of examples.
         grads = jax.tree.map(lambda g: g / global_examples, grads)

@@ -52,8 +52,9 @@ def _check_data_settings(cfg: Config) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: bool = False, allow_config_change: bool = False,
-                 allow_data_change: bool = False):
+    def __init__(
+        self, cfg: Config, *, resume: bool = False, allow_config_change: bool = False, allow_data_change: bool = False
+    ):
         self.cfg = cfg
         distributed.maybe_initialize()
         self.mesh = make_mesh(cfg.mesh)
@@ -63,13 +64,19 @@ class Trainer:
         self.output_dir = check_output_dir(cfg.train.output_dir)
         self.data_fingerprint = dataset_fingerprint(cfg.data.train_path)
         self.ref_logps = ensure_reference_logps(cfg) if cfg.train.reference_mode == "precomputed" else {}
-        self.loader = open_loader(cfg, cfg.data.train_path, self.per_process_batch, repeat=True,
-                                  ref_logps=self.ref_logps.get(cfg.data.train_path))
+        self.loader = open_loader(
+            cfg,
+            cfg.data.train_path,
+            self.per_process_batch,
+            repeat=True,
+            ref_logps=self.ref_logps.get(cfg.data.train_path),
+        )
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
-        self.checkpointer = StepCheckpointer(self.output_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last,
-                                             async_save=cfg.checkpoint.async_save)
+        self.checkpointer = StepCheckpointer(
+            self.output_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_save
+        )
         self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", enabled=self.is_main)
         self.config_dict = config_to_dict(cfg)
         self._step_fns: dict = {}
@@ -78,8 +85,9 @@ class Trainer:
         if resume:
             self._resume(allow_config_change, allow_data_change)
         if cfg.train.tensorboard and self.is_main:
-            self.metrics_log.mirror = TensorBoardLog(self.output_dir / "tensorboard",
-                                                     purge_step=self.start_step if resume else None)
+            self.metrics_log.mirror = TensorBoardLog(
+                self.output_dir / "tensorboard", purge_step=self.start_step if resume else None
+            )
             if resume:  # evals at the resume step survive in the JSON lines, but the purge hides them
                 for record in self.metrics_log.read():
                     if record["step"] == self.start_step:
@@ -92,8 +100,13 @@ class Trainer:
         if step is None:
             return
         meta = self.checkpointer.read_meta(step)
-        check_resume_compatible(meta, self.config_dict, self.data_fingerprint,
-                                allow_config_change=allow_config_change, allow_data_change=allow_data_change)
+        check_resume_compatible(
+            meta,
+            self.config_dict,
+            self.data_fingerprint,
+            allow_config_change=allow_config_change,
+            allow_data_change=allow_data_change,
+        )
         self.state, iter_state, _ = self.checkpointer.restore(step, abstract_like(self.state))
         self.loader.set_state(iter_state)
         self.start_step = step
@@ -108,8 +121,14 @@ class Trainer:
         shape_key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if shape_key not in self._step_fns:  # one compile per length bucket
             self._step_fns[shape_key] = make_train_step(
-                self.cfg, self.policy, self.optimizer, self.schedule, self.mesh, self.state_sh,
-                batch_shardings(batch, self.mesh))
+                self.cfg,
+                self.policy,
+                self.optimizer,
+                self.schedule,
+                self.mesh,
+                self.state_sh,
+                batch_shardings(batch, self.mesh),
+            )
         return self._step_fns[shape_key]
 
     def next_batch(self) -> tuple[dict, int]:
@@ -122,22 +141,28 @@ class Trainer:
         if self._eval_fn is None:
             self._eval_fn = make_eval_step(self.cfg, self.policy, self.mesh)
         path = self.cfg.data.eval_path
-        batches = open_loader(self.cfg, path, self.per_process_batch, repeat=False,
-                              ref_logps=self.ref_logps.get(path))
-        metrics = pair_metrics(self._eval_fn, self.state["params"], self.policy.frozen, self.policy.reference,
-                               batches, self.cfg, self.mesh)
+        batches = open_loader(self.cfg, path, self.per_process_batch, repeat=False, ref_logps=self.ref_logps.get(path))
+        metrics = pair_metrics(
+            self._eval_fn, self.state["params"], self.policy.frozen, self.policy.reference, batches, self.cfg, self.mesh
+        )
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     def _record(self, step: int, host, tokens: int, seconds: float) -> dict:
         record = {"step": step, **finalize_metrics(host["sums"])}
-        record.update(grad_norm=float(host["grad_norm"]), learning_rate=float(host["learning_rate"]),
-                      skipped=bool(host["skipped"]), nonfinite_total=int(host["nonfinite_total"]),
-                      tokens_per_s=tokens / max(seconds, 1e-9), step_time=seconds)
+        record.update(
+            grad_norm=float(host["grad_norm"]),
+            learning_rate=float(host["learning_rate"]),
+            skipped=bool(host["skipped"]),
+            nonfinite_total=int(host["nonfinite_total"]),
+            tokens_per_s=tokens / max(seconds, 1e-9),
+            step_time=seconds,
+        )
         if int(host["nonfinite_run"]) >= self.cfg.train.max_consecutive_nonfinite:
             raise TrainingStopped(
                 f"step {step}: {int(host['nonfinite_run'])} consecutive non-finite losses/gradients "
                 f"(train.max_consecutive_nonfinite={self.cfg.train.max_consecutive_nonfinite}); "
-                f"last good checkpoint: step {self.checkpointer.latest_step()}")
+                f"last good checkpoint: step {self.checkpointer.latest_step()}"
+            )
         return record
 
     def _check_step0(self, record: dict) -> None:
@@ -154,9 +179,11 @@ class Trainer:
         tol = self.cfg.loss.beta * rel * scale
         for key in ("rewards/chosen", "rewards/rejected"):
             if abs(record[key]) > tol:
-                raise RuntimeError(f"step 0: {key}={record[key]:.3g} but policy == reference should give 0 "
-                                   f"(|tol| {tol:.2g}; reference dtype/sharding differs from the policy, or dropout "
-                                   "is on)")
+                raise RuntimeError(
+                    f"step 0: {key}={record[key]:.3g} but policy == reference should give 0 "
+                    f"(|tol| {tol:.2g}; reference dtype/sharding differs from the policy, or dropout "
+                    "is on)"
+                )
         if tuple(self.cfg.loss.loss_type) == ("sigmoid",) and self.cfg.loss.label_smoothing == 0:
             if abs(record["loss"] - math.log(2)) > tol + 1e-6:
                 raise RuntimeError(f"step 0: DPO loss {record['loss']:.6f} != ln 2 with policy == reference")
@@ -175,8 +202,7 @@ class Trainer:
         try:
             for step in range(self.start_step, cfg.train.steps):
                 batch, tokens = self.next_batch()
-                self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference,
-                                                           batch)
+                self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference, batch)
                 if pending is not None:
                     self._flush(pending, progress)
                 pending = (step, metrics, tokens)
@@ -233,17 +259,22 @@ class Trainer:
             shutil.rmtree(export_dir)
         params = jax.device_get(params)
         tokenizer = self.cfg.data.tokenizer_path or read_manifest(self.cfg.data.train_path)["tokenizer"]["path"]
-        export_hf(params, self.cfg.model, self.cfg.lora, export_dir,
-                  tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None)
+        export_hf(
+            params,
+            self.cfg.model,
+            self.cfg.lora,
+            export_dir,
+            tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None,
+        )
         return export_dir
 
 
-def train(cfg: Config, *, resume: bool = False, allow_config_change: bool = False,
-          allow_data_change: bool = False) -> Path | None:
+def train(
+    cfg: Config, *, resume: bool = False, allow_config_change: bool = False, allow_data_change: bool = False
+) -> Path | None:
     """The whole run: output folder checked, data tokenized when needed, trained, exported; returns the HF
     export folder (on process 0)."""
     check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
     cfg = prepare_run_data(cfg)
-    trainer = Trainer(cfg, resume=resume, allow_config_change=allow_config_change,
-                      allow_data_change=allow_data_change)
+    trainer = Trainer(cfg, resume=resume, allow_config_change=allow_config_change, allow_data_change=allow_data_change)
     return trainer.finish(trainer.fit())

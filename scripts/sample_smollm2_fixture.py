@@ -30,7 +30,6 @@ from data_pipeline.files import ASSETS_DIR, file_sha256
 ASSETS = ASSETS_DIR
 
 
-
 def read_prompts(path: Path, limit: int) -> list[dict]:
     rows = []
     with open(path) as f:
@@ -58,8 +57,9 @@ def atomic_write(path: Path, text: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", type=Path, required=True)
-    parser.add_argument("--hf-dir", type=Path, default=None,
-                        help="converted HF folder (created from --gguf when absent)")
+    parser.add_argument(
+        "--hf-dir", type=Path, default=None, help="converted HF folder (created from --gguf when absent)"
+    )
     parser.add_argument("--prompts", type=Path, default=ASSETS / "ifeval" / "filtered_input_data.jsonl")
     parser.add_argument("--num-prompts", type=int, default=110)
     parser.add_argument("--num-samples", type=int, default=4)
@@ -73,8 +73,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-shards", type=int, default=1, help="split batches over this many processes")
     parser.add_argument("--shard-index", type=int, default=0)
     parser.add_argument("--merge-only", action="store_true", help="merge finished shard parts, write outputs")
-    parser.add_argument("--sampling-seconds", type=float, default=None,
-                        help="with --merge-only: wall time the shards took, recorded in the README")
+    parser.add_argument(
+        "--sampling-seconds",
+        type=float,
+        default=None,
+        help="with --merge-only: wall time the shards took, recorded in the README",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -98,25 +102,43 @@ def main(argv=None) -> int:
     if not args.merge_only:
         part_lines = []
         for start in mine:
-            batch = rows[start:start + args.prompts_per_batch]
+            batch = rows[start : start + args.prompts_per_batch]
             # Seeded per batch, so the samples do not depend on how batches are split over processes.
             torch.manual_seed(args.seed + start // args.prompts_per_batch)
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                                   add_generation_prompt=True) for r in batch]
+            texts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+                )
+                for r in batch
+            ]
             texts = [t for t in texts for _ in range(args.num_samples)]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                out = model.generate(**enc, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-                                     top_k=0, max_new_tokens=args.max_new_tokens,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
+                out = model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    top_k=0,
+                    max_new_tokens=args.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
             for i, seq in enumerate(new_tokens):
                 row = batch[i // args.num_samples]
-                part_lines.append(json.dumps({
-                    "row": start + i // args.num_samples, "key": row["key"], "prompt": row["prompt"],
-                    "sample_id": i % args.num_samples,
-                    "response": tokenizer.decode(seq, skip_special_tokens=True),
-                    "hit_eos": tokenizer.eos_token_id in seq.tolist()}))
+                part_lines.append(
+                    json.dumps(
+                        {
+                            "row": start + i // args.num_samples,
+                            "key": row["key"],
+                            "prompt": row["prompt"],
+                            "sample_id": i % args.num_samples,
+                            "response": tokenizer.decode(seq, skip_special_tokens=True),
+                            "hit_eos": tokenizer.eos_token_id in seq.tolist(),
+                        }
+                    )
+                )
             print(f"shard {args.shard_index}: batch at prompt {start} done, {time.time() - started:.0f}s", flush=True)
         atomic_write(part, "\n".join(part_lines) + "\n")
         if args.num_shards > 1:
@@ -139,9 +161,13 @@ def main(argv=None) -> int:
     command = "python scripts/sample_smollm2_fixture.py " + " ".join(argv if argv else sys.argv[1:])
     if args.num_shards > 1:
         command += f"  (after running it with --shard-index 0..{args.num_shards - 1} instead of --merge-only)"
-    took = (f"sampling took {args.sampling_seconds:.0f}s wall" if args.sampling_seconds is not None
-            else f"took {time.time() - started:.0f}s wall")
+    took = (
+        f"sampling took {args.sampling_seconds:.0f}s wall"
+        if args.sampling_seconds is not None
+        else f"took {time.time() - started:.0f}s wall"
+    )
     from importlib.metadata import version
+
     readme = f"""# {args.output.name}
 
 {len(out_lines)} sampled responses ({args.num_samples} per prompt) from SmolLM2-135M-Instruct to the first

@@ -1,9 +1,12 @@
-"""Test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test setup, before JAX is imported anywhere: 8 simulated CPU devices, rank promotion raises."""
 
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Implicit rank promotion ([B, L] + [L]) hides shape bugs: every test, and every CLI subprocess it starts (they
+# inherit the environment), raises on it instead.
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
 
 import pytest  # noqa: E402  (after the environment is set)

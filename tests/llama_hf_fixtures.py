@@ -10,19 +10,35 @@ import jax
 import numpy as np
 
 from rpo_jax.config import LoraConfig, MeshConfig, ModelConfig, RopeConfig
-from rpo_jax.io.hf import hf_tensor_names
 from rpo_jax.io.hf_config import model_config_to_hf
 from rpo_jax.io.hf_export import export_hf
+from rpo_jax.io.hf_table import hf_tensor_names
 from rpo_jax.sharding import make_mesh
 
-LLAMA3_ROPE = RopeConfig(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
-                         high_freq_factor=4.0, original_max_position_embeddings=64)
+LLAMA3_ROPE = RopeConfig(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+)
 
 
 def tiny_config(*, gqa: bool = True, tied: bool = False, llama3_rope: bool = False, **overrides) -> ModelConfig:
-    fields = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2 if gqa else 4, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=256,
-                  tie_word_embeddings=tied, rope_parameters=LLAMA3_ROPE if llama3_rope else RopeConfig())
+    fields = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2 if gqa else 4,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        rope_parameters=LLAMA3_ROPE if llama3_rope else RopeConfig(),
+    )
     fields.update(overrides)
     return ModelConfig(**fields)
 
@@ -54,8 +70,15 @@ def torch_logits(model, tokens_BL: np.ndarray) -> np.ndarray:
         return model(input_ids=torch.from_numpy(np.asarray(tokens_BL, np.int64))).logits.float().numpy()
 
 
-def write_numpy_llama(cfg: ModelConfig, path: Path, *, drop: str | None = None, extra: str | None = None,
-                      reshape: str | None = None, config_changes: dict | None = None) -> Path:
+def write_numpy_llama(
+    cfg: ModelConfig,
+    path: Path,
+    *,
+    drop: str | None = None,
+    extra: str | None = None,
+    reshape: str | None = None,
+    config_changes: dict | None = None,
+) -> Path:
     """A hand-made HF folder (no torch), optionally broken: a tensor dropped, added or given a wrong shape."""
     from safetensors.numpy import save_file
 

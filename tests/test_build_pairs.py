@@ -8,7 +8,7 @@ import pytest
 from pairs_fixtures import IFEVAL_PROMPTS, read_jsonl, write_ifeval_pool
 
 from data_pipeline.pairs import build as build_pairs
-from data_pipeline.pairs.schema import read_pairs
+from data_pipeline.pairs.readers import read_pairs
 from rpo_jax.cli import main
 
 
@@ -23,8 +23,18 @@ def _cli(*args: str) -> int:
 
 def test_cli_split_is_by_group_and_deterministic(tmp_path, pool):
     instructions, responses, _ = pool
-    common = ["--recipe", "rpo", "--input", str(instructions), "--responses", str(responses),
-              "--eval-fraction", "0.2", "--seed", "3"]
+    common = [
+        "--recipe",
+        "rpo",
+        "--input",
+        str(instructions),
+        "--responses",
+        str(responses),
+        "--eval-fraction",
+        "0.2",
+        "--seed",
+        "3",
+    ]
     assert _cli(*common, "--output", str(tmp_path / "a")) == 0
     assert _cli(*common, "--output", str(tmp_path / "b")) == 0
     for name in ("pairs.jsonl", "eval_pairs.jsonl"):
@@ -58,13 +68,22 @@ def _ifeval_line(n: int = 1) -> dict:
 BAD_CASES = {
     "malformed_json": ("responses", '{"key": 1000, "response": "x"\n', "resp.jsonl:1: field '<json>'"),
     "missing_field": ("responses", json.dumps({"key": 1000}) + "\n", "resp.jsonl:1: field 'response': missing"),
-    "empty_response": ("responses", json.dumps({"key": 1000, "response": "  "}) + "\n",
-                       "resp.jsonl:1: field 'response': is empty"),
-    "unknown_constraint_type": ("instructions", json.dumps({**_ifeval_line(), "instruction_id_list": ["x:y"],
-                                                           "kwargs": [{}]}) + "\n",
-                                "ins.jsonl:1: field 'instruction_id_list/kwargs'"),
-    "bad_params": ("instructions", json.dumps({**_ifeval_line(), "instruction_id_list": ["punctuation:no_comma"],
-                                              "kwargs": [{"num_words": 3}]}) + "\n", "ins.jsonl:1: field"),
+    "empty_response": (
+        "responses",
+        json.dumps({"key": 1000, "response": "  "}) + "\n",
+        "resp.jsonl:1: field 'response': is empty",
+    ),
+    "unknown_constraint_type": (
+        "instructions",
+        json.dumps({**_ifeval_line(), "instruction_id_list": ["x:y"], "kwargs": [{}]}) + "\n",
+        "ins.jsonl:1: field 'instruction_id_list/kwargs'",
+    ),
+    "bad_params": (
+        "instructions",
+        json.dumps({**_ifeval_line(), "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{"num_words": 3}]})
+        + "\n",
+        "ins.jsonl:1: field",
+    ),
 }
 
 
@@ -90,10 +109,13 @@ def test_bad_input_names_file_line_field_or_is_counted(tmp_path, capsys, reason)
 def test_options_that_do_not_apply_are_rejected(tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     for args, message in (
-            (("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "o"), "--min-g", "2"),
-             "--min-g and --judge"),
-            (("--recipe", "rpo", "--input", "x.json", "--output", str(tmp_path / "o")), "needs --responses"),
-            (("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "exists")), "--overwrite")):
+        (
+            ("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "o"), "--min-g", "2"),
+            "--min-g and --judge",
+        ),
+        (("--recipe", "rpo", "--input", "x.json", "--output", str(tmp_path / "o")), "needs --responses"),
+        (("--recipe", "dpo", "--input", "x.json", "--output", str(tmp_path / "exists")), "--overwrite"),
+    ):
         assert _cli(*args) == 2
         assert message in capsys.readouterr().err
 

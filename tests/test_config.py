@@ -23,12 +23,17 @@ def test_every_config_parses(path):
 
 def test_presets_exist():
     names = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
-    assert {"smollm2_135m", "llama3_2_1b", "llama3_1_8b", "llama3_1_70b"} <= names
+    assert {"tiny", "smollm2_135m", "llama3_2_1b", "llama3_1_8b", "llama3_1_70b"} <= names
 
 
 def test_override_types_and_nesting():
-    overrides = ["loss.beta=0.25", "mesh.fsdp=4", "loss.loss_type=[rpo, sft]", "loss.loss_weights=[1, 0.5]",
-                 "model.rope_parameters.rope_theta=5e5"]
+    overrides = [
+        "loss.beta=0.25",
+        "mesh.fsdp=4",
+        "loss.loss_type=[rpo, sft]",
+        "loss.loss_weights=[1, 0.5]",
+        "model.rope_parameters.rope_theta=5e5",
+    ]
     cfg = load_config(ROOT / "configs/base.yaml", overrides)
     assert cfg.loss.beta == 0.25 and cfg.mesh.fsdp == 4
     assert cfg.loss.loss_type == ("rpo", "sft") and cfg.loss.loss_weights == (1.0, 0.5)
@@ -55,8 +60,15 @@ def test_bad_values_name_the_key(override, message):
         load_config(ROOT / "configs/base.yaml", [override])
 
 
-PATH_SETTINGS = ["train.output_dir", "train.init_checkpoint", "data.train_path", "data.eval_path",
-                 "data.pairs_path", "data.eval_pairs_path", "data.tokenizer_path"]
+PATH_SETTINGS = [
+    "train.output_dir",
+    "train.init_checkpoint",
+    "data.train_path",
+    "data.eval_path",
+    "data.pairs_path",
+    "data.eval_pairs_path",
+    "data.tokenizer_path",
+]
 
 
 @pytest.mark.parametrize("setting", PATH_SETTINGS)
@@ -73,16 +85,19 @@ def test_url_paths_are_refused_naming_the_setting(setting, url):
 
 def test_path_settings_cover_every_path_field():
     """A new *_path / *_dir / *checkpoint field must join PATH_SETTINGS (and the __post_init__ checks)."""
-    names = [f"{section.name}.{field}" for section in dataclasses.fields(config_lib.Config)
-             for field, _ in _fields(getattr(config_lib, section.type) if isinstance(section.type, str)
-                                     else section.type)]
+    names = [
+        f"{section.name}.{field}"
+        for section in dataclasses.fields(config_lib.Config)
+        for field, _ in _fields(getattr(config_lib, section.type) if isinstance(section.type, str) else section.type)
+    ]
     path_like = [n for n in names if re.search(r"(_path|_dir|checkpoint)$", n)]
     assert sorted(path_like) == sorted(PATH_SETTINGS)
 
 
 def test_local_paths_with_colons_are_accepted():
-    cfg = load_config(ROOT / "configs/base.yaml", ["train.output_dir=/mnt/shared/runs/a:b",
-                                                   "train.init_checkpoint=ckpt/gs:/x"])
+    cfg = load_config(
+        ROOT / "configs/base.yaml", ["train.output_dir=/mnt/shared/runs/a:b", "train.init_checkpoint=ckpt/gs:/x"]
+    )
     assert cfg.train.output_dir == "/mnt/shared/runs/a:b"
 
 
@@ -119,7 +134,9 @@ def _fields(cls, prefix=""):
 def test_every_field_is_read_somewhere():
     """Each config field name must appear as an attribute access outside config.py (no ignored knobs)."""
     sources = "\n".join(
-        p.read_text() for d in ("rpo_jax", "data_pipeline", "benchmarks") for p in (ROOT / d).rglob("*.py")
+        p.read_text()
+        for d in ("rpo_jax", "data_pipeline", "benchmarks")
+        for p in (ROOT / d).rglob("*.py")
         if p.name != "config.py"
     )
     missing = []

@@ -136,8 +136,11 @@ def test_relation_flip_and_types_table():
     assert check(reverse(c), "one two") and not check(c, "one two")
     ifeval_ids = set(IFEVAL_PARAM_SCHEMAS)
     assert len(ifeval_ids) == 25
-    assert set(NON_REVERSIBLE_TYPES) == {"language:response_language", "combination:two_responses",
-                                         "length_constraints:nth_paragraph_first_word"}
+    assert set(NON_REVERSIBLE_TYPES) == {
+        "language:response_language",
+        "combination:two_responses",
+        "length_constraints:nth_paragraph_first_word",
+    }
     assert ifeval_ids - set(NON_REVERSIBLE_TYPES) <= REVERSIBLE_TYPES
     assert set(NEGATED_BASE) <= REVERSIBLE_TYPES
     assert not is_reversible("combination:two_responses") and is_reversible("rpo:has_comma")
@@ -190,23 +193,35 @@ def test_constraint_is_canonical_and_hashable():
     assert Constraint.make("keywords:existence", keywords=["k"]).params == (("keywords", ("k",)),)
 
 
-ROW = {"key": 1, "prompt": "p",
-       "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
-       "kwargs": [{}, {"num_words": 10, "relation": "at least"}]}
+ROW = {
+    "key": 1,
+    "prompt": "p",
+    "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+    "kwargs": [{}, {"num_words": 10, "relation": "at least"}],
+}
 
 
-@pytest.mark.parametrize(("edit", "field", "message"), [
-    (lambda r: r["instruction_id_list"].__setitem__(1, "length:nope"), "instruction_id_list[1]",
-     "unknown constraint type"),
-    (lambda r: r["kwargs"][1].__setitem__("num_words", -1), "kwargs[1].num_words", "must be >= 0"),
-    (lambda r: r["kwargs"][1].__setitem__("num_words", "10"), "kwargs[1].num_words", "must be an integer"),
-    (lambda r: r["kwargs"][1].__setitem__("relation", "more than"), "kwargs[1].relation", "must be one of"),
-    (lambda r: r["kwargs"][1].pop("relation"), "kwargs[1].relation", "missing"),
-    (lambda r: r["kwargs"][0].__setitem__("extra", 1), "kwargs[0].extra", "unknown parameter"),
-    (lambda r: r["kwargs"].pop(), "kwargs", "one dict per instruction id"),
-    (lambda r: r.__setitem__("instruction_id_list", "punctuation:no_comma"), "instruction_id_list",
-     "list of strings"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field", "message"),
+    [
+        (
+            lambda r: r["instruction_id_list"].__setitem__(1, "length:nope"),
+            "instruction_id_list[1]",
+            "unknown constraint type",
+        ),
+        (lambda r: r["kwargs"][1].__setitem__("num_words", -1), "kwargs[1].num_words", "must be >= 0"),
+        (lambda r: r["kwargs"][1].__setitem__("num_words", "10"), "kwargs[1].num_words", "must be an integer"),
+        (lambda r: r["kwargs"][1].__setitem__("relation", "more than"), "kwargs[1].relation", "must be one of"),
+        (lambda r: r["kwargs"][1].pop("relation"), "kwargs[1].relation", "missing"),
+        (lambda r: r["kwargs"][0].__setitem__("extra", 1), "kwargs[0].extra", "unknown parameter"),
+        (lambda r: r["kwargs"].pop(), "kwargs", "one dict per instruction id"),
+        (
+            lambda r: r.__setitem__("instruction_id_list", "punctuation:no_comma"),
+            "instruction_id_list",
+            "list of strings",
+        ),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(edit, field, message):
     row = json.loads(json.dumps(ROW))
     edit(row)
@@ -220,8 +235,9 @@ def test_bad_params_in_constructor():
     with pytest.raises(ConstraintError, match="single non-space character"):
         Constraint.make("keywords:letter_frequency", letter="ab", let_frequency=1, let_relation="at least")
     with pytest.raises(ConstraintError, match="must be <= num_paragraphs"):
-        Constraint.make("length_constraints:nth_paragraph_first_word", num_paragraphs=2, nth_paragraph=3,
-                        first_word="so")
+        Constraint.make(
+            "length_constraints:nth_paragraph_first_word", num_paragraphs=2, nth_paragraph=3, first_word="so"
+        )
     with pytest.raises(ConstraintError, match="regular expression"):
         Constraint.make("keywords:existence", keywords=["(unclosed"])
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.pairs.schema import read_pairs
+from data_pipeline.pairs.readers import read_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "data_pipeline" / "assets" / "default_pairs"

@@ -18,8 +18,17 @@ ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 
 def test_ifeval_on_given_responses_reproduces_gpt4(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = main(["eval", "--suite", "ifeval", "--responses",
-                 str(ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl"), "--output", str(out)])
+    code = main(
+        [
+            "eval",
+            "--suite",
+            "ifeval",
+            "--responses",
+            str(ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl"),
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert results["prompt_level_strict_acc"] == pytest.approx(0.7722, abs=0.005)
@@ -44,15 +53,37 @@ def test_pairs_suite_on_hf_folders_equals_params_checkpoints(tmp_path):
 
     config = write_config(tmp_path)
     cfg = load_config(config)
-    ensure_shards(DEFAULT_PAIRS / "eval_pairs.jsonl", TOKENIZER, tmp_path / "eval",
-                  TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation))
+    ensure_shards(
+        DEFAULT_PAIRS / "eval_pairs.jsonl",
+        TOKENIZER,
+        tmp_path / "eval",
+        TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation),
+    )
     policy_ckpt, policy_hf, _ = params_and_hf_folder(cfg.model, tmp_path / "policy", seed=1)
     reference_ckpt, reference_hf, _ = params_and_hf_folder(cfg.model, tmp_path / "reference", seed=2)
     results = []
     for name, policy, reference in (("ckpt", policy_ckpt, reference_ckpt), ("hf", policy_hf, reference_hf)):
         out = tmp_path / f"{name}.json"
-        assert main(["eval", "--suite", "pairs", "--checkpoint", str(policy), "--reference", str(reference),
-                     "--pairs", str(tmp_path / "eval"), "--config", str(config), "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--suite",
+                    "pairs",
+                    "--checkpoint",
+                    str(policy),
+                    "--reference",
+                    str(reference),
+                    "--pairs",
+                    str(tmp_path / "eval"),
+                    "--config",
+                    str(config),
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results.append(json.loads(out.read_text()))
     assert results[0] == results[1]
     assert results[0]["rewards/margins"] != 0.0 and 0.0 < results[0]["rewards/accuracies"] < 1.0

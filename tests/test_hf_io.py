@@ -48,12 +48,14 @@ PARITY_CASES = [
 def test_logits_match_transformers(tmp_path, case):
     cfg = tiny_config(**case)
     hf_model = save_torch_llama(cfg, tmp_path)
-    loaded_cfg, state = load_hf_state(tmp_path, one_device_mesh(), scan_layers=cfg.scan_layers,
-                                      remat_policy=cfg.remat_policy)
+    loaded_cfg, state = load_hf_state(
+        tmp_path, one_device_mesh(), scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy
+    )
     assert loaded_cfg == cfg
     tokens = _tokens(cfg)
-    np.testing.assert_allclose(_our_logits(loaded_cfg, state, tokens), torch_logits(hf_model, tokens),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        _our_logits(loaded_cfg, state, tokens), torch_logits(hf_model, tokens), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.torch
@@ -68,12 +70,39 @@ def test_cli_round_trip_reproduces_transformers_model(tmp_path, hf_shard_size, e
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer_config.json").write_text('{"model_max_length": 64}')
     (tmp_path / "tok" / "generation_config.json").write_text('{"eos_token_id": [2, 5]}')
-    assert cli.main(["import-hf", "--model", str(tmp_path / "hf"), "--output", str(tmp_path / "ckpt"),
-                     "--mesh", "fsdp=4,tensor=2"]) == 0
+    assert (
+        cli.main(
+            [
+                "import-hf",
+                "--model",
+                str(tmp_path / "hf"),
+                "--output",
+                str(tmp_path / "ckpt"),
+                "--mesh",
+                "fsdp=4,tensor=2",
+            ]
+        )
+        == 0
+    )
     assert read_model_config(tmp_path / "ckpt") == cfg
-    assert cli.main(["export-hf", "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "out"),
-                     "--tokenizer", str(tmp_path / "tok"), "--max-shard-size", export_shard_size,
-                     "--mesh", "data=4,fsdp=2"]) == 0
+    assert (
+        cli.main(
+            [
+                "export-hf",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--output",
+                str(tmp_path / "out"),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--max-shard-size",
+                export_shard_size,
+                "--mesh",
+                "data=4,fsdp=2",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
     assert (out / "model.safetensors.index.json").exists() == (export_shard_size != "5GB")
     assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": [2, 5]}
@@ -126,8 +155,22 @@ def test_exported_lora_merge_matches_adapted_model(tmp_path):
     adapted, base = np.asarray(model(tokens, positions)), np.asarray(model(tokens, positions, use_lora=False))
     assert np.abs(adapted - base).max() > 1e-3  # the adapters really change the output
     save_params(tmp_path / "ckpt", nnx.state(model), cfg, lora)
-    assert main(["export-hf", "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "out"),
-                 "--max-shard-size", "1GB", "--mesh", "data=8,fsdp=1"]) == 0
+    assert (
+        main(
+            [
+                "export-hf",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--output",
+                str(tmp_path / "out"),
+                "--max-shard-size",
+                "1GB",
+                "--mesh",
+                "data=8,fsdp=1",
+            ]
+        )
+        == 0
+    )
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     np.testing.assert_allclose(torch_logits(reloaded, tokens), adapted, atol=1e-5, rtol=0)
 
@@ -155,29 +198,39 @@ def test_bfloat16_import_and_export_dtype(tmp_path):
 # ------------------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"model_type": "mistral"}, "model_type"),
-    ({"sliding_window": 4096}, "sliding_window"),
-    ({"attention_bias": True}, "attention_bias"),
-    ({"mlp_bias": True}, "mlp_bias"),
-    ({"num_local_experts": 8}, "num_local_experts"),
-    ({"hidden_act": "gelu"}, "hidden_act"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_type"),
-    ({"architectures": ["LlamaForSequenceClassification"]}, "architectures"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"model_type": "mistral"}, "model_type"),
+        ({"sliding_window": 4096}, "sliding_window"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"mlp_bias": True}, "mlp_bias"),
+        ({"num_local_experts": 8}, "num_local_experts"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_type"),
+        ({"architectures": ["LlamaForSequenceClassification"]}, "architectures"),
+    ],
+)
 def test_unsupported_architecture_names_file_and_field(tmp_path, changes, field):
     write_numpy_llama(tiny_config(), tmp_path, config_changes=changes)
     with pytest.raises(HFConfigError, match=rf"config\.json: .*{field}"):
         load_hf_state(tmp_path, one_device_mesh())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(drop="model.layers.1.mlp.up_proj.weight"),
-     r"model\.safetensors: missing tensor model\.layers\.1\.mlp\.up_proj"),
-    (dict(extra="model.layers.0.self_attn.q_proj.bias"), r"model\.safetensors: unexpected tensor .*q_proj\.bias"),
-    (dict(reshape="model.layers.0.self_attn.k_proj.weight"),
-     r"model\.safetensors: tensor model\.layers\.0\.self_attn\.k_proj\.weight has shape \(33, 32\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(drop="model.layers.1.mlp.up_proj.weight"),
+            r"model\.safetensors: missing tensor model\.layers\.1\.mlp\.up_proj",
+        ),
+        (dict(extra="model.layers.0.self_attn.q_proj.bias"), r"model\.safetensors: unexpected tensor .*q_proj\.bias"),
+        (
+            dict(reshape="model.layers.0.self_attn.k_proj.weight"),
+            r"model\.safetensors: tensor model\.layers\.0\.self_attn\.k_proj\.weight has shape \(33, 32\)",
+        ),
+    ],
+)
 def test_bad_weights_name_file_and_tensor(tmp_path, kwargs, message):
     write_numpy_llama(tiny_config(), tmp_path, **kwargs)
     with pytest.raises(HFWeightsError, match=message):

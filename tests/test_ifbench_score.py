@@ -92,14 +92,18 @@ def _row(key: int, prompt: str, instruction_id: str, kwargs: dict) -> dict:
     return {"key": key, "prompt": prompt, "instruction_id_list": [instruction_id], "kwargs": [kwargs]}
 
 
-@pytest.mark.parametrize("kwargs, field, problem", [
-    ({"N": 3, "limit": 2}, "kwargs[0].limit", "not a parameter of count:numbers"),
-    ({}, "kwargs[0].N", "missing"),
-    ({"N": "three"}, "kwargs[0]", "count:numbers rejects"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field, problem",
+    [
+        ({"N": 3, "limit": 2}, "kwargs[0].limit", "not a parameter of count:numbers"),
+        ({}, "kwargs[0].N", "missing"),
+        ({"N": "three"}, "kwargs[0]", "count:numbers rejects"),
+    ],
+)
 def test_bad_kwargs_name_file_line_and_field(tmp_path, kwargs, field, problem):
-    path = _write(tmp_path, "in.jsonl", [_row(1, "p", "count:pronouns", {"N": 1}),
-                                         _row(2, "q", "count:numbers", kwargs)])
+    path = _write(
+        tmp_path, "in.jsonl", [_row(1, "p", "count:pronouns", {"N": 1}), _row(2, "q", "count:numbers", kwargs)]
+    )
     with pytest.raises(ConstraintError, match=rf"in\.jsonl:2: field {re.escape(repr(field))}: .*{problem}"):
         load_input_rows(path, IFBENCH)
 
@@ -111,8 +115,14 @@ def test_non_ifbench_id_is_rejected_with_its_field(tmp_path):
 
 
 def test_missing_response_fails_and_whitespace_padded_prompt_matches(tmp_path):
-    inputs = _write(tmp_path, "in.jsonl", [_row(1, "Write about cats.", "format:no_whitespace", {}),
-                                           _row(2, "Write about dogs.", "format:no_whitespace", {})])
+    inputs = _write(
+        tmp_path,
+        "in.jsonl",
+        [
+            _row(1, "Write about cats.", "format:no_whitespace", {}),
+            _row(2, "Write about dogs.", "format:no_whitespace", {}),
+        ],
+    )
     responses = _write(tmp_path, "resp.jsonl", [{"prompt": "  Write about cats.\n", "response": "Catsareneat."}])
     result = score(inputs, responses, IFBENCH)
     assert result["prompt_keys_without_response"] == [2]
@@ -122,8 +132,9 @@ def test_missing_response_fails_and_whitespace_padded_prompt_matches(tmp_path):
 
 def test_cli_writes_the_four_accuracies(tmp_path, capsys):
     out = tmp_path / "ifbench.json"
-    code = main(["eval", "--suite", "ifbench", "--responses", str(SAMPLE_OUTPUT), "--skip-unsupported",
-                 "--output", str(out)])
+    code = main(
+        ["eval", "--suite", "ifbench", "--responses", str(SAMPLE_OUTPUT), "--skip-unsupported", "--output", str(out)]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     for key, expected in REFERENCE.items():

@@ -41,12 +41,16 @@ def test_unmatched_prompts_are_reported_not_dropped():
 def test_loose_variants_follow_ifeval():
     response = "Sure, here it is:\n*body* text\nThanks"
     assert loose_variants(response) == [
-        response, "Sure, here it is:\nbody text\nThanks",
-        "*body* text\nThanks", "Sure, here it is:\n*body* text", "*body* text",
-        "body text\nThanks", "Sure, here it is:\nbody text", "body text",
+        response,
+        "Sure, here it is:\nbody text\nThanks",
+        "*body* text\nThanks",
+        "Sure, here it is:\n*body* text",
+        "*body* text",
+        "body text\nThanks",
+        "Sure, here it is:\nbody text",
+        "body text",
     ]
-    row = InputRow(1, "p", ("startend:end_checker", "punctuation:no_comma"),
-                   ({"end_phrase": "The end."}, {}), 1)
+    row = InputRow(1, "p", ("startend:end_checker", "punctuation:no_comma"), ({"end_phrase": "The end."}, {}), 1)
     strict, loose = score_row(row, "Sure, a story:\nIt was fine. The end.\nHope this helps")
     assert strict == [False, False] and loose == [True, True]
 
@@ -65,18 +69,24 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 
 def test_bad_fields_name_file_line_and_field(tmp_path):
-    row = {"key": 1, "prompt": "p", "instruction_id_list": ["length_constraints:number_words"],
-           "kwargs": [{"num_words": 5, "relation": "about"}]}
+    row = {
+        "key": 1,
+        "prompt": "p",
+        "instruction_id_list": ["length_constraints:number_words"],
+        "kwargs": [{"num_words": 5, "relation": "about"}],
+    }
     path = _write(tmp_path, "in.jsonl", [json.dumps(row)])
     with pytest.raises(ConstraintError, match=r"in\.jsonl:1: field 'kwargs\[0\]\.relation': must be one of"):
         load_input_rows(path)
     path = _write(tmp_path, "in2.jsonl", [json.dumps({**row, "prompt": 3})])
     with pytest.raises(ConstraintError, match=r"in2\.jsonl:1: field 'prompt': must be a string"):
         load_input_rows(path)
-    responses = _write(tmp_path, "resp.jsonl", [json.dumps({"prompt": "p", "response": "a"}),
-                                                 json.dumps({"prompt": "p", "response": "b"})])
-    ok_input = _write(tmp_path, "ok.jsonl", [json.dumps({**row, "kwargs": [{"num_words": 1,
-                                                                            "relation": "at least"}]})])
+    responses = _write(
+        tmp_path,
+        "resp.jsonl",
+        [json.dumps({"prompt": "p", "response": "a"}), json.dumps({"prompt": "p", "response": "b"})],
+    )
+    ok_input = _write(tmp_path, "ok.jsonl", [json.dumps({**row, "kwargs": [{"num_words": 1, "relation": "at least"}]})])
     with pytest.raises(ConstraintError, match=r"resp\.jsonl:2: field 'prompt': duplicate prompt"):
         score(ok_input, responses)
 

@@ -54,8 +54,9 @@ def project_imports(name: str, path: Path) -> set[str]:
 
 
 def allowed_for(name: str) -> set[str]:
-    owner = max((prefix for prefix in ALLOWED if name == prefix or name.startswith(prefix + ".")), key=len,
-                default=None)
+    owner = max(
+        (prefix for prefix in ALLOWED if name == prefix or name.startswith(prefix + ".")), key=len, default=None
+    )
     return ALLOWED[owner] if owner else {"data_pipeline"}  # data_pipeline.files/errors and the root package
 
 
@@ -76,14 +77,21 @@ def test_no_command_imports_another_command_and_commands_are_thin():
         lines = len(path.read_text().splitlines())
         if lines > MAX_COMMAND_LINES:
             problems.append(f"{path.relative_to(REPO)}: {lines} lines (commands parse flags and call the library)")
-        problems += [f"{path.relative_to(REPO)} imports {m}" for m in project_imports(name, path)
-                     if m.startswith("rpo_jax.commands.")]
+        problems += [
+            f"{path.relative_to(REPO)} imports {m}"
+            for m in project_imports(name, path)
+            if m.startswith("rpo_jax.commands.")
+        ]
     assert not problems, "\n".join(problems)
 
 
 def test_modules_stay_readable():
-    big = [f"{path.relative_to(REPO)}: {n} lines" for package in ("rpo_jax", "data_pipeline")
-           for _, path in modules(package) if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES]
+    big = [
+        f"{path.relative_to(REPO)}: {n} lines"
+        for package in ("rpo_jax", "data_pipeline")
+        for _, path in modules(package)
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
     assert not big, "\n".join(big)
 
 
@@ -105,6 +113,7 @@ def test_data_pipeline_imports_neither_jax_nor_rpo_jax_at_run_time():
 
 
 def test_git_grep_finds_no_rpo_jax_in_data_pipeline():
-    result = subprocess.run(["git", "grep", "-n", "rpo_jax", "--", "data_pipeline/"], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "grep", "-n", "rpo_jax", "--", "data_pipeline/"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.stdout == "", result.stdout

@@ -52,8 +52,9 @@ class FakeServer:
                 try:
                     if server.barrier is not None:
                         server.barrier.wait(timeout=10)  # fails the test if fewer clients ever arrive together
-                    status, content = (server.script(index, body) if server.script
-                                       else (200, _word_rule_answer(body["messages"])))
+                    status, content = (
+                        server.script(index, body) if server.script else (200, _word_rule_answer(body["messages"]))
+                    )
                 finally:
                     with server.lock:
                         server.in_flight -= 1
@@ -151,30 +152,51 @@ def test_api_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
 
 def test_build_pairs_with_free_form_constraints(tmp_path):
     words = ["apple", "river", "candle", "stone"]
-    instruction = {"id": "ff1", "task": "Write a sentence.",
-                   "turns": [{"role": "user", "content": "Write a sentence."}],
-                   "constraints": [{"id": w, "type": "free_form", "text": f"Mention the word {w}."} for w in words]
-                   + [{"id": "nc", "type": "punctuation:no_comma"}]}
+    instruction = {
+        "id": "ff1",
+        "task": "Write a sentence.",
+        "turns": [{"role": "user", "content": "Write a sentence."}],
+        "constraints": [{"id": w, "type": "free_form", "text": f"Mention the word {w}."} for w in words]
+        + [{"id": "nc", "type": "punctuation:no_comma"}],
+    }
     (tmp_path / "ins.jsonl").write_text(json.dumps(instruction) + "\n")
     texts = ["apple river candle stone here.", "nothing at all, really.", "apple and river only."]
     (tmp_path / "resp.jsonl").write_text("".join(json.dumps({"key": "ff1", "response": t}) + "\n" for t in texts))
     with FakeServer() as server:
         parser = argparse.ArgumentParser()
         build_pairs.add_arguments(parser)
-        args = parser.parse_args(["--recipe", "rpo", "--input", str(tmp_path / "ins.jsonl"), "--responses",
-                                  str(tmp_path / "resp.jsonl"), "--output", str(tmp_path / "out"),
-                                  "--judge-base-url", server.url, "--judge-model", "fake"])
+        args = parser.parse_args(
+            [
+                "--recipe",
+                "rpo",
+                "--input",
+                str(tmp_path / "ins.jsonl"),
+                "--responses",
+                str(tmp_path / "resp.jsonl"),
+                "--output",
+                str(tmp_path / "out"),
+                "--judge-base-url",
+                server.url,
+                "--judge-model",
+                "fake",
+            ]
+        )
         assert build_pairs.run(args) == 0
     pairs = read_jsonl(tmp_path / "out" / "pairs.jsonl")
     # resp0 passes all 5, resp1 fails all 5 (g=5), resp2 fails candle/stone (g=2 vs resp0, 3 vs resp1).
-    got = [(p["provenance"]["chosen"]["response_id"], p["provenance"]["rejected"]["response_id"], p["margin"])
-           for p in pairs]
-    assert got == [("ff1#line1", "ff1#line2", 5), ("ff1#line2", "ff1#line1", 5), ("ff1#line2", "ff1#line3", 3),
-                   ("ff1#line3", "ff1#line2", 3)]
+    got = [
+        (p["provenance"]["chosen"]["response_id"], p["provenance"]["rejected"]["response_id"], p["margin"])
+        for p in pairs
+    ]
+    assert got == [
+        ("ff1#line1", "ff1#line2", 5),
+        ("ff1#line2", "ff1#line1", 5),
+        ("ff1#line2", "ff1#line3", 3),
+        ("ff1#line3", "ff1#line2", 3),
+    ]
     mirrored = pairs[1]["sequences"][0]["messages"][-1]["content"]
     assert mirrored.startswith("Write a sentence.\n\nRequirements:\n1. Do not mention the word apple.\n")
     assert mirrored.endswith("5. Use at least one comma in your response.")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["responses"]["by_outcome"]["in_pair"] == 3 and stats["judge"]["parse_errors"] == 0
-    assert stats["constraint_types"]["free_form"] == {"seen": 4, "reversed_in_prompts": 6,
-                                                      "non_reversible_skipped": 0}
+    assert stats["constraint_types"]["free_form"] == {"seen": 4, "reversed_in_prompts": 6, "non_reversible_skipped": 0}

@@ -29,9 +29,16 @@ def synthetic_pairs(n: int) -> list[dict]:
         rejected = " ".join(WORDS[j % len(WORDS)].upper() for j in range(1 + 2 * i))
         recipe = "rpo" if i % 2 else "dpo"
         sequences = (Sequence(messages, chosen), Sequence(messages, rejected))
-        rows.append({"id": pair_id(recipe, sequences), "recipe": recipe,
-                     "sequences": [s.to_json() for s in sequences], "margin": 3 + i % 3 if recipe == "rpo" else 0,
-                     "group_id": f"g{i}", "provenance": {"synthetic": True}})
+        rows.append(
+            {
+                "id": pair_id(recipe, sequences),
+                "recipe": recipe,
+                "sequences": [s.to_json() for s in sequences],
+                "margin": 3 + i % 3 if recipe == "rpo" else 0,
+                "group_id": f"g{i}",
+                "provenance": {"synthetic": True},
+            }
+        )
     return rows
 
 
@@ -135,8 +142,9 @@ def test_restored_state_gives_the_next_batch(shard_dir, num_workers):
 def test_process_shards_are_disjoint_and_cover_the_data(shard_dir):
     shares = []
     for index in range(3):
-        loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1,
-                             remainder="keep")
+        loader = make_loader(
+            shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1, remainder="keep"
+        )
         shares.append([i for batch in loader for i in batch["example_index"].tolist()])
     assert sorted(sum(shares, [])) == list(range(NUM_PAIRS))
     # With remainder="drop" (the default) the last partial global batch (23 % (2*3) = 5 examples) goes, equally for all.
@@ -154,8 +162,9 @@ def test_fill_counts_every_example_once_in_full_batches(shard_dir):
     # 23 examples, global batch 2 x 3 = 6: 4 batches per process, the last global one holds 5 real + 1 fill row.
     real, fill = [], []
     for index in range(3):
-        loader = make_loader(shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1,
-                             remainder="fill")
+        loader = make_loader(
+            shard_dir, batch_size=2, seed=3, shard_index=index, shard_count=3, num_epochs=1, remainder="fill"
+        )
         batches = list(loader)
         assert loader.num_batches == len(batches) == 4 and all(b["tokens"].shape[0] == 2 for b in batches)
         for batch in batches:
@@ -194,8 +203,8 @@ def test_ref_logps_are_emitted_per_example(shard_dir):
     assert "ref_logps" not in next(make_loader(shard_dir, batch_size=4, seed=2))
 
 
-
 # ---------------------------------------------------------------- group_mirrors (RPO pair + its mirror in one step)
+
 
 def mirrored_pairs(num_mirrored: int, num_single: int) -> list[dict]:
     """RPO rows: `num_mirrored` pairs each followed (not adjacently) by its mirror, plus unmirrored rows."""
@@ -209,8 +218,17 @@ def mirrored_pairs(num_mirrored: int, num_single: int) -> list[dict]:
         rows.append(row_a)
         if i < num_mirrored:
             mirrors.append(row_b)
-    return [{"id": pair_id("rpo", s), "recipe": "rpo", "sequences": [q.to_json() for q in s], "margin": 1,
-             "group_id": f"q{k}", "provenance": {"synthetic": True}} for k, s in enumerate(rows + mirrors)]
+    return [
+        {
+            "id": pair_id("rpo", s),
+            "recipe": "rpo",
+            "sequences": [q.to_json() for q in s],
+            "margin": 1,
+            "group_id": f"q{k}",
+            "provenance": {"synthetic": True},
+        }
+        for k, s in enumerate(rows + mirrors)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +250,12 @@ def test_manifest_lists_mirror_pairs(mirror_shards):
 def test_group_mirrors_puts_each_mirror_in_the_same_step(mirror_shards, batch_size, shard_count):
     num_examples, epochs = 11, 6
     steps = num_examples * epochs // (batch_size * shard_count)
-    loaders = [make_loader(mirror_shards, batch_size=batch_size, seed=5, shard_index=i, shard_count=shard_count,
-                           group_mirrors=True) for i in range(shard_count)]
+    loaders = [
+        make_loader(
+            mirror_shards, batch_size=batch_size, seed=5, shard_index=i, shard_count=shard_count, group_mirrors=True
+        )
+        for i in range(shard_count)
+    ]
     stream = []  # example indices in global order, one list per optimizer step
     for _ in range(steps):
         stream.append([int(x) for loader in loaders for x in next(loader)["example_index"]])
@@ -243,8 +265,8 @@ def test_group_mirrors_puts_each_mirror_in_the_same_step(mirror_shards, batch_si
         assert all(partner[i] in step for i in step if i in partner), step
     flat = [i for step in stream for i in step]
     for epoch in range(len(flat) // num_examples):  # each complete epoch is a permutation of all examples
-        assert sorted(flat[epoch * num_examples:(epoch + 1) * num_examples]) == list(range(num_examples))
-    assert flat[:num_examples] != flat[num_examples:2 * num_examples]  # reshuffled per epoch
+        assert sorted(flat[epoch * num_examples : (epoch + 1) * num_examples]) == list(range(num_examples))
+    assert flat[:num_examples] != flat[num_examples : 2 * num_examples]  # reshuffled per epoch
 
 
 def test_group_mirrors_resumes_and_needs_an_even_global_batch(mirror_shards):

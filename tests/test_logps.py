@@ -11,8 +11,16 @@ from rpo_jax.logps import paired_logps, score_hidden
 from rpo_jax.losses import loss_and_metrics
 from rpo_jax.model import Llama
 
-CFG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, initializer_range=0.3)
+CFG = ModelConfig(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    initializer_range=0.3,
+)
 
 
 def naive_scores(model, batch, use_lora=True):
@@ -40,14 +48,19 @@ def make_batch(seed, B=3, G=2, L=20, vocab=97, extra_pad=0, holes=False):
             segment_ids[b, g, :n] = 1
             loss_mask[b, g, p:n] = True
             if holes:  # non-contiguous scored positions (e.g. several assistant turns scored)
-                loss_mask[b, g, p + 1: p + 3] = False
+                loss_mask[b, g, p + 1 : p + 3] = False
                 loss_mask[b, g, 1] = True
             tokens[b, g, n:] = 0
     pad = ((0, 0), (0, 0), (0, extra_pad))
     tokens, loss_mask, segment_ids = (np.pad(x, pad) for x in (tokens, loss_mask, segment_ids))
     positions = np.broadcast_to(np.arange(tokens.shape[-1], dtype=np.int32), tokens.shape).copy()
-    return {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions,
-            "margin": np.zeros((B,), np.int32)}
+    return {
+        "tokens": tokens,
+        "loss_mask": loss_mask,
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "margin": np.zeros((B,), np.int32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +79,10 @@ def jitted_naive(model, batch, use_lora=True):
     return jax.jit(lambda state, batch: naive_scores(nnx.merge(graphdef, state), batch, use_lora))(state, batch)
 
 
-@pytest.mark.parametrize("chunk,vocab_chunk,holes", [
-    (1, 0, False), (6, 0, True), (16, 10, False), (64, 32, True), (4096, 200, False), (7, 96, True)])
+@pytest.mark.parametrize(
+    "chunk,vocab_chunk,holes",
+    [(1, 0, False), (6, 0, True), (16, 10, False), (64, 32, True), (4096, 200, False), (7, 96, True)],
+)
 def test_chunked_equals_naive(model, chunk, vocab_chunk, holes):
     batch = make_batch(0, holes=holes)
     want_logps, want_counts, want_mean_logits = jitted_naive(model, batch)
@@ -96,8 +111,11 @@ def test_only_masked_targets_count(model):
     # Scoring one more prompt token adds exactly that token's log-prob; nothing else moves.
     b, g, t = 1, 0, int(np.argmax(batch["loss_mask"][1, 0])) - 1
     assert t >= 1 and not batch["loss_mask"][b, g, t]
-    logits = model(jnp.asarray(batch["tokens"][b, g][None]), jnp.asarray(batch["positions"][b, g][None]),
-                   jnp.asarray(batch["segment_ids"][b, g][None]))
+    logits = model(
+        jnp.asarray(batch["tokens"][b, g][None]),
+        jnp.asarray(batch["positions"][b, g][None]),
+        jnp.asarray(batch["segment_ids"][b, g][None]),
+    )
     token_logp = jax.nn.log_softmax(logits[0, t - 1])[batch["tokens"][b, g, t]]
     wider = {**batch, "loss_mask": batch["loss_mask"].copy()}
     wider["loss_mask"][b, g, t] = True
@@ -110,7 +128,7 @@ def test_only_masked_targets_count(model):
     # changing a token after the scored span (a target nobody scores) changes nothing.
     after = {**batch, "tokens": batch["tokens"].copy()}
     last = int(np.nonzero(batch["segment_ids"][0, 1])[0][-1])
-    after["tokens"][0, 1, last + 1:] = 5
+    after["tokens"][0, 1, last + 1 :] = 5
     np.testing.assert_allclose(jitted_scores(model, after, logits_chunk_size=8).logps, base.logps, atol=1e-6)
 
 
@@ -121,8 +139,12 @@ def test_gradients_match_naive(model, chunk, vocab_chunk):
     weights = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)), jnp.float32)
 
     def chunked(state):
-        return jnp.sum(weights * paired_logps(nnx.merge(graphdef, state), batch, logits_chunk_size=chunk,
-                                              vocab_chunk_size=vocab_chunk).logps)
+        return jnp.sum(
+            weights
+            * paired_logps(
+                nnx.merge(graphdef, state), batch, logits_chunk_size=chunk, vocab_chunk_size=vocab_chunk
+            ).logps
+        )
 
     def naive(state):
         return jnp.sum(weights * naive_scores(nnx.merge(graphdef, state), batch)[0])
@@ -159,22 +181,38 @@ def test_score_hidden_rejects_bad_chunks():
 
 def _compiled_temp_bytes(vocab: int, B: int, G: int, L: int, logits_chunk_size: int, vocab_chunk_size: int) -> int:
     """Temp bytes of jit(value_and_grad(DPO loss through paired_logps)), compiled on abstract shapes only."""
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     loss_cfg = LossConfig(logits_chunk_size=logits_chunk_size, vocab_chunk_size=vocab_chunk_size)
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
 
     def loss(state, batch):
-        scores = paired_logps(nnx.merge(graphdef, state), batch, logits_chunk_size=loss_cfg.logits_chunk_size,
-                              vocab_chunk_size=loss_cfg.vocab_chunk_size)
+        scores = paired_logps(
+            nnx.merge(graphdef, state),
+            batch,
+            logits_chunk_size=loss_cfg.logits_chunk_size,
+            vocab_chunk_size=loss_cfg.vocab_chunk_size,
+        )
         per_example, _ = loss_and_metrics(scores, batch["ref_logps"], batch["margin"], loss_cfg)
         return jnp.mean(per_example)
 
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-    batch = {"tokens": i32(B, G, L), "positions": i32(B, G, L), "segment_ids": i32(B, G, L),
-             "loss_mask": jax.ShapeDtypeStruct((B, G, L), jnp.bool_), "margin": i32(B),
-             "ref_logps": jax.ShapeDtypeStruct((B, G), jnp.float32)}
+    batch = {
+        "tokens": i32(B, G, L),
+        "positions": i32(B, G, L),
+        "segment_ids": i32(B, G, L),
+        "loss_mask": jax.ShapeDtypeStruct((B, G, L), jnp.bool_),
+        "margin": i32(B),
+        "ref_logps": jax.ShapeDtypeStruct((B, G), jnp.float32),
+    }
     compiled = jax.jit(jax.value_and_grad(loss)).lower(state, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

@@ -22,11 +22,17 @@ LN2 = math.log(2.0)
 
 # ---------------------------------------------------------------- TRL goldens (no torch needed)
 
+
 def load_tiny_llama(tensors: dict, prefix: str, cfg: ModelConfig) -> Llama:
     """HF LlamaForCausalLM tensors -> our layout (interim loader; rpo_jax/io/hf.py has the general one)."""
     model = Llama(cfg, rngs=nnx.Rngs(0))
-    Y, D, H, K, Dh = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-                      cfg.head_dim)
+    Y, D, H, K, Dh = (
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    )
 
     def stack(name):
         return np.stack([tensors[f"{prefix}model.layers.{i}.{name}"] for i in range(Y)])
@@ -49,15 +55,16 @@ def load_tiny_llama(tensors: dict, prefix: str, cfg: ModelConfig) -> Llama:
 
 def golden_batch(examples, pad_id):
     """[B, 2, L] batch from TRL's pre-tokenized (prompt, chosen, rejected) ids, right-padded."""
-    rows = [[ex["prompt_ids"] + ex[k], len(ex["prompt_ids"])]
-            for ex in examples for k in ("chosen_ids", "rejected_ids")]
+    rows = [
+        [ex["prompt_ids"] + ex[k], len(ex["prompt_ids"])] for ex in examples for k in ("chosen_ids", "rejected_ids")
+    ]
     L = max(len(ids) for ids, _ in rows)
     B = len(examples)
     batch = {k: np.zeros((B * 2, L), np.int32) for k in ("tokens", "loss_mask", "segment_ids")}
     for r, (ids, prompt_len) in enumerate(rows):
         batch["tokens"][r] = ids + [pad_id] * (L - len(ids))
-        batch["segment_ids"][r, :len(ids)] = 1
-        batch["loss_mask"][r, prompt_len:len(ids)] = 1
+        batch["segment_ids"][r, : len(ids)] = 1
+        batch["loss_mask"][r, prompt_len : len(ids)] = 1
     batch = {k: v.reshape(B, 2, L) for k, v in batch.items()}
     batch["positions"] = np.broadcast_to(np.arange(L, dtype=np.int32), (B, 2, L)).copy()
     batch["margin"] = np.zeros((B,), np.int32)
@@ -68,11 +75,17 @@ def golden_batch(examples, pad_id):
 def golden():
     data = json.loads((ASSETS / "trl_goldens.json").read_text())
     m = data["model"]
-    cfg = ModelConfig(vocab_size=m["vocab_size"], hidden_size=m["hidden_size"],
-                      intermediate_size=m["intermediate_size"], num_hidden_layers=m["num_hidden_layers"],
-                      num_attention_heads=m["num_attention_heads"], num_key_value_heads=m["num_key_value_heads"],
-                      head_dim=m["head_dim"], rms_norm_eps=m["rms_norm_eps"],
-                      rope_parameters=RopeConfig(rope_theta=m["rope_theta"]))
+    cfg = ModelConfig(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"],
+        num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_key_value_heads"],
+        head_dim=m["head_dim"],
+        rms_norm_eps=m["rms_norm_eps"],
+        rope_parameters=RopeConfig(rope_theta=m["rope_theta"]),
+    )
     tensors = load_file(str(ASSETS / "trl_tiny_llama.safetensors"))
     batch = golden_batch(data["examples"], m["pad_token_id"])
     scores = {}
@@ -83,9 +96,12 @@ def golden():
 
 
 def _our_config(trl_args: dict) -> LossConfig:
-    return LossConfig(loss_type=tuple(trl_args["loss_type"]),
-                      loss_weights=tuple(trl_args.get("loss_weights", [1.0] * len(trl_args["loss_type"]))),
-                      beta=trl_args["beta"], label_smoothing=trl_args.get("label_smoothing", 0.0))
+    return LossConfig(
+        loss_type=tuple(trl_args["loss_type"]),
+        loss_weights=tuple(trl_args.get("loss_weights", [1.0] * len(trl_args["loss_type"]))),
+        beta=trl_args["beta"],
+        label_smoothing=trl_args.get("label_smoothing", 0.0),
+    )
 
 
 def test_logps_match_trl(golden):
@@ -96,8 +112,16 @@ def test_logps_match_trl(golden):
 
 
 # Metrics defined as TRL's; TRL's `num_tokens` counts prompt tokens too (running total), ours scored tokens only.
-COMPARED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-            "logps/rejected", "logits/chosen", "logits/rejected")
+COMPARED = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+)
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "ipo", "hinge", "robust"])
@@ -140,11 +164,13 @@ def test_sigmoid_plus_sft_against_trl(golden):
     np.testing.assert_allclose(w_sigmoid * plain["loss"] + w_sft * metrics["nll"], result["loss"], rtol=1e-5, atol=1e-5)
     counts = batch["loss_mask"].sum(-1)
     per_seq_nll = -np.asarray(result["policy_logps"])[:, 0] / counts[:, 0]
-    np.testing.assert_allclose(float(jnp.mean(loss_B)), w_sigmoid * plain["loss"] + w_sft * per_seq_nll.mean(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        float(jnp.mean(loss_B)), w_sigmoid * plain["loss"] + w_sft * per_seq_nll.mean(), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- hand-written references
+
 
 def log_sigmoid(x):
     return -np.logaddexp(0.0, -x)
@@ -215,9 +241,20 @@ def numpy_losses(name, policy, ref, counts, margin, cfg):
     }[name]
 
 
-@pytest.mark.parametrize("name,eps", [("sigmoid", 0.0), ("sigmoid", 0.2), ("hinge", 0.0), ("ipo", 0.0),
-                                      ("robust", 0.0), ("robust", 0.2), ("sigmoid_norm", 0.0), ("simpo", 0.0),
-                                      ("sft", 0.0)])
+@pytest.mark.parametrize(
+    "name,eps",
+    [
+        ("sigmoid", 0.0),
+        ("sigmoid", 0.2),
+        ("hinge", 0.0),
+        ("ipo", 0.0),
+        ("robust", 0.0),
+        ("robust", 0.2),
+        ("sigmoid_norm", 0.0),
+        ("simpo", 0.0),
+        ("sft", 0.0),
+    ],
+)
 def test_pair_losses_match_numpy(name, eps):
     policy, ref, counts, margin = random_inputs(2)
     cfg = LossConfig(loss_type=(name,), beta=0.3, label_smoothing=eps)
@@ -232,10 +269,18 @@ def test_sft_uses_rows_0_and_2_for_iopo():
     np.testing.assert_allclose(got, -policy[:, 0] / counts[:, 0] - policy[:, 2] / counts[:, 2], rtol=1e-6)
 
 
-@pytest.mark.parametrize("loss_type,mode,g,want", [
-    ("sigmoid", "inside", 0, LN2), ("rpo", "inside", 3, 0.700675), ("rpo", "outside", 3, 0.770957),
-    ("hinge", "inside", 0, 1.0), ("ipo", "inside", 0, 25.0), ("robust", "inside", 0, LN2),
-    ("sigmoid_norm", "inside", 0, LN2)])
+@pytest.mark.parametrize(
+    "loss_type,mode,g,want",
+    [
+        ("sigmoid", "inside", 0, LN2),
+        ("rpo", "inside", 3, 0.700675),
+        ("rpo", "outside", 3, 0.770957),
+        ("hinge", "inside", 0, 1.0),
+        ("ipo", "inside", 0, 25.0),
+        ("robust", "inside", 0, LN2),
+        ("sigmoid_norm", "inside", 0, LN2),
+    ],
+)
 def test_step0_values_from_spec_table(loss_type, mode, g, want):
     """algorithms.md §2/§3: policy == reference gives these losses at β = 0.1, zero rewards, accuracy 0."""
     B = 4
@@ -272,6 +317,7 @@ def test_iopo_metrics():
 
 # ---------------------------------------------------------------- gradient accumulation
 
+
 @pytest.mark.parametrize("loss_type,G", [(("rpo", "sft"), 2), (("iopo",), 4)])
 def test_micro_batches_equal_one_big_batch(loss_type, G):
     B = 8
@@ -282,8 +328,10 @@ def test_micro_batches_equal_one_big_batch(loss_type, G):
     def run(idx):
         scores = SequenceScores(jnp.asarray(policy[idx]), jnp.asarray(counts[idx]), jnp.asarray(logit_sums[idx]))
         loss_B, sums = loss_and_metrics(scores, jnp.asarray(ref[idx]), jnp.asarray(margin[idx]), cfg)
-        objective = lambda p: jnp.sum(per_example_loss(p, jnp.asarray(ref[idx]), jnp.asarray(counts[idx]),
-                                                       jnp.asarray(margin[idx]), cfg)) / B
+        objective = lambda p: (
+            jnp.sum(per_example_loss(p, jnp.asarray(ref[idx]), jnp.asarray(counts[idx]), jnp.asarray(margin[idx]), cfg))
+            / B
+        )
         grad = jax.grad(objective)(jnp.asarray(policy[idx]))
         return float(jnp.sum(loss_B)) / B, sums, np.asarray(grad)
 
@@ -304,7 +352,6 @@ def test_micro_batches_equal_one_big_batch(loss_type, G):
     assert big["num_tokens"] == counts.sum()
 
 
-
 def test_combined_objective_reports_each_term():
     policy, ref, counts, margin = random_inputs(10, B=6, G=2)
     scores = SequenceScores(jnp.asarray(policy), jnp.asarray(counts), jnp.zeros_like(jnp.asarray(policy)))
@@ -319,6 +366,7 @@ def test_combined_objective_reports_each_term():
         np.testing.assert_allclose(got["loss/" + name], single["loss"], rtol=1e-6)
     np.testing.assert_allclose(got["loss"], got["loss/rpo"] + 0.2 * got["loss/sft"], rtol=1e-6)
 
+
 @pytest.mark.parametrize("loss_type,G", [(("rpo", "sft"), 2), (("iopo",), 4)])
 def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
     # Evaluation completes its last batch with weight-0 copies of real rows: metrics must equal the real rows' alone.
@@ -329,8 +377,13 @@ def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
 
     def metrics(idx, weight=None):
         scores = SequenceScores(jnp.asarray(policy[idx]), jnp.asarray(counts[idx]), jnp.asarray(logit_sums[idx]))
-        _, sums = loss_and_metrics(scores, jnp.asarray(ref[idx]), jnp.asarray(margin[idx]), cfg,
-                                   None if weight is None else jnp.asarray(weight, jnp.float32))
+        _, sums = loss_and_metrics(
+            scores,
+            jnp.asarray(ref[idx]),
+            jnp.asarray(margin[idx]),
+            cfg,
+            None if weight is None else jnp.asarray(weight, jnp.float32),
+        )
         return finalize_metrics(sums)
 
     real = metrics(np.arange(4))
@@ -343,6 +396,7 @@ def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
 
 
 # ---------------------------------------------------------------- registry
+
 
 def test_registry_and_reference_needs():
     assert set(LOSSES) == {"sigmoid", "rpo", "iopo", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "sft"}

@@ -20,12 +20,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 L = 10
 
 
-@pytest.mark.parametrize("preset, published", [
-    ("llama3_1_8b.yaml", 8_030_261_248),
-    ("llama3_1_70b.yaml", 70_553_706_496),
-    ("llama3_2_1b.yaml", 1_235_814_400),  # tied embeddings
-    ("smollm2_135m.yaml", 134_515_008),  # tied embeddings
-])
+@pytest.mark.parametrize(
+    "preset, published",
+    [
+        ("llama3_1_8b.yaml", 8_030_261_248),
+        ("llama3_1_70b.yaml", 70_553_706_496),
+        ("llama3_2_1b.yaml", 1_235_814_400),  # tied embeddings
+        ("smollm2_135m.yaml", 134_515_008),  # tied embeddings
+    ],
+)
 def test_preset_param_counts_match_published(preset, published):
     assert count_params(load_config(CONFIGS / preset).model) == published
 
@@ -50,8 +53,9 @@ def _loss_and_grads(cfg, seed=0):
     return value, logits, nnx.to_pure_dict(grads)
 
 
-@pytest.mark.parametrize("variant", [dict(scan_layers=False), dict(remat_policy="full"),
-                                     dict(remat_policy="save_dots", scan_layers=False)])
+@pytest.mark.parametrize(
+    "variant", [dict(scan_layers=False), dict(remat_policy="full"), dict(remat_policy="save_dots", scan_layers=False)]
+)
 def test_scan_and_remat_do_not_change_logits_or_gradients(variant):
     cfg = tiny_config(num_hidden_layers=2, scan_layers=True, remat_policy="none")
     ref_value, ref_logits, ref_grads = _loss_and_grads(cfg)

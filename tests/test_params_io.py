@@ -59,13 +59,22 @@ def test_refuses_to_overwrite(tmp_path):
         save_params(tmp_path / "ckpt", state, cfg, LoraConfig())
 
 
-@pytest.mark.parametrize("other, message", [
-    (dict(num_key_value_heads=4), r"parameter layers/wk_DKDh is \(2, 32, 2, 16\) float32 in the checkpoint but "
-                                  r"\(2, 32, 4, 16\) float32"),
-    (dict(param_dtype="bfloat16"), r"parameter embed_VD is \(96, 32\) float32 in the checkpoint but "
-                                   r"\(96, 32\) bfloat16"),
-    (dict(tie_word_embeddings=True), r"missing \[\], unexpected \['lm_head_DV'\]"),
-])
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (
+            dict(num_key_value_heads=4),
+            r"parameter layers/wk_DKDh is \(2, 32, 2, 16\) float32 in the checkpoint but "
+            r"\(2, 32, 4, 16\) float32",
+        ),
+        (
+            dict(param_dtype="bfloat16"),
+            r"parameter embed_VD is \(96, 32\) float32 in the checkpoint but "
+            r"\(96, 32\) bfloat16",
+        ),
+        (dict(tie_word_embeddings=True), r"missing \[\], unexpected \['lm_head_DV'\]"),
+    ],
+)
 def test_mismatched_model_names_the_parameter(tmp_path, other, message):
     cfg = tiny_config()
     save_params(tmp_path / "ckpt", nnx.state(Llama(cfg, rngs=nnx.Rngs(0))), cfg, LoraConfig())
@@ -90,9 +99,16 @@ def test_base_checkpoint_into_lora_model_via_param_filter(tmp_path):
     assert restored["embed_VD"][...].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("sections", [dict(lora={"rank": 2}, train={"reference_mode": "lora_base"},
-                                           mesh={"max_replicated_fraction": 0.25}),  # tiny LoRA factors
-                                      dict(train={"reference_mode": "separate"})], ids=["lora", "full"])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        dict(
+            lora={"rank": 2}, train={"reference_mode": "lora_base"}, mesh={"max_replicated_fraction": 0.25}
+        ),  # tiny LoRA factors
+        dict(train={"reference_mode": "separate"}),
+    ],
+    ids=["lora", "full"],
+)
 def test_build_policy_from_hf_folder_equals_params_checkpoint(tmp_path, sections):
     cfg = run_config(**sections)
     ckpt, hf, saved = params_and_hf_folder(cfg.model, tmp_path, seed=5)
@@ -113,17 +129,25 @@ def test_hf_init_checkpoint_must_have_the_run_architecture(tmp_path):
     _, hf, saved = params_and_hf_folder(cfg.model, tmp_path)
     mesh = make_mesh(cfg.mesh)
     wrong = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_key_value_heads=4, rms_norm_eps=1e-6))
-    with pytest.raises(CheckpointMismatchError, match=r"hf/config\.json: .*architecture differs.*: "
-                       r"num_key_value_heads \(model 4, config\.json 2\); "
-                       r"rms_norm_eps \(model 1e-06, config\.json 1e-05\)$"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"hf/config\.json: .*architecture differs.*: "
+        r"num_key_value_heads \(model 4, config\.json 2\); "
+        r"rms_norm_eps \(model 1e-06, config\.json 1e-05\)$",
+    ):
         build_policy(wrong, mesh, str(hf))
     rope = dataclasses.replace(cfg.model.rope_parameters, rope_theta=5e5)
     with pytest.raises(CheckpointMismatchError, match=r"rope_parameters\.rope_theta \(model 500000\.0"):
-        build_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rope_parameters=rope)), mesh,
-                     str(hf))
+        build_policy(
+            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rope_parameters=rope)), mesh, str(hf)
+        )
     # How to run the model is the run's choice: the weights are cast to its param_dtype.
-    run = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype="bfloat16", dtype="bfloat16",
-                                                             scan_layers=False, initializer_range=0.5))
+    run = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, param_dtype="bfloat16", dtype="bfloat16", scan_layers=False, initializer_range=0.5
+        ),
+    )
     policy = build_policy(run, mesh, str(hf))
     assert {x.dtype for x in jax.tree.leaves(policy.trainable)} == {jnp.dtype(jnp.bfloat16)}
     np.testing.assert_array_equal(policy.trainable["embed_VD"], saved["embed_VD"].astype(jnp.bfloat16))

@@ -22,15 +22,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def bytes_on_device(tree, device) -> int:
     """Bytes of `device`'s shards of every array in `tree` (what one device really holds)."""
-    return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
-               if shard.device == device)
+    return sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(tree)
+        for shard in leaf.addressable_shards
+        if shard.device == device
+    )
 
 
-@pytest.mark.parametrize("sections", [
-    {},  # full fine-tune, separate reference copy
-    {"lora": {"rank": 4, "alpha": 8.0}, "train": {"reference_mode": "lora_base"},
-     "mesh": {"max_replicated_fraction": 0.25}},
-], ids=["full_separate", "lora_base"])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {},  # full fine-tune, separate reference copy
+        {
+            "lora": {"rank": 4, "alpha": 8.0},
+            "train": {"reference_mode": "lora_base"},
+            "mesh": {"max_replicated_fraction": 0.25},
+        },
+    ],
+    ids=["full_separate", "lora_base"],
+)
 def test_plan_arguments_equal_real_arrays(sections):
     cfg = tiny_config(mesh={"data": 2, "fsdp": 2, "tensor": 2, **sections.pop("mesh", {})}, **sections)
     mesh = make_mesh(cfg.mesh)
@@ -43,8 +54,12 @@ def test_plan_arguments_equal_real_arrays(sections):
     b_sh = batch_shardings(batch, mesh)
     batch = {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()}
     device = mesh.devices.flat[0]
-    real = {"train_state": bytes_on_device(state, device), "frozen": bytes_on_device(policy.frozen, device),
-            "reference": bytes_on_device(policy.reference, device), "batch": bytes_on_device(batch, device)}
+    real = {
+        "train_state": bytes_on_device(state, device),
+        "frozen": bytes_on_device(policy.frozen, device),
+        "reference": bytes_on_device(policy.reference, device),
+        "batch": bytes_on_device(batch, device),
+    }
     assert report["inputs_per_device_bytes"] == {**real, "total": sum(real.values())}
     num_trainable = sum(x.size for x in jax.tree.leaves(policy.trainable))
     if cfg.lora.rank:
@@ -70,8 +85,9 @@ def test_offload_remat_fails_clearly_on_cpu():
 
 
 def test_save_dots_remat_plans_on_one_device():
-    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "save_dots_no_batch"},
-                      mesh={"data": 1, "fsdp": 1, "tensor": 1})
+    cfg = tiny_config(
+        model={**TINY_MODEL, "remat_policy": "save_dots_no_batch"}, mesh={"data": 1, "fsdp": 1, "tensor": 1}
+    )
     report = plan_train_step(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), batch_size=8, seq_len=16)
     assert report["model"]["remat_policy"] == "save_dots_no_batch" and report["devices"] == 1
     assert report["memory_per_device_bytes"]["temp"] > 0
@@ -82,8 +98,25 @@ def test_command_reexecs_for_more_devices(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": TINY_MODEL, "loss": {"logits_chunk_size": 8}}))
     out = tmp_path / "plan.json"
-    code = cli_main(["plan", "--config", str(config), "--mesh", "data=2,fsdp=8,tensor=1", "--batch-size", "16",
-                     "--seq-len", "16", "--hbm-gb", "1", "--topology", "v5p:2x2x1", "--output", str(out)])
+    code = cli_main(
+        [
+            "plan",
+            "--config",
+            str(config),
+            "--mesh",
+            "data=2,fsdp=8,tensor=1",
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "16",
+            "--hbm-gb",
+            "1",
+            "--topology",
+            "v5p:2x2x1",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["devices"] == 16 and report["mesh"] == {"data": 2, "fsdp": 8, "tensor": 1}
@@ -105,11 +138,31 @@ def test_plan_llama3_1_8b_full_finetune_fsdp8(tmp_path):
     """The 8B model dims, full fine-tune (bf16 weights, bf16 Adam moments, separate bf16 reference) on 8
     simulated devices: 16 GB × 4 copies / 8 ≈ 7.5 GiB per device. Short rows keep the CPU compile modest."""
     out = tmp_path / "plan.json"
-    code = cli_main(["plan", "--config", str(ROOT / "configs/run/rpo_llama3_1_8b_v5p8.yaml"),
-                     "--mesh", "data=1,fsdp=8,tensor=1", "--batch-size", "8", "--seq-len", "256",
-                     "--set", "train.grad_accum_steps=1", "--set", "lora.rank=0",
-                     "--set", "train.reference_mode=separate", "--set", "optim.learning_rate=5e-6",
-                     "--hbm-gb", "80", "--output", str(out)])
+    code = cli_main(
+        [
+            "plan",
+            "--config",
+            str(ROOT / "configs/run/rpo_llama3_1_8b_v5p8.yaml"),
+            "--mesh",
+            "data=1,fsdp=8,tensor=1",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "256",
+            "--set",
+            "train.grad_accum_steps=1",
+            "--set",
+            "lora.rank=0",
+            "--set",
+            "train.reference_mode=separate",
+            "--set",
+            "optim.learning_rate=5e-6",
+            "--hbm-gb",
+            "80",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["arithmetic"]["num_params"] == 8_030_261_248  # Llama-3.1-8B
@@ -125,9 +178,23 @@ def test_plan_llama3_1_70b_lora_fsdp16_tensor4(tmp_path):
     """The 70B RPO run config (LoRA, base with adapters off as reference) on 64 simulated devices: the command
     re-runs itself with 64 CPU devices. Arguments are the frozen bf16 base / 64 plus the small LoRA state."""
     out = tmp_path / "plan.json"
-    code = cli_main(["plan", "--config", str(ROOT / "configs/run/rpo_llama3_1_70b_v5p64.yaml"),
-                     "--mesh", "data=1,fsdp=16,tensor=4", "--batch-size", "16", "--seq-len", "256",
-                     "--set", "train.grad_accum_steps=1", "--output", str(out)])
+    code = cli_main(
+        [
+            "plan",
+            "--config",
+            str(ROOT / "configs/run/rpo_llama3_1_70b_v5p64.yaml"),
+            "--mesh",
+            "data=1,fsdp=16,tensor=4",
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "256",
+            "--set",
+            "train.grad_accum_steps=1",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["devices"] == 64

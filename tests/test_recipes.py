@@ -11,11 +11,12 @@ from pairs_fixtures import DPO_EN_DEMO, HH_SLICE, IFEVAL_PROMPTS, TRACE_SAMPLE, 
 from data_pipeline import constraints as cons
 from data_pipeline.pairs import cli as build_pairs
 from data_pipeline.pairs.imports import import_pairs
+from data_pipeline.pairs.instructions import Instruction
 from data_pipeline.pairs.pool import OVERRIDE_HEADER, ConstraintOracle
 from data_pipeline.pairs.pool_builder import build_pools, match_responses
 from data_pipeline.pairs.readers import iter_json_rows
 from data_pipeline.pairs.rpo import rpo_pairs
-from data_pipeline.pairs.schema import Instruction, PairRecord
+from data_pipeline.pairs.schema import PairRecord
 from data_pipeline.pairs.stats import BuildStats
 
 
@@ -49,8 +50,9 @@ def ifeval_pool(tmp_path_factory):
 @pytest.mark.parametrize("min_g", [1, 3])
 def test_rpo_pairs_satisfy_invariant_on_real_ifeval(tmp_path, ifeval_pool, min_g):
     instructions, responses, n_rows = ifeval_pool
-    pairs, stats = _build(tmp_path, "rpo", "--input", str(instructions), "--responses", str(responses),
-                          "--min-g", str(min_g))
+    pairs, stats = _build(
+        tmp_path, "rpo", "--input", str(instructions), "--responses", str(responses), "--min-g", str(min_g)
+    )
     assert len(pairs) >= (10 if min_g == 1 else 1)
     rows = _ifeval_rows()
     for pair in pairs:
@@ -70,15 +72,20 @@ def test_rpo_pairs_satisfy_invariant_on_real_ifeval(tmp_path, ifeval_pool, min_g
     assert stats["responses"]["total"] == n_rows == sum(stats["responses"]["by_outcome"].values())
     assert sum(stats["pairs_by_g"].values()) == len(pairs) == stats["emitted_records"]
     # Mirrors: (x_Si; yi > yj) comes with (x_Sj; yj > yi) unless x_Sj cannot exist (non-reversible failed).
-    by_responses = {(p["provenance"]["chosen"]["response_id"], p["provenance"]["rejected"]["response_id"])
-                    for p in pairs}
+    by_responses = {
+        (p["provenance"]["chosen"]["response_id"], p["provenance"]["rejected"]["response_id"]) for p in pairs
+    }
     missing = [(a, b) for a, b in by_responses if (b, a) not in by_responses]
     assert len(missing) <= stats["candidate_drops"].get("direction_chosen_fails_unremovable_non_reversible", 0)
 
 
 def _instruction(constraints: list[dict], task: str | None = None) -> Instruction:
-    obj = {"id": "toy", "turns": [{"role": "user", "content": "Write about cats."}], "constraints": constraints,
-           "task": task}
+    obj = {
+        "id": "toy",
+        "turns": [{"role": "user", "content": "Write about cats."}],
+        "constraints": constraints,
+        "task": task,
+    }
     return Instruction.from_json(obj, "toy.jsonl", 1)
 
 
@@ -107,12 +114,17 @@ def test_rpo_handmade_pool_matches_hand_enumeration():
     dup_bad = "Birds, fish, and cats."  # same verdicts as `bad`: deduped
     two_off = "<<Cats>>\nCats, dogs."  # fails no_comma and postscript only: g=2 vs good, 1 vs bad
     pairs, stats = _pairs_for(_instruction([NO_COMMA, POSTSCRIPT, TITLE]), [good, bad, dup_bad, two_off])
-    assert [(p.sequences[0].response, p.sequences[1].response, p.margin) for p in pairs] == [(good, bad, 3),
-                                                                                           (bad, good, 3)]
+    assert [(p.sequences[0].response, p.sequences[1].response, p.margin) for p in pairs] == [
+        (good, bad, 3),
+        (bad, good, 3),
+    ]
     # x_S for `bad` reverses every constraint; `good` keeps the original prompt.
     assert pairs[0].sequences[0].messages[-1].content == "Write about cats."
-    assert [e["type"] for e in pairs[1].provenance["prompt_constraints"]] == ["rpo:has_comma", "rpo:no_postscript",
-                                                                             "rpo:no_title"]
+    assert [e["type"] for e in pairs[1].provenance["prompt_constraints"]] == [
+        "rpo:has_comma",
+        "rpo:no_postscript",
+        "rpo:no_title",
+    ]
     assert +stats.outcomes == {"in_pair": 2, "no_pair": 1, "duplicate_verdicts": 1}
 
 
@@ -195,7 +207,7 @@ def test_import_hh_rlhf_slice_counts_prefix_mismatch_and_bad_rows(tmp_path):
     assert stats["bad_input"]["by_reason"] == {"bad_field": 1, "empty_response": 1}
     _, row = next(iter_json_rows(str(HH_SLICE)))
     cut = row["chosen"].rfind("\n\nAssistant:")
-    assert pairs[0]["sequences"][0]["response"] == row["chosen"][cut + len("\n\nAssistant:"):].strip()
+    assert pairs[0]["sequences"][0]["response"] == row["chosen"][cut + len("\n\nAssistant:") :].strip()
     assert pairs[0]["sequences"][0]["messages"][-1]["role"] == "user"
 
 
@@ -209,16 +221,26 @@ def test_import_trl_standard_conversational_and_implicit(tmp_path):
     conv_prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
     rows = [
         {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
-        {"prompt": conv_prompt, "chosen": [{"role": "assistant", "content": "Hello."}],
-         "rejected": [{"role": "assistant", "content": "Go away."}]},
-        {"chosen": [*conv_prompt, {"role": "assistant", "content": "Hey."}],
-         "rejected": [*conv_prompt, {"role": "assistant", "content": "No."}]},
-        {"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "x"}],
-         "rejected": [{"role": "user", "content": "B"}, {"role": "assistant", "content": "y"}]},
+        {
+            "prompt": conv_prompt,
+            "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        },
+        {
+            "chosen": [*conv_prompt, {"role": "assistant", "content": "Hey."}],
+            "rejected": [*conv_prompt, {"role": "assistant", "content": "No."}],
+        },
+        {
+            "chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "x"}],
+            "rejected": [{"role": "user", "content": "B"}, {"role": "assistant", "content": "y"}],
+        },
     ]
     stats = BuildStats("dpo", "rows")
     pairs = list(import_pairs(_trl_file(tmp_path, rows), "auto", "dpo", stats, None))
     assert [(p.sequences[0].messages[-1].content, p.sequences[0].response, p.sequences[1].response) for p in pairs] == [
-        ("2+2?", "4", "5"), ("Hi?", "Hello.", "Go away."), ("Hi?", "Hey.", "No.")]
+        ("2+2?", "4", "5"),
+        ("Hi?", "Hello.", "Go away."),
+        ("Hi?", "Hey.", "No."),
+    ]
     assert pairs[1].sequences[0].messages[0].role == "system"
     assert +stats.outcomes == {"emitted": 3, "prefix_mismatch": 1}

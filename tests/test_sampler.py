@@ -18,8 +18,16 @@ from rpo_jax.model import Llama
 from rpo_jax.sampler import Sampler, SamplingParams, filter_logits, forward_with_cache, left_pad, truncate_at_stop
 from rpo_jax.sharding import make_mesh
 
-CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.05)
+CFG = ModelConfig(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    initializer_range=0.05,
+)
 PAD, EOS = 0, 1
 # Mixed lengths, so rows are left-padded by different amounts (and 3 rows -> padded to the mesh's 4).
 PROMPTS = [[5, 17, 42, 9, 77, 3, 120], [64, 2], [8, 8, 30, 101]]
@@ -87,8 +95,9 @@ def test_cached_logits_equal_full_forward(model):
     segments_BS = jnp.concatenate([segments_BP, jnp.ones((B, steps), jnp.int32)], axis=1)
     positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
     step_fn = nnx.jit(forward_with_cache, static_argnames="lora_scale")
-    logits, keys, values = step_fn(model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0,
-                                   lora_scale=0.0)
+    logits, keys, values = step_fn(
+        model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0, lora_scale=0.0
+    )
     for t in range(steps + 1):
         for b, prompt in enumerate(PROMPTS):
             want = last_logits_by_full_forward(model, prompt + continuation[b][:t], 20)
@@ -96,8 +105,9 @@ def test_cached_logits_equal_full_forward(model):
         if t < steps:
             fed = jnp.asarray([[c[t]] for c in continuation])
             positions = jnp.asarray([[len(p) + t] for p in PROMPTS])
-            logits, keys, values = step_fn(model, fed, positions, jnp.ones((B, 1), jnp.int32), segments_BS, keys,
-                                           values, P + t, lora_scale=0.0)
+            logits, keys, values = step_fn(
+                model, fed, positions, jnp.ones((B, 1), jnp.int32), segments_BS, keys, values, P + t, lora_scale=0.0
+            )
 
 
 def test_greedy_with_cache_equals_full_recompute(model, sampler):
@@ -119,8 +129,9 @@ def test_seeded_sampling_is_reproducible(sampler):
 
 def test_top_k_one_equals_greedy(sampler):
     top1 = dataclasses.replace(GREEDY, temperature=1.5, top_k=1)
-    assert ([c.tokens for c in sampler.generate(PROMPTS, top1, jax.random.key(1))] ==
-            [c.tokens for c in sampler.generate(PROMPTS, GREEDY, jax.random.key(2))])
+    assert [c.tokens for c in sampler.generate(PROMPTS, top1, jax.random.key(1))] == [
+        c.tokens for c in sampler.generate(PROMPTS, GREEDY, jax.random.key(2))
+    ]
 
 
 def test_stops_at_any_eos_id(sampler):
@@ -159,14 +170,40 @@ def test_generate_from_hf_folder_equals_params_checkpoint(tmp_path):
     cfg = dataclasses.replace(CFG, vocab_size=32000)  # the shipped tokenizer's vocabulary
     ckpt, hf, _ = params_and_hf_folder(cfg, tmp_path, seed=3, tokenizer_dir=tokenizer)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"key": k, "prompt": p}) + "\n"
-                               for k, p in enumerate(["Name three rivers.", "Write a haiku about snow"])))
+    prompts.write_text(
+        "".join(
+            json.dumps({"key": k, "prompt": p}) + "\n"
+            for k, p in enumerate(["Name three rivers.", "Write a haiku about snow"])
+        )
+    )
     outputs = []
     for checkpoint in (ckpt, hf):
         out = tmp_path / f"{checkpoint.name}.jsonl"
-        assert main(["generate", "--checkpoint", str(checkpoint), "--tokenizer", str(hf), "--prompts", str(prompts),
-                     "--output", str(out), "--raw-prompt", "--num-samples", "2", "--max-new-tokens", "8",
-                     "--seed", "1", "--batch-size", "4"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--tokenizer",
+                    str(hf),
+                    "--prompts",
+                    str(prompts),
+                    "--output",
+                    str(out),
+                    "--raw-prompt",
+                    "--num-samples",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--seed",
+                    "1",
+                    "--batch-size",
+                    "4",
+                ]
+            )
+            == 0
+        )
         outputs.append([json.loads(line) for line in out.read_text().splitlines()])
     assert outputs[0] == outputs[1]
     assert len(outputs[0]) == 4 and all(row["num_tokens"] > 0 for row in outputs[0])

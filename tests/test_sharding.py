@@ -16,8 +16,15 @@ from rpo_jax.sharding import (
     state_shardings,
 )
 
-SMALL = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+SMALL = ModelConfig(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 def test_mesh_shape_resolves_remaining_devices():

@@ -55,8 +55,10 @@ def numpy_gguf_forward(gguf_path, ids):
 
     reader = gguf.GGUFReader(str(gguf_path))
     meta = lambda k: reader.fields[k].contents()
-    w = {t.name: dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(d) for d in t.shape])))
-         for t in reader.tensors}
+    w = {
+        t.name: dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(d) for d in t.shape])))
+        for t in reader.tensors
+    }
     H, K = meta("llama.attention.head_count"), meta("llama.attention.head_count_kv")
     eps, theta = meta("llama.attention.layer_norm_rms_epsilon"), meta("llama.rope.freq_base")
     T = len(ids)
@@ -119,10 +121,12 @@ def test_answers_capital_of_france_greedily(ours, tokenizer):
 
     model, mesh = ours
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
-    params = SamplingParams(max_new_tokens=16, eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id,
-                            temperature=0.0)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
+    params = SamplingParams(
+        max_new_tokens=16, eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id, temperature=0.0
+    )
     (completion,) = Sampler(model, mesh).generate([list(ids)], params, jax.random.key(0))
     text = tokenizer.decode(completion.tokens, skip_special_tokens=True)
     assert "Paris" in text, text
@@ -141,15 +145,48 @@ def test_generate_command_writes_build_pairs_rows(tmp_path, hf_dir):
     from rpo_jax.io.params import save_params
     from rpo_jax.model import Llama
 
-    cfg = ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, eos_token_id=2, bos_token_id=1)
+    cfg = ModelConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     save_params(tmp_path / "ckpt", nnx.state(Llama(cfg, rngs=nnx.Rngs(0))), cfg, LoraConfig())
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"key": 7, "prompt": "Say hi."}) + "\n" + json.dumps(
-        {"key": "m", "messages": [{"role": "user", "content": "Name a colour."}]}) + "\n")
-    args = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(hf_dir), "--prompts",
-            str(prompts), "--num-samples", "3", "--max-new-tokens", "6", "--temperature", "1.0", "--top-k", "50",
-            "--batch-size", "4", "--seed", "5", "--mesh", "data=1,fsdp=-1,tensor=1"]
+    prompts.write_text(
+        json.dumps({"key": 7, "prompt": "Say hi."})
+        + "\n"
+        + json.dumps({"key": "m", "messages": [{"role": "user", "content": "Name a colour."}]})
+        + "\n"
+    )
+    args = [
+        "generate",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--tokenizer",
+        str(hf_dir),
+        "--prompts",
+        str(prompts),
+        "--num-samples",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "50",
+        "--batch-size",
+        "4",
+        "--seed",
+        "5",
+        "--mesh",
+        "data=1,fsdp=-1,tensor=1",
+    ]
     assert main([*args, "--output", str(tmp_path / "a.jsonl")]) == 0
     assert main([*args, "--output", str(tmp_path / "b.jsonl")]) == 0
     text = (tmp_path / "a.jsonl").read_text()

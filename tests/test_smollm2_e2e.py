@@ -50,8 +50,9 @@ def rpo_jax(*args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     command = [sys.executable, "-m", "rpo_jax.cli", *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"rpo-jax {' '.join(map(str, args))}\n{result.stdout[-2000:]}\n" \
-                                   f"{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"rpo-jax {' '.join(map(str, args))}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
@@ -86,20 +87,54 @@ def base_checkpoint(work) -> Path:
 @pytest.fixture(scope="module")
 def responses(work, base_checkpoint, tokenizer_dir, instructions) -> Path:
     prompts = work / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"key": r["key"], "prompt": r["prompt"]}) + "\n"
-                               for r in read_jsonl(instructions)))
+    prompts.write_text(
+        "".join(json.dumps({"key": r["key"], "prompt": r["prompt"]}) + "\n" for r in read_jsonl(instructions))
+    )
     out = work / "responses.jsonl"
-    rpo_jax("generate", "--checkpoint", base_checkpoint, "--tokenizer", tokenizer_dir, "--prompts", prompts,
-            "--output", out, "--num-samples", NUM_SAMPLES, "--max-new-tokens", MAX_NEW_TOKENS,
-            "--temperature", "1.0", "--seed", SEED, "--batch-size", NUM_SAMPLES * len(PROMPT_KEYS))
+    rpo_jax(
+        "generate",
+        "--checkpoint",
+        base_checkpoint,
+        "--tokenizer",
+        tokenizer_dir,
+        "--prompts",
+        prompts,
+        "--output",
+        out,
+        "--num-samples",
+        NUM_SAMPLES,
+        "--max-new-tokens",
+        MAX_NEW_TOKENS,
+        "--temperature",
+        "1.0",
+        "--seed",
+        SEED,
+        "--batch-size",
+        NUM_SAMPLES * len(PROMPT_KEYS),
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def pairs_dir(work, instructions, responses) -> Path:
     # One instruction's pairs are held out (whole groups) for `eval --suite pairs`.
-    rpo_jax("build-pairs", "--recipe", "rpo", "--input", instructions, "--responses", responses, "--output",
-            work / "pairs", "--min-g", "1", "--eval-fraction", "0.2", "--seed", "0")
+    rpo_jax(
+        "build-pairs",
+        "--recipe",
+        "rpo",
+        "--input",
+        instructions,
+        "--responses",
+        responses,
+        "--output",
+        work / "pairs",
+        "--min-g",
+        "1",
+        "--eval-fraction",
+        "0.2",
+        "--seed",
+        "0",
+    )
     return work / "pairs"
 
 
@@ -109,13 +144,27 @@ def train_config(work, pairs_dir, base_checkpoint, tokenizer_dir) -> Path:
         "include": [str(ROOT / "configs" / "base.yaml"), str(ROOT / "configs" / "model" / "smollm2_135m.yaml")],
         "lora": {"rank": 8, "alpha": 16.0},
         "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-        "data": {"pairs_path": str(pairs_dir / "pairs.jsonl"), "eval_pairs_path": str(pairs_dir / "eval_pairs.jsonl"),
-                 "tokenizer_path": str(tokenizer_dir), "max_length": 256, "global_batch_size": BATCH_PAIRS},
-        "loss": {"loss_type": ["rpo"], "loss_weights": [1.0], "beta": BETA, "rpo_gamma": GAMMA,
-                 "rpo_margin_mode": "inside"},
+        "data": {
+            "pairs_path": str(pairs_dir / "pairs.jsonl"),
+            "eval_pairs_path": str(pairs_dir / "eval_pairs.jsonl"),
+            "tokenizer_path": str(tokenizer_dir),
+            "max_length": 256,
+            "global_batch_size": BATCH_PAIRS,
+        },
+        "loss": {
+            "loss_type": ["rpo"],
+            "loss_weights": [1.0],
+            "beta": BETA,
+            "rpo_gamma": GAMMA,
+            "rpo_margin_mode": "inside",
+        },
         "optim": {"learning_rate": 1.0e-3, "schedule": "constant", "warmup_ratio": 0.0},
-        "train": {"steps": TRAIN_STEPS, "reference_mode": "lora_base", "init_checkpoint": str(base_checkpoint),
-                  "output_dir": str(work / "run")},
+        "train": {
+            "steps": TRAIN_STEPS,
+            "reference_mode": "lora_base",
+            "init_checkpoint": str(base_checkpoint),
+            "output_dir": str(work / "run"),
+        },
         "checkpoint": {"save_every": TRAIN_STEPS, "keep_last": 1},
     }
     path = work / "train.yaml"
@@ -173,8 +222,9 @@ def test_build_pairs_rpo_invariants(pairs_dir, instructions, responses):
         assert pair["margin"] == prov["g"] == g >= 1
         # x_S lists each constraint as is where the chosen passes it, reversed where it fails.
         listed = [c if ok else cons.reverse(c) for c, ok in zip(originals, sides["chosen"])]
-        assert [(p["type"], p["reversed"]) for p in prov["prompt_constraints"]] == \
-            [(c.type, not ok) for c, ok in zip(listed, sides["chosen"])]
+        assert [(p["type"], p["reversed"]) for p in prov["prompt_constraints"]] == [
+            (c.type, not ok) for c, ok in zip(listed, sides["chosen"])
+        ]
         prompt = chosen_seq["messages"][-1]["content"]
         if all(sides["chosen"]):
             assert prompt == row["prompt"]
@@ -214,15 +264,32 @@ def test_train_lora_rpo_on_smollm2(run_dir, tokenizer_dir):
     from safetensors import safe_open
 
     with safe_open(hf / "model.safetensors", "np") as got, safe_open(tokenizer_dir / "model.safetensors", "np") as base:
-        assert not (got.get_tensor("model.layers.0.self_attn.q_proj.weight")
-                    == base.get_tensor("model.layers.0.self_attn.q_proj.weight")).all()
+        assert not (
+            got.get_tensor("model.layers.0.self_attn.q_proj.weight")
+            == base.get_tensor("model.layers.0.self_attn.q_proj.weight")
+        ).all()
         assert (got.get_tensor("model.norm.weight") == base.get_tensor("model.norm.weight")).all()
 
 
 def test_eval_ifeval_on_trained_model(work, run_dir, tokenizer_dir):
     out = work / "ifeval.json"
-    rpo_jax("eval", "--suite", "ifeval", "--checkpoint", run_dir / "hf", "--tokenizer", tokenizer_dir,
-            "--limit", IFEVAL_LIMIT, "--max-new-tokens", "16", "--batch-size", IFEVAL_LIMIT, "--output", out)
+    rpo_jax(
+        "eval",
+        "--suite",
+        "ifeval",
+        "--checkpoint",
+        run_dir / "hf",
+        "--tokenizer",
+        tokenizer_dir,
+        "--limit",
+        IFEVAL_LIMIT,
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        IFEVAL_LIMIT,
+        "--output",
+        out,
+    )
     results = json.loads(out.read_text())
     first = read_jsonl(IFEVAL)[:IFEVAL_LIMIT]
     assert results["num_prompts_scored"] == IFEVAL_LIMIT and results["num_prompts_without_response"] == 0
@@ -234,8 +301,23 @@ def test_eval_ifeval_on_trained_model(work, run_dir, tokenizer_dir):
 
 def test_eval_pairs_trained_against_base(work, run_dir, base_checkpoint, train_config):
     out = work / "pairs_eval.json"
-    rpo_jax("eval", "--suite", "pairs", "--checkpoint", run_dir / "hf", "--reference", base_checkpoint,
-            "--pairs", run_dir / "data" / "eval", "--config", train_config, "--batch-size", "2", "--output", out)
+    rpo_jax(
+        "eval",
+        "--suite",
+        "pairs",
+        "--checkpoint",
+        run_dir / "hf",
+        "--reference",
+        base_checkpoint,
+        "--pairs",
+        run_dir / "data" / "eval",
+        "--config",
+        train_config,
+        "--batch-size",
+        "2",
+        "--output",
+        out,
+    )
     results = json.loads(out.read_text())
     assert 0.0 <= results["rewards/accuracies"] <= 1.0
     assert all(math.isfinite(results[k]) for k in ("loss", "rewards/margins", "rewards/chosen", "logps/chosen"))

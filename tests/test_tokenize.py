@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.files import file_sha256
-from data_pipeline.pairs.schema import DataError, read_pairs
+from data_pipeline.pairs.readers import read_pairs
+from data_pipeline.pairs.schema import DataError
 from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.tokenize import (
     DEFAULT_TOKENIZER_DIR,
@@ -70,8 +71,10 @@ def test_shipped_tokenizer_loads_with_full_vocab_and_provenance(tokenizer):
 def test_template_is_llama3_layout_without_date_header(tokenizer, template):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-    assert text == ("<s><|start_header_id|>system<|end_header_id|>\n\nS</s>"
-                    "<|start_header_id|>user<|end_header_id|>\n\nU</s><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert text == (
+        "<s><|start_header_id|>system<|end_header_id|>\n\nS</s>"
+        "<|start_header_id|>user<|end_header_id|>\n\nU</s><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 def test_rows_decode_to_template_and_mask_only_final_turn(tokenizer, template, records):
@@ -111,16 +114,20 @@ def test_matches_trl_tokenization(tmp_path, tokenizer, template, records):
             # IOPO = two DPO pairs: x1: (x1,y1) > (x1,y2), x2: (x2,y2) > (x2,y1).
             for chosen, rejected in ((0, 1), (2, 3))[: len(record.sequences) // 2]:
                 s_c, s_r = record.sequences[chosen], record.sequences[rejected]
-                trl_rows.append({"prompt": [m.to_json() for m in s_c.messages],
-                                 "chosen": [{"role": "assistant", "content": s_c.response}],
-                                 "rejected": [{"role": "assistant", "content": s_r.response}]})
+                trl_rows.append(
+                    {
+                        "prompt": [m.to_json() for m in s_c.messages],
+                        "chosen": [{"role": "assistant", "content": s_c.response}],
+                        "rejected": [{"role": "assistant", "content": s_r.response}],
+                    }
+                )
                 ours.append((example, chosen, rejected))
                 pair_records.append(record)
-        args = DPOConfig(output_dir=str(tmp_path / "trl"), max_length=4096, report_to=[], bf16=False,
-                         use_cpu=True)
+        args = DPOConfig(output_dir=str(tmp_path / "trl"), max_length=4096, report_to=[], bf16=False, use_cpu=True)
         fake_trainer = types.SimpleNamespace(_tokenizer=tokenizer)
-        trl_out = trl_dpo.DPOTrainer._prepare_dataset(fake_trainer, Dataset.from_list(trl_rows), tokenizer, args,
-                                                      "train")
+        trl_out = trl_dpo.DPOTrainer._prepare_dataset(
+            fake_trainer, Dataset.from_list(trl_rows), tokenizer, args, "train"
+        )
         assert len(trl_out) == len(ours)
         for trl_row, (example, chosen, rejected) in zip(trl_out, ours, strict=True):
             for index, key in ((chosen, "chosen_ids"), (rejected, "rejected_ids")):
@@ -145,8 +152,9 @@ def test_matches_trl_tokenization(tmp_path, tokenizer, template, records):
                 mask = [0] * start + [1] * (n - start)
                 assert mask == batch["completion_mask"][g, :n].tolist()
             compared += 1
-        assert compared >= 4 and any(e.response_cut for e in [short.tokenize(r, "x", 0) for r in records]
-                                     if not isinstance(e, Dropped))
+        assert compared >= 4 and any(
+            e.response_cut for e in [short.tokenize(r, "x", 0) for r in records] if not isinstance(e, Dropped)
+        )
     finally:
         tokenizer.chat_template = None
 
@@ -187,8 +195,8 @@ def test_truncation_through_the_tokenizer(tokenizer, template, records):
     budget = prompt_len // 2
     for row, start, full_row in zip(split.rows, split.response_starts, full.rows, strict=True):
         assert start == budget and row[0] == BOS and (row == BOS).sum() == 1 and len(row) <= prompt_len
-        assert row[1:start].tolist() == full_row[prompt_len - budget + 1:prompt_len].tolist()
-        assert row[start:].tolist() == full_row[prompt_len:prompt_len + prompt_len - budget].tolist()
+        assert row[1:start].tolist() == full_row[prompt_len - budget + 1 : prompt_len].tolist()
+        assert row[start:].tolist() == full_row[prompt_len : prompt_len + prompt_len - budget].tolist()
     assert longest > prompt_len
 
 
@@ -199,8 +207,10 @@ def test_chatml_bos_opens_every_turn(tokenizer, records):
     chatml_tokenizer.add_special_tokens({"bos_token": "<|im_start|>", "additional_special_tokens": ["<|im_end|>"]})
     bos, end = chatml_tokenizer.bos_token_id, chatml_tokenizer.convert_tokens_to_ids("<|im_end|>")
     turn = "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-    chatml = ("{% for m in messages %}" + turn + "{% endfor %}"
-              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    chatml = (
+        "{% for m in messages %}" + turn + "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     example = make_pair_tokenizer(chatml_tokenizer, chatml).tokenize(records[0], "p", 1)
     turns = len(records[0].sequences[0].messages) + 1
     for row, start in zip(example.rows, example.response_starts, strict=True):
@@ -214,8 +224,10 @@ def test_chatml_bos_opens_every_turn(tokenizer, records):
 
 def test_broken_prefix_and_special_text_raise_naming_the_field(tokenizer, records):
     # Generation prompt ends with a space that the full rendering merges into the first response word.
-    bad_template = ("{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}"
-                    "{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    bad_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     pair_tokenizer = make_pair_tokenizer(tokenizer, bad_template)
     with pytest.raises(DataError, match=r"pairs.jsonl:7: field 'sequences\[0\]'.*not a prefix") as err:
         pair_tokenizer.tokenize(records[0], "pairs.jsonl", 7)
@@ -229,8 +241,9 @@ def test_broken_prefix_and_special_text_raise_naming_the_field(tokenizer, record
         make_pair_tokenizer(tokenizer, unclosed).tokenize(records[0], "p", 1)
     assert err.value.reason == "no_end_of_turn"
     record = records[0]
-    poisoned = dataclasses.replace(record, sequences=(record.sequences[0],
-                                                      dataclasses.replace(record.sequences[1], response="a</s>b")))
+    poisoned = dataclasses.replace(
+        record, sequences=(record.sequences[0], dataclasses.replace(record.sequences[1], response="a</s>b"))
+    )
     with pytest.raises(DataError, match=re.escape("field 'sequences[1].response'")):
         make_pair_tokenizer(tokenizer, resolve_chat_template(tokenizer, None)[0]).tokenize(poisoned, "p", 3)
 
@@ -239,8 +252,17 @@ def tokenize(tmp_path: Path, input_path: Path, output: str = "shards", **overrid
     """`rpo-jax tokenize` through the real command line; returns its exit code."""
     from rpo_jax.cli import main
 
-    argv = ["tokenize", "--input", str(input_path), "--tokenizer", str(DEFAULT_TOKENIZER_DIR), "--output",
-            str(tmp_path / output), "--max-length", "160"]
+    argv = [
+        "tokenize",
+        "--input",
+        str(input_path),
+        "--tokenizer",
+        str(DEFAULT_TOKENIZER_DIR),
+        "--output",
+        str(tmp_path / output),
+        "--max-length",
+        "160",
+    ]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]

@@ -28,8 +28,14 @@ def run_steps(cfg, batches, devices=None, mesh_cfg=None):
         step_fn = step_fn or make_train_step(cfg, policy, optimizer, schedule, mesh, state_sh, b_sh)
         state, metrics = step_fn(state, policy.frozen, policy.reference, global_batch)
         host = jax.device_get(metrics)
-        records.append({**finalize_metrics(host["sums"]), "grad_norm": float(host["grad_norm"]),
-                        "skipped": bool(host["skipped"]), "nonfinite_total": int(host["nonfinite_total"])})
+        records.append(
+            {
+                **finalize_metrics(host["sums"]),
+                "grad_norm": float(host["grad_norm"]),
+                "skipped": bool(host["skipped"]),
+                "nonfinite_total": int(host["nonfinite_total"]),
+            }
+        )
     return jax.device_get(state["params"]), records, step_fn
 
 
@@ -47,8 +53,9 @@ LINEAR_OPTIM = {"learning_rate": 1e-2, "warmup_ratio": 0.0, "adam_eps": 1.0}
 def single_device_run():
     cfg = tiny_config(loss={"loss_type": ["rpo"], "loss_weights": [1.0]}, optim=LINEAR_OPTIM)
     batches = [make_batch(8, 2, 24, 128, seed=s) for s in range(2)]
-    params, records, _ = run_steps(cfg, batches, devices=jax.devices()[:1],
-                                   mesh_cfg=MeshConfig(data=1, fsdp=1, tensor=1))
+    params, records, _ = run_steps(
+        cfg, batches, devices=jax.devices()[:1], mesh_cfg=MeshConfig(data=1, fsdp=1, tensor=1)
+    )
     return cfg, batches, params, records
 
 
@@ -91,8 +98,9 @@ def test_compiles_once_for_a_shape():
 
 def test_lora_reference_is_base_and_adapters_learn():
     # At this toy width the rank-4 B factors (replicated over the rank axis, tensor=1) are >2% of all bytes.
-    cfg = tiny_config(lora={"rank": 4, "alpha": 8.0}, train={"reference_mode": "lora_base"},
-                      mesh={"max_replicated_fraction": 0.25})
+    cfg = tiny_config(
+        lora={"rank": 4, "alpha": 8.0}, train={"reference_mode": "lora_base"}, mesh={"max_replicated_fraction": 0.25}
+    )
     batch = make_batch(8, 2, 16, 128)
     params, records, _ = run_steps(cfg, [batch, batch])
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)  # B = 0: policy == base exactly

@@ -33,7 +33,7 @@ def tensorboard_scalars(run_dir) -> dict[tuple[str, int], float]:
         data, offset = path.read_bytes(), 0
         while offset < len(data):
             (length,) = struct.unpack_from("<Q", data, offset)
-            event = Event.FromString(data[offset + 12: offset + 12 + length])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4  # length, its crc, payload, payload crc
             for value in event.summary.value:
                 scalars[(value.tag, event.step)] = value.simple_value
@@ -41,8 +41,12 @@ def tensorboard_scalars(run_dir) -> dict[tuple[str, int], float]:
 
 
 def assert_tensorboard_matches_metrics(run_dir):
-    expected = {(k, r["step"]): v for r in metric_lines(run_dir) for k, v in r.items()
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    expected = {
+        (k, r["step"]): v
+        for r in metric_lines(run_dir)
+        for k, v in r.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     got = {key: value for key, value in tensorboard_scalars(run_dir).items() if key[0] not in TIMING_FIELDS}
     assert got.keys() == expected.keys(), sorted(set(got) ^ set(expected))[:10]
     for key, value in expected.items():
@@ -75,8 +79,9 @@ def test_run_outputs(uninterrupted):
 def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     full_tmp, _ = uninterrupted
     config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data", train={"tensorboard": True})
-    proc = subprocess.Popen(train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = tmp_path / "run" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt / "2").is_dir():
@@ -98,8 +103,9 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
 def test_sigterm_saves_a_resumable_checkpoint(uninterrupted, tmp_path):
     full_tmp, _ = uninterrupted
     config = write_config(tmp_path, steps=6, save_every=100, data_dir=full_tmp / "data")
-    proc = subprocess.Popen(train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_command(config), env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -124,10 +130,19 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
     full_tmp, _ = uninterrupted
     config = write_config(tmp_path, steps=6, save_every=2, data_dir=full_tmp / "data")
     port = _free_port()
-    procs = [subprocess.Popen(train_command(config), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, env=cli_env(devices=4, RPO_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                                                     RPO_JAX_NUM_PROCESSES=2, RPO_JAX_PROCESS_ID=i))
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            train_command(config),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(
+                devices=4, RPO_JAX_COORDINATOR=f"127.0.0.1:{port}", RPO_JAX_NUM_PROCESSES=2, RPO_JAX_PROCESS_ID=i
+            ),
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, stderr = p.communicate(timeout=600)
         assert p.returncode == 0, stderr[-3000:]
@@ -138,10 +153,13 @@ def test_two_processes_match_one(uninterrupted, tmp_path):
         assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.global_batch_size=12", "data.global_batch_size"),
-    ("train.init_checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.global_batch_size=12", "data.global_batch_size"),
+        ("train.init_checkpoint=/nonexistent/ckpt", "/nonexistent/ckpt"),
+    ],
+)
 def test_bad_settings_fail_before_compiling(uninterrupted, tmp_path, override, message):
     full_tmp, _ = uninterrupted
     config = write_config(tmp_path, data_dir=full_tmp / "data")
@@ -171,9 +189,11 @@ def _on_full_disk(command: list[str], max_file_bytes: int) -> list[str]:
     (SIGXFSZ ignored so the writer sees the error instead of being killed; an ignored signal stays ignored across
     exec). Works without root or a quota. A small exec wrapper rather than preexec_fn, which is unsafe to fork
     from this multithreaded (JAX) test process."""
-    wrapper = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
-               "os.execv(sys.argv[1], sys.argv[1:])")
+    wrapper = (
+        "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
     return [sys.executable, "-c", wrapper, *command]
 
 
@@ -184,8 +204,14 @@ def test_failed_checkpoint_write_is_loud_and_keeps_the_previous_one(uninterrupte
     step2 = tmp_path / "run" / "checkpoints" / "2"
     before = {p.relative_to(step2): p.read_bytes() for p in step2.rglob("*") if p.is_file()}
     # Metrics lines fit under 256 KiB; the step-4 checkpoint (4 MB embedding) does not.
-    result = subprocess.run(_on_full_disk(train_command(config, "--resume", "--steps", "4"), 256 * 1024),
-                            env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _on_full_disk(train_command(config, "--resume", "--steps", "4"), 256 * 1024),
+        env=cli_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0
     assert "saving step 4 failed" in result.stderr, result.stderr[-3000:]
     assert "the latest complete checkpoint is step 2" in result.stderr
@@ -206,8 +232,9 @@ def test_resume_refuses_changed_config(uninterrupted, tmp_path):
 def test_precomputed_reference_matches_inline(uninterrupted, tmp_path):
     """Same trajectory as the separate-reference run; the reference pass runs once, before training."""
     full_tmp, _ = uninterrupted
-    config = write_config(tmp_path, steps=3, save_every=100, data_dir=tmp_path / "data",
-                          train={"reference_mode": "precomputed"})
+    config = write_config(
+        tmp_path, steps=3, save_every=100, data_dir=tmp_path / "data", train={"reference_mode": "precomputed"}
+    )
     result = run_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
     # Stored in the run's own folder, one file per dataset keyed by data fingerprint and reference; the shared
@@ -225,8 +252,13 @@ def test_metrics_log_truncates_to_what_a_checkpoint_covers(tmp_path):
     from rpo_jax.run_log import MetricsLog
 
     log = MetricsLog(tmp_path / "m.jsonl", enabled=True)
-    for record in [{"step": 0, "loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "eval/loss": 1}, {"step": 2, "loss": 1},
-                   {"step": 3, "loss": 1}]:
+    for record in [
+        {"step": 0, "loss": 1},
+        {"step": 1, "loss": 1},
+        {"step": 2, "eval/loss": 1},
+        {"step": 2, "loss": 1},
+        {"step": 3, "loss": 1},
+    ]:
         log.write(record)
     log.truncate_to(2)  # the checkpoint after 2 steps: steps 0 and 1, and the eval run after them
     assert log.read() == [{"step": 0, "loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "eval/loss": 1}]

@@ -52,16 +52,14 @@ SINGLE_ITEM_PARAM = {"keywords:existence": "keywords", "keywords:forbidden_words
 
 NON_REVERSIBLE_TYPES: dict[str, str] = {
     "language:response_language": "the complement is 'any other language', a disjunction over ~100 "
-                                  "languages, and langdetect's verdict is not a rule a reader can follow",
+    "languages, and langdetect's verdict is not a rule a reader can follow",
     "length_constraints:nth_paragraph_first_word": "the check is a conjunction (paragraph count AND first "
-                                                   "word); its complement is a disjunction of two conditions",
+    "word); its complement is a disjunction of two conditions",
     "combination:two_responses": "the complement ('not exactly two different responses separated by "
-                                 "******') is a disjunction with no single instruction to follow",
+    "******') is a disjunction with no single instruction to follow",
 }
 
-REVERSIBLE_TYPES: frozenset[str] = frozenset(
-    set(RELATION_PARAM) | set(NEGATION_OF) | set(NEGATED_BASE)
-)
+REVERSIBLE_TYPES: frozenset[str] = frozenset(set(RELATION_PARAM) | set(NEGATION_OF) | set(NEGATED_BASE))
 
 ALL_TYPES: frozenset[str] = frozenset(set(IFEVAL_PARAM_SCHEMAS) | set(NEGATED_BASE))
 
@@ -101,13 +99,21 @@ class Constraint:
         return dict(self.params)
 
 
-def validate_constraint(type_: str, kwargs: Mapping[str, object], *, source: str | None = None,
-                        line: int | None = None, type_field: str = "type",
-                        field_prefix: str = "kwargs") -> None:
+def validate_constraint(
+    type_: str,
+    kwargs: Mapping[str, object],
+    *,
+    source: str | None = None,
+    line: int | None = None,
+    type_field: str = "type",
+    field_prefix: str = "kwargs",
+) -> None:
     schema = _schema_of(type_)
     if schema is None:
-        raise ConstraintError(f"{where(source, line, type_field)}: unknown constraint type {type_!r} "
-                              f"(known: IFEval's 25 instruction ids and rpo:* reversals)")
+        raise ConstraintError(
+            f"{where(source, line, type_field)}: unknown constraint type {type_!r} "
+            f"(known: IFEval's 25 instruction ids and rpo:* reversals)"
+        )
     validate_params(schema, kwargs, type_=type_, source=source, line=line, field_prefix=field_prefix)
 
 
@@ -155,17 +161,17 @@ def ifeval_row_entries(row: dict, source: str, line: int) -> list[tuple[str, dic
     """
     ids = row.get("instruction_id_list")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ConstraintError(f"{where(source, line, 'instruction_id_list')}: must be a list of strings, "
-                              f"got {ids!r}")
+        raise ConstraintError(f"{where(source, line, 'instruction_id_list')}: must be a list of strings, got {ids!r}")
     kwargs_list = row.get("kwargs")
     if not isinstance(kwargs_list, list) or len(kwargs_list) != len(ids):
-        raise ConstraintError(f"{where(source, line, 'kwargs')}: must be a list with one dict per "
-                              f"instruction id ({len(ids)}), got {kwargs_list!r}")
+        raise ConstraintError(
+            f"{where(source, line, 'kwargs')}: must be a list with one dict per "
+            f"instruction id ({len(ids)}), got {kwargs_list!r}"
+        )
     entries = []
     for index, (type_, raw_kwargs) in enumerate(zip(ids, kwargs_list, strict=True)):
         if not isinstance(raw_kwargs, dict):
-            raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: must be a dict, "
-                                  f"got {raw_kwargs!r}")
+            raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: must be a dict, got {raw_kwargs!r}")
         entries.append((type_, {name: value for name, value in raw_kwargs.items() if value is not None}))
     return entries
 
@@ -179,8 +185,14 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
     """
     constraints: list[Constraint] = []
     for index, (type_, kwargs) in enumerate(ifeval_row_entries(row, source, line)):
-        validate_constraint(type_, kwargs, source=source, line=line,
-                            type_field=f"instruction_id_list[{index}]", field_prefix=f"kwargs[{index}]")
+        validate_constraint(
+            type_,
+            kwargs,
+            source=source,
+            line=line,
+            type_field=f"instruction_id_list[{index}]",
+            field_prefix=f"kwargs[{index}]",
+        )
         if type_ in SINGLE_ITEM_PARAM:
             name = SINGLE_ITEM_PARAM[type_]
             for keyword in dict.fromkeys(kwargs[name]):

@@ -45,37 +45,47 @@ def unsupported_reason(instruction_id: str) -> str | None:
 
 def _named_parameters(checker_class: type) -> list[str]:
     signature = inspect.signature(checker_class.build_description)
-    return [name for name, parameter in signature.parameters.items()
-            if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    return [
+        name
+        for name, parameter in signature.parameters.items()
+        if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
 
 
-def validate_ifbench_entry(instruction_id: str, kwargs: Mapping[str, object], source: str, line: int,
-                           index: int) -> None:
+def validate_ifbench_entry(
+    instruction_id: str, kwargs: Mapping[str, object], source: str, line: int, index: int
+) -> None:
     """Reject an unknown id, unknown or missing parameters, and values the checker cannot be built from."""
     registry = ifbench_registry()
     if instruction_id not in registry:
-        raise ConstraintError(f"{where(source, line, f'instruction_id_list[{index}]')}: instruction id "
-                              f"{instruction_id!r} is not an IFBench id (IFEval ids are scored by the ifeval suite)")
+        raise ConstraintError(
+            f"{where(source, line, f'instruction_id_list[{index}]')}: instruction id "
+            f"{instruction_id!r} is not an IFBench id (IFEval ids are scored by the ifeval suite)"
+        )
     # `prompt` comes from the row itself (see make_checker), never from kwargs.
     expected = [name for name in _named_parameters(registry[instruction_id]) if name != "prompt"]
     for name in kwargs:
         if name not in expected:
-            raise ConstraintError(f"{where(source, line, f'kwargs[{index}].{name}')}: not a parameter of "
-                                  f"{instruction_id} (parameters: {expected or 'none'})")
+            raise ConstraintError(
+                f"{where(source, line, f'kwargs[{index}].{name}')}: not a parameter of "
+                f"{instruction_id} (parameters: {expected or 'none'})"
+            )
     for name in expected:
         if name not in kwargs:
-            raise ConstraintError(f"{where(source, line, f'kwargs[{index}].{name}')}: missing (IFBench would "
-                                  "draw a random value)")
+            raise ConstraintError(
+                f"{where(source, line, f'kwargs[{index}].{name}')}: missing (IFBench would draw a random value)"
+            )
     if unsupported_reason(instruction_id) is None:
         try:
             make_checker(registry[instruction_id], instruction_id, kwargs, prompt="")
         except Exception as err:  # the checker's own validation: any failure means these kwargs are unusable
-            raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: {instruction_id} rejects "
-                                  f"{dict(kwargs)!r}: {type(err).__name__}: {err}") from err
+            raise ConstraintError(
+                f"{where(source, line, f'kwargs[{index}]')}: {instruction_id} rejects "
+                f"{dict(kwargs)!r}: {type(err).__name__}: {err}"
+            ) from err
 
 
-def ifbench_check(instruction_id: str, kwargs: Mapping[str, object], response: str,
-                  prompt: str | None = None) -> bool:
+def ifbench_check(instruction_id: str, kwargs: Mapping[str, object], response: str, prompt: str | None = None) -> bool:
     """IFBench's strict verdict on one response (kwargs validated by `validate_ifbench_entry`)."""
     reason = unsupported_reason(instruction_id)
     if reason is not None:

@@ -53,8 +53,7 @@ def _ifeval_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
-def make_checker(checker_class: type, instruction_id: str, kwargs: Mapping[str, object],
-                 prompt: str | None = None):
+def make_checker(checker_class: type, instruction_id: str, kwargs: Mapping[str, object], prompt: str | None = None):
     """(checker object, its instruction text) of an IFEval-style checker class (IFEval's or IFBench's).
 
     Mirrors the `evaluation_lib.test_instruction_following_strict` of both google-research and allenai/IFBench:
@@ -98,8 +97,7 @@ def _needs_other_char(instruction_id: str, kwargs: Mapping[str, object]) -> bool
     return instruction_id == "keywords:letter_frequency" and not _is_ascii_letter(str(kwargs["letter"]))
 
 
-def ifeval_check(instruction_id: str, kwargs: Mapping[str, object], response: str,
-                 prompt: str | None = None) -> bool:
+def ifeval_check(instruction_id: str, kwargs: Mapping[str, object], response: str, prompt: str | None = None) -> bool:
     """IFEval's strict verdict; an empty response fails, as in IFEval's own evaluation."""
     if not response.strip():
         return False
@@ -111,7 +109,9 @@ def ifeval_check(instruction_id: str, kwargs: Mapping[str, object], response: st
 
 def ifeval_description(instruction_id: str, kwargs: Mapping[str, object]) -> str:
     if _needs_other_char(instruction_id, kwargs):
-        return (f"In your response, the character {kwargs['letter']} should appear {kwargs['let_relation']} "
-                f"{kwargs['let_frequency']} times.")
+        return (
+            f"In your response, the character {kwargs['letter']} should appear {kwargs['let_relation']} "
+            f"{kwargs['let_frequency']} times."
+        )
     checker = instruction_registry()[instruction_id](instruction_id)
     return checker.build_description(**_ifeval_kwargs(kwargs))

@@ -27,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-JUDGE_SYSTEM = ("You are a strict grader of instruction following. You judge each constraint on its own, "
-                "literally, and answer with JSON only.")
-REVERSE_SYSTEM = ("You rewrite constraints of writing tasks into their exact opposite. You answer with JSON only.")
+JUDGE_SYSTEM = (
+    "You are a strict grader of instruction following. You judge each constraint on its own, "
+    "literally, and answer with JSON only."
+)
+REVERSE_SYSTEM = "You rewrite constraints of writing tasks into their exact opposite. You answer with JSON only."
 
 
 class JudgeError(RuntimeError):
@@ -59,18 +61,22 @@ class JudgeConfig:
 
 def judge_messages(prompt: str, response: str, constraint_texts: Sequence[str]) -> list[dict]:
     numbered = "\n".join(f"{i}. {text}" for i, text in enumerate(constraint_texts, start=1))
-    user = (f"Request:\n<<<\n{prompt}\n>>>\n\nResponse:\n<<<\n{response}\n>>>\n\nConstraints:\n{numbered}\n\n"
-            f"For each numbered constraint, decide whether the response satisfies it. Answer with JSON only, "
-            f'in this form: {{"judgements": [true, false, ...]}}, exactly {len(constraint_texts)} booleans in '
-            f"constraint order.")
+    user = (
+        f"Request:\n<<<\n{prompt}\n>>>\n\nResponse:\n<<<\n{response}\n>>>\n\nConstraints:\n{numbered}\n\n"
+        f"For each numbered constraint, decide whether the response satisfies it. Answer with JSON only, "
+        f'in this form: {{"judgements": [true, false, ...]}}, exactly {len(constraint_texts)} booleans in '
+        f"constraint order."
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
 def reverse_messages(constraint_text: str) -> list[dict]:
-    user = (f"Constraint:\n<<<\n{constraint_text}\n>>>\n\nRewrite it as its reversal: a response must satisfy the "
-            f"rewritten constraint exactly when it violates the original one, covering every way to violate it. "
-            f"Flip the modality or condition (must <-> must not, at least <-> fewer than, include <-> omit); keep "
-            f"everything else. Answer with JSON only, in this form: {{\"reversed\": \"...\"}}.")
+    user = (
+        f"Constraint:\n<<<\n{constraint_text}\n>>>\n\nRewrite it as its reversal: a response must satisfy the "
+        f"rewritten constraint exactly when it violates the original one, covering every way to violate it. "
+        f"Flip the modality or condition (must <-> must not, at least <-> fewer than, include <-> omit); keep "
+        f'everything else. Answer with JSON only, in this form: {{"reversed": "..."}}.'
+    )
     return [{"role": "system", "content": REVERSE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -187,6 +193,7 @@ class LLMJudge:
 
     def _map(self, fn: Callable, args: list[tuple]) -> list:
         """fn(*a) for each a, at most max_workers at once; a JudgeParseError is returned in place of its result."""
+
         def call(a: tuple):
             try:
                 return fn(*a)

@@ -89,14 +89,16 @@ IFEVAL_PARAM_SCHEMAS: dict[str, dict[str, Validator]] = {
     "keywords:existence": {"keywords": _regex_list},
     "keywords:frequency": {"keyword": _regex, "frequency": _non_negative_int, "relation": _relation},
     "keywords:forbidden_words": {"forbidden_words": _regex_list},
-    "keywords:letter_frequency": {"letter": _letter, "let_frequency": _non_negative_int,
-                                  "let_relation": _relation},
+    "keywords:letter_frequency": {"letter": _letter, "let_frequency": _non_negative_int, "let_relation": _relation},
     "language:response_language": {"language": _language},
     "length_constraints:number_sentences": {"num_sentences": _non_negative_int, "relation": _relation},
     "length_constraints:number_paragraphs": {"num_paragraphs": _non_negative_int},
     "length_constraints:number_words": {"num_words": _non_negative_int, "relation": _relation},
-    "length_constraints:nth_paragraph_first_word": {"num_paragraphs": _positive_int,
-                                                    "nth_paragraph": _positive_int, "first_word": _text},
+    "length_constraints:nth_paragraph_first_word": {
+        "num_paragraphs": _positive_int,
+        "nth_paragraph": _positive_int,
+        "first_word": _text,
+    },
     "detectable_content:number_placeholders": {"num_placeholders": _non_negative_int},
     "detectable_content:postscript": {"postscript_marker": _text},
     "detectable_format:number_bullet_lists": {"num_bullets": _non_negative_int},
@@ -108,8 +110,7 @@ IFEVAL_PARAM_SCHEMAS: dict[str, dict[str, Validator]] = {
     "combination:two_responses": {},
     "combination:repeat_prompt": {"prompt_to_repeat": _text},
     "startend:end_checker": {"end_phrase": _text},
-    "change_case:capital_word_frequency": {"capital_frequency": _non_negative_int,
-                                           "capital_relation": _relation},
+    "change_case:capital_word_frequency": {"capital_frequency": _non_negative_int, "capital_relation": _relation},
     "change_case:english_capital": {},
     "change_case:english_lowercase": {},
     "punctuation:no_comma": {},
@@ -117,23 +118,30 @@ IFEVAL_PARAM_SCHEMAS: dict[str, dict[str, Validator]] = {
 }
 
 
-def validate_params(schema: Mapping[str, Validator], kwargs: Mapping[str, object], *, type_: str,
-                    source: str | None = None, line: int | None = None,
-                    field_prefix: str = "kwargs") -> None:
+def validate_params(
+    schema: Mapping[str, Validator],
+    kwargs: Mapping[str, object],
+    *,
+    type_: str,
+    source: str | None = None,
+    line: int | None = None,
+    field_prefix: str = "kwargs",
+) -> None:
     """Raise ConstraintError naming file, line and field for a missing, unknown or bad parameter."""
     for name in kwargs:
         if name not in schema:
-            raise ConstraintError(f"{where(source, line, f'{field_prefix}.{name}')}: unknown parameter "
-                                  f"for {type_} (expected {sorted(schema)})")
+            raise ConstraintError(
+                f"{where(source, line, f'{field_prefix}.{name}')}: unknown parameter "
+                f"for {type_} (expected {sorted(schema)})"
+            )
     for name, validate in schema.items():
         if name not in kwargs:
-            raise ConstraintError(f"{where(source, line, f'{field_prefix}.{name}')}: missing, "
-                                  f"required by {type_}")
+            raise ConstraintError(f"{where(source, line, f'{field_prefix}.{name}')}: missing, required by {type_}")
         problem = validate(kwargs[name])
         if problem is not None:
             raise ConstraintError(f"{where(source, line, f'{field_prefix}.{name}')}: {problem}")
-    if type_ == "length_constraints:nth_paragraph_first_word" and (
-        kwargs["nth_paragraph"] > kwargs["num_paragraphs"]
-    ):
-        raise ConstraintError(f"{where(source, line, f'{field_prefix}.nth_paragraph')}: must be <= "
-                              f"num_paragraphs ({kwargs['num_paragraphs']}), got {kwargs['nth_paragraph']}")
+    if type_ == "length_constraints:nth_paragraph_first_word" and (kwargs["nth_paragraph"] > kwargs["num_paragraphs"]):
+        raise ConstraintError(
+            f"{where(source, line, f'{field_prefix}.nth_paragraph')}: must be <= "
+            f"num_paragraphs ({kwargs['num_paragraphs']}), got {kwargs['nth_paragraph']}"
+        )

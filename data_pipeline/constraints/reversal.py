@@ -54,8 +54,7 @@ _RENDERERS: dict[str, Callable[[Mapping[str, object]], str]] = {
         f"{kw['section_spliter']} X, such as: {kw['section_spliter']} 1."
     ),
     "rpo:omit_keyword": lambda kw: (
-        f"Do not include the keyword {kw['keywords'][0]!r} anywhere in the response, not even as part of "
-        "another word."
+        f"Do not include the keyword {kw['keywords'][0]!r} anywhere in the response, not even as part of another word."
     ),
     "rpo:include_word": lambda kw: f"Include the word {kw['forbidden_words'][0]!r} in the response.",
     "rpo:has_comma": lambda kw: "Use at least one comma in your response.",

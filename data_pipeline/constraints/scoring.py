@@ -27,10 +27,11 @@ from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintErr
 from data_pipeline.files import ASSETS_DIR
 
 # The prompts each suite scores, as shipped (provenance in assets/README.md).
-SUITE_INPUTS = {"ifeval": ASSETS_DIR / "ifeval" / "input_data.jsonl",
-                "ifbench": ASSETS_DIR / "ifbench" / "IFBench_test.jsonl"}
-ACCURACY_KEYS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
-                 "inst_level_loose_acc")
+SUITE_INPUTS = {
+    "ifeval": ASSETS_DIR / "ifeval" / "input_data.jsonl",
+    "ifbench": ASSETS_DIR / "ifbench" / "IFBench_test.jsonl",
+}
+ACCURACY_KEYS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc")
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,20 @@ def _validate_ifeval_entry(instruction_id: str, kwargs: dict, source: str, line:
         raise ConstraintError(
             f"{where(source, line, f'instruction_id_list[{index}]')}: instruction id "
             f"{instruction_id!r} is not supported (only IFEval's 25 ids have checkers in the ifeval suite; "
-            "IFBench ids are scored by the ifbench suite)")
-    validate_params(IFEVAL_PARAM_SCHEMAS[instruction_id], kwargs, type_=instruction_id,
-                    source=source, line=line, field_prefix=f"kwargs[{index}]")
+            "IFBench ids are scored by the ifbench suite)"
+        )
+    validate_params(
+        IFEVAL_PARAM_SCHEMAS[instruction_id],
+        kwargs,
+        type_=instruction_id,
+        source=source,
+        line=line,
+        field_prefix=f"kwargs[{index}]",
+    )
 
 
 IFEVAL = Benchmark("ifeval", _validate_ifeval_entry, ifeval_check, lambda _id: None, missing_response_fails=False)
-IFBENCH = Benchmark("ifbench", validate_ifbench_entry, ifbench_check, unsupported_reason,
-                    missing_response_fails=True)
+IFBENCH = Benchmark("ifbench", validate_ifbench_entry, ifbench_check, unsupported_reason, missing_response_fails=True)
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (IFEVAL, IFBENCH)}
 
 
@@ -110,13 +117,13 @@ def load_input_rows(path: str | Path, benchmark: Benchmark = IFEVAL) -> list[Inp
         entries = ifeval_row_entries(record, str(path), line)
         for index, (instruction_id, kwargs) in enumerate(entries):
             benchmark.validate_entry(instruction_id, kwargs, str(path), line, index)
-        rows.append(InputRow(record["key"], prompt, tuple(i for i, _ in entries), tuple(k for _, k in entries),
-                             line))
+        rows.append(InputRow(record["key"], prompt, tuple(i for i, _ in entries), tuple(k for _, k in entries), line))
     return rows
 
 
-def split_unsupported(rows: list[InputRow], benchmark: Benchmark, source: str | Path,
-                      skip_unsupported: bool) -> tuple[list[InputRow], list[InputRow], dict[str, str]]:
+def split_unsupported(
+    rows: list[InputRow], benchmark: Benchmark, source: str | Path, skip_unsupported: bool
+) -> tuple[list[InputRow], list[InputRow], dict[str, str]]:
     """(rows to score, rows left out, {unsupported id: reason}); without `skip_unsupported` any
     unsupported id is a ConstraintError naming each id, its reason and the lines that use it."""
     lines_by_id: dict[str, list[int]] = {}
@@ -128,11 +135,15 @@ def split_unsupported(rows: list[InputRow], benchmark: Benchmark, source: str | 
         (skipped if unsupported else kept).append(row)
     reasons = {i: benchmark.unsupported_reason(i) for i in sorted(lines_by_id)}
     if reasons and not skip_unsupported:
-        listing = "; ".join(f"{i!r} on {len(lines_by_id[i])} prompt(s), first line {lines_by_id[i][0]} "
-                            f"({reason})" for i, reason in reasons.items())
-        raise ConstraintError(f"{source}: {len(skipped)} prompt(s) use instruction ids that cannot be checked "
-                              f"here: {listing}. Skip those prompts explicitly (skip_unsupported=True; CLI: "
-                              "--skip-unsupported) to score the others.")
+        listing = "; ".join(
+            f"{i!r} on {len(lines_by_id[i])} prompt(s), first line {lines_by_id[i][0]} ({reason})"
+            for i, reason in reasons.items()
+        )
+        raise ConstraintError(
+            f"{source}: {len(skipped)} prompt(s) use instruction ids that cannot be checked "
+            f"here: {listing}. Skip those prompts explicitly (skip_unsupported=True; CLI: "
+            "--skip-unsupported) to score the others."
+        )
     return kept, skipped, reasons
 
 
@@ -155,8 +166,10 @@ def format_results(results: dict) -> str:
     """The four accuracies as an aligned table, and a line naming prompts skipped as unsupported."""
     lines = [f"{key:<{max(map(len, ACCURACY_KEYS))}}  {results[key]:.4f}" for key in ACCURACY_KEYS]
     if results["num_prompts_skipped_unsupported"]:
-        lines.append(f"skipped {results['num_prompts_skipped_unsupported']} prompt(s) using "
-                     f"{', '.join(results['unsupported_instruction_ids'])} (not checkable here)")
+        lines.append(
+            f"skipped {results['num_prompts_skipped_unsupported']} prompt(s) using "
+            f"{', '.join(results['unsupported_instruction_ids'])} (not checkable here)"
+        )
     return "\n".join(lines)
 
 
@@ -170,8 +183,10 @@ def load_responses(path: str | Path) -> dict[str, tuple[str, int]]:
         prompt = _string_field(record, "prompt", path, line)
         response = _string_field(record, "response", path, line)
         if prompt.strip() in first_line_by_stripped:
-            raise ConstraintError(f"{where(str(path), line, 'prompt')}: duplicate prompt, first given on "
-                                  f"line {first_line_by_stripped[prompt.strip()]}")
+            raise ConstraintError(
+                f"{where(str(path), line, 'prompt')}: duplicate prompt, first given on "
+                f"line {first_line_by_stripped[prompt.strip()]}"
+            )
         first_line_by_stripped[prompt.strip()] = line
         responses[prompt] = (response, line)
     return responses
@@ -195,8 +210,16 @@ def loose_variants(response: str) -> list[str]:
     remove_first = "\n".join(lines[1:]).strip()
     remove_last = "\n".join(lines[:-1]).strip()
     remove_both = "\n".join(lines[1:-1]).strip()
-    return [response, response.replace("*", ""), remove_first, remove_last, remove_both,
-            remove_first.replace("*", ""), remove_last.replace("*", ""), remove_both.replace("*", "")]
+    return [
+        response,
+        response.replace("*", ""),
+        remove_first,
+        remove_last,
+        remove_both,
+        remove_first.replace("*", ""),
+        remove_last.replace("*", ""),
+        remove_both.replace("*", ""),
+    ]
 
 
 def score_row(row: InputRow, response: str, benchmark: Benchmark = IFEVAL) -> tuple[list[bool], list[bool]]:
@@ -209,11 +232,13 @@ def score_row(row: InputRow, response: str, benchmark: Benchmark = IFEVAL) -> tu
     return strict, loose
 
 
-def score(input_path: str | Path, responses_path: str | Path, benchmark: Benchmark = IFEVAL,
-          skip_unsupported: bool = False) -> dict:
+def score(
+    input_path: str | Path, responses_path: str | Path, benchmark: Benchmark = IFEVAL, skip_unsupported: bool = False
+) -> dict:
     """Accuracies of the responses in `responses_path` on the prompts of `input_path`, by `benchmark`'s rules."""
-    rows, skipped, unsupported = split_unsupported(load_input_rows(input_path, benchmark), benchmark,
-                                                   input_path, skip_unsupported)
+    rows, skipped, unsupported = split_unsupported(
+        load_input_rows(input_path, benchmark), benchmark, input_path, skip_unsupported
+    )
     if not rows:
         raise ConstraintError(f"{input_path}: no prompt left to score ({len(skipped)} skipped as unsupported)")
     responses = load_responses(responses_path)

@@ -91,8 +91,7 @@ def _make_judge(settings: BuildSettings) -> LLMJudge | None:
         return None
     output = Path(settings.output)
     cache = Path(judge.cache_dir) if judge.cache_dir else output.with_name(output.name + ".judge_cache")
-    return LLMJudge(JudgeConfig(judge.base_url, judge.model, cache, judge.api_key_env,
-                                max_workers=judge.max_workers))
+    return LLMJudge(JudgeConfig(judge.base_url, judge.model, cache, judge.api_key_env, max_workers=judge.max_workers))
 
 
 def build_records(settings: BuildSettings, stats: BuildStats, bad: BadRows | None) -> list[PairRecord]:
@@ -131,7 +130,6 @@ def split_by_group(records: list[PairRecord], fraction: float, seed: int) -> tup
         n_eval = 1  # a fraction was asked for: hold out at least one group
     held_out = set(groups[:n_eval])
     return [r for r in records if r.group_id not in held_out], [r for r in records if r.group_id in held_out]
-
 
 
 def write_jsonl(path: Path, records: Iterable[PairRecord]) -> None:
@@ -176,9 +174,12 @@ def build_pairs(settings: BuildSettings) -> dict:
     summary = stats.to_json()
     summary["settings"] = {
         "inputs": {p: file_sha256(p) for p in (settings.input, settings.responses) if p},
-        "recipe": settings.recipe, "format": settings.format,
+        "recipe": settings.recipe,
+        "format": settings.format,
         "min_g": settings.effective_min_g if settings.responses else None,
-        "skip_bad": settings.skip_bad, "eval_fraction": settings.eval_fraction, "seed": settings.seed,
+        "skip_bad": settings.skip_bad,
+        "eval_fraction": settings.eval_fraction,
+        "seed": settings.seed,
         "judge": {"base_url": settings.judge.base_url, "model": settings.judge.model} if settings.judge else None,
     }
     files: dict[str, object] = {"pairs.jsonl": train}

@@ -18,8 +18,12 @@ from data_pipeline.pairs.schema import RECIPES, DataError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg = parser.add_argument
     arg("--recipe", choices=RECIPES, required=True, help="rpo, iopo or dpo")
-    arg("--input", required=True, type=local_path_arg,
-        help="instructions (IFEval rows or our schema), or a preference file to import when --responses is not given")
+    arg(
+        "--input",
+        required=True,
+        type=local_path_arg,
+        help="instructions (IFEval rows or our schema), or a preference file to import when --responses is not given",
+    )
     arg("--responses", type=local_path_arg, help="responses jsonl (key|prompt, response, optional sample_id)")
     arg("--output", required=True, type=local_path_arg, help="output folder (must not exist unless --overwrite)")
     arg("--overwrite", action="store_true", help="replace an existing output folder")
@@ -42,14 +46,25 @@ def _judge(args: argparse.Namespace) -> JudgeSettings | None:
         raise UserError("build-pairs: --judge-api-key-env / --judge-cache-dir need --judge-base-url")
     if not args.judge_base_url:
         return None
-    return JudgeSettings(args.judge_base_url, args.judge_model, args.judge_api_key_env, args.judge_cache_dir,
-                         args.judge_max_workers)
+    return JudgeSettings(
+        args.judge_base_url, args.judge_model, args.judge_api_key_env, args.judge_cache_dir, args.judge_max_workers
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> BuildSettings:
-    return BuildSettings(recipe=args.recipe, input=args.input, output=args.output, responses=args.responses,
-                         overwrite=args.overwrite, min_g=args.min_g, skip_bad=args.skip_bad, format=args.format,
-                         judge=_judge(args), eval_fraction=args.eval_fraction, seed=args.seed)
+    return BuildSettings(
+        recipe=args.recipe,
+        input=args.input,
+        output=args.output,
+        responses=args.responses,
+        overwrite=args.overwrite,
+        min_g=args.min_g,
+        skip_bad=args.skip_bad,
+        format=args.format,
+        judge=_judge(args),
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         raise UserError(f"bad input: {err} (pass --skip-bad to count and skip bad rows)") from err
     split = summary["split"]
-    print(f"build-pairs: {split['train']} train + {split['eval']} eval {settings.recipe} records -> "
-          f"{settings.output}", file=sys.stderr)
+    print(
+        f"build-pairs: {split['train']} train + {split['eval']} eval {settings.recipe} records -> {settings.output}",
+        file=sys.stderr,
+    )
     return 0

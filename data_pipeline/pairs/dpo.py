@@ -32,13 +32,20 @@ def dpo_baseline_pairs(pools: Iterable[InstructionPool], min_g: int, stats: Buil
                 used.update((i, j))
                 stats.pairs_by_g[g] += 1
                 instruction = pool.instruction
-                provenance = {"source": instruction.source, "line": instruction.line,
-                              "instruction_id": instruction.id, "g": g, "min_g": min_g,
-                              "chosen": response_provenance(pool.responses[chosen]),
-                              "rejected": response_provenance(pool.responses[rejected]),
-                              "scores": [max(score_i, score_j), min(score_i, score_j)],
-                              "num_constraints": len(instruction.constraints)}
-                sequences = (Sequence(messages, pool.responses[chosen].record.text),
-                             Sequence(messages, pool.responses[rejected].record.text))
+                provenance = {
+                    "source": instruction.source,
+                    "line": instruction.line,
+                    "instruction_id": instruction.id,
+                    "g": g,
+                    "min_g": min_g,
+                    "chosen": response_provenance(pool.responses[chosen]),
+                    "rejected": response_provenance(pool.responses[rejected]),
+                    "scores": [max(score_i, score_j), min(score_i, score_j)],
+                    "num_constraints": len(instruction.constraints),
+                }
+                sequences = (
+                    Sequence(messages, pool.responses[chosen].record.text),
+                    Sequence(messages, pool.responses[rejected].record.text),
+                )
                 yield PairRecord.make("dpo", sequences, 0, instruction.id, provenance)
         mark_outcomes(pool, used, stats)

@@ -44,8 +44,9 @@ def detect_format(row: Any, recipe: str, source: str, line: int) -> str:
             return "trl"
         if isinstance(row["chosen"], str) and row["chosen"].startswith("\n\nHuman:"):
             return "hh-rlhf"
-    raise DataError(source, line, "<row>", f"cannot detect the format (pass --format one of {FORMATS})",
-                    reason="unknown_format")
+    raise DataError(
+        source, line, "<row>", f"cannot detect the format (pass --format one of {FORMATS})", reason="unknown_format"
+    )
 
 
 def _text(value: Any, source: str, line: int, name: str) -> str:
@@ -76,8 +77,11 @@ def parse_trl(row: Any, source: str, line: int) -> tuple[tuple[Message, ...], st
         raise DataError(source, line, "chosen/rejected", "missing", reason="missing_field")
     if "prompt" in row:
         prompt = row["prompt"]
-        messages = ((Message("user", _text(prompt, source, line, "prompt")),) if isinstance(prompt, str)
-                    else _messages(prompt, source, line, "prompt"))
+        messages = (
+            (Message("user", _text(prompt, source, line, "prompt")),)
+            if isinstance(prompt, str)
+            else _messages(prompt, source, line, "prompt")
+        )
         chosen = _single_reply(row["chosen"], source, line, "chosen")
         rejected = _single_reply(row["rejected"], source, line, "rejected")
     else:
@@ -103,18 +107,25 @@ def _sharegpt_turns(row: Any, source: str, line: int) -> tuple[Message, ...]:
         messages.append(Message("system", _text(row["system"], source, line, "system")))
     for i, turn in enumerate(row["conversations"]):
         if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES:
-            raise DataError(source, line, f"conversations[{i}].from",
-                            f"must be one of {sorted(SHAREGPT_ROLES)}, got {turn!r:.80}")
-        messages.append(Message(SHAREGPT_ROLES[turn["from"]], _text(turn.get("value"), source, line,
-                                                                     f"conversations[{i}].value")))
+            raise DataError(
+                source, line, f"conversations[{i}].from", f"must be one of {sorted(SHAREGPT_ROLES)}, got {turn!r:.80}"
+            )
+        messages.append(
+            Message(SHAREGPT_ROLES[turn["from"]], _text(turn.get("value"), source, line, f"conversations[{i}].value"))
+        )
     return tuple(messages)
 
 
 def _sharegpt_reply(row: dict, name: str, source: str, line: int) -> str:
     reply = row.get(name)
     if not isinstance(reply, dict) or reply.get("from") != "gpt":
-        raise DataError(source, line, name, f"must be {{'from': 'gpt', 'value': ...}}, got {reply!r:.80}",
-                        reason="missing_field" if reply is None else "bad_field")
+        raise DataError(
+            source,
+            line,
+            name,
+            f"must be {{'from': 'gpt', 'value': ...}}, got {reply!r:.80}",
+            reason="missing_field" if reply is None else "bad_field",
+        )
     return _text(reply.get("value"), source, line, f"{name}.value")
 
 
@@ -127,7 +138,7 @@ def parse_sharegpt(row: Any, source: str, line: int) -> tuple[tuple[Message, ...
 def parse_iopo_sharegpt(row: Any, source: str, line: int) -> tuple[tuple[Message, ...], tuple[Message, ...], str, str]:
     messages = _sharegpt_turns(row, source, line)
     head = messages[:1] if messages and messages[0].role == "system" else ()
-    turns = messages[len(head):]
+    turns = messages[len(head) :]
     if len(turns) != 2 or any(t.role != "user" for t in turns):
         raise DataError(source, line, "conversations", "IOPO rows hold exactly two human turns [x1, x2]")
     x1, x2 = head + turns[:1], head + turns[1:]
@@ -152,9 +163,8 @@ def parse_hh(row: Any, source: str, line: int) -> tuple[tuple[Message, ...], str
     roles = {"Human": "user", "Assistant": "assistant"}
     messages = tuple(Message(roles[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts), 2))
     validate_prompt_messages(messages, source, line, "chosen (dialogue before the last Assistant turn)")
-    chosen = _text(chosen_full[cut_c + len(HH_ASSISTANT):].strip(), source, line, "chosen (last Assistant turn)")
-    rejected = _text(rejected_full[cut_r + len(HH_ASSISTANT):].strip(), source, line,
-                     "rejected (last Assistant turn)")
+    chosen = _text(chosen_full[cut_c + len(HH_ASSISTANT) :].strip(), source, line, "chosen (last Assistant turn)")
+    rejected = _text(rejected_full[cut_r + len(HH_ASSISTANT) :].strip(), source, line, "rejected (last Assistant turn)")
     return messages, chosen, rejected
 
 
@@ -186,8 +196,10 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
         if (fmt == "iopo-sharegpt") != (recipe == "iopo"):
             raise ValueError(f"format {fmt!r} does not fit recipe {recipe!r} (iopo-sharegpt is the IOPO format)")
         try:
-            record = guard(bad, lambda row=row, line=line, fmt=fmt: _to_record(
-                fmt, recipe, PARSERS[fmt](row, path, line), path, line))
+            record = guard(
+                bad,
+                lambda row=row, line=line, fmt=fmt: _to_record(fmt, recipe, PARSERS[fmt](row, path, line), path, line),
+            )
         except DroppedRow as drop:
             stats.outcomes[drop.reason] += 1
             continue

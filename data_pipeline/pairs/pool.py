@@ -14,11 +14,14 @@ from dataclasses import dataclass, replace
 
 from data_pipeline import constraints as cons
 from data_pipeline.constraints.llm_judge import JudgeParseError, LLMJudge
-from data_pipeline.pairs.schema import FREE_FORM, ConstraintSpec, Instruction, Message, ResponseRecord
+from data_pipeline.pairs.instructions import FREE_FORM, ConstraintSpec, Instruction, ResponseRecord
+from data_pipeline.pairs.schema import Message
 from data_pipeline.pairs.stats import BuildStats
 
-OVERRIDE_HEADER = ("The numbered requirements below replace any requirement stated above that conflicts with them. "
-                   "Your response must satisfy all of them:")
+OVERRIDE_HEADER = (
+    "The numbered requirements below replace any requirement stated above that conflicts with them. "
+    "Your response must satisfy all of them:"
+)
 TASK_HEADER = "Requirements:"
 
 
@@ -54,8 +57,10 @@ class ConstraintOracle:
 
     def _require_judge(self, instruction: Instruction) -> LLMJudge:
         if self.judge is None:
-            raise ValueError(f"{instruction.source}:{instruction.line}: instruction {instruction.id!r} has free_form "
-                             "constraints; configure the LLM judge (--judge-base-url, --judge-model)")
+            raise ValueError(
+                f"{instruction.source}:{instruction.line}: instruction {instruction.id!r} has free_form "
+                "constraints; configure the LLM judge (--judge-base-url, --judge-model)"
+            )
         return self.judge
 
     def verdicts(self, instruction: Instruction, records: Sequence[ResponseRecord]) -> list[Judged | None]:
@@ -73,8 +78,10 @@ class ConstraintOracle:
                 judged.append(None)
                 continue
             by_index = dict(zip(free, free_v, strict=True))
-            verdicts = tuple(by_index[k] if k in by_index else cons.check(s.to_constraint(), record.text, prompt)
-                             for k, s in enumerate(instruction.constraints))
+            verdicts = tuple(
+                by_index[k] if k in by_index else cons.check(s.to_constraint(), record.text, prompt)
+                for k, s in enumerate(instruction.constraints)
+            )
             ids = (s.id for s in instruction.constraints)
             judged.append(Judged(replace(record, verdicts=tuple(zip(ids, verdicts, strict=True))), verdicts))
         return judged
@@ -95,8 +102,9 @@ class ConstraintOracle:
             return None
         return ConstraintSpec(f"{spec.id}~rev", FREE_FORM, (), text)
 
-    def recheck(self, prompt: str, response: str, specs: Sequence[ConstraintSpec],
-                original_prompt: str) -> list[bool] | None:
+    def recheck(
+        self, prompt: str, response: str, specs: Sequence[ConstraintSpec], original_prompt: str
+    ) -> list[bool] | None:
         """Verdicts of `response` on the listed `specs`; None when the judge's answer could not be parsed."""
         free = [s.text for s in specs if not s.checkable]
         free_v = iter([])
@@ -105,8 +113,9 @@ class ConstraintOracle:
                 free_v = iter(self.judge.judge(prompt, response, free))  # type: ignore[union-attr]
             except JudgeParseError:
                 return None
-        return [next(free_v) if not s.checkable else cons.check(s.to_constraint(), response, original_prompt)
-                for s in specs]
+        return [
+            next(free_v) if not s.checkable else cons.check(s.to_constraint(), response, original_prompt) for s in specs
+        ]
 
 
 def dedupe(judged: Sequence[Judged]) -> tuple[list[Judged], list[Judged]]:
@@ -128,8 +137,9 @@ def requirement_prompt(instruction: Instruction, specs: Sequence[ConstraintSpec]
     return f"{instruction.final_user_message}\n\n{OVERRIDE_HEADER}\n{numbered}"
 
 
-def build_variant(instruction: Instruction, verdicts: Sequence[bool], oracle: ConstraintOracle,
-                  stats: BuildStats) -> Variant | None:
+def build_variant(
+    instruction: Instruction, verdicts: Sequence[bool], oracle: ConstraintOracle, stats: BuildStats
+) -> Variant | None:
     """x_{S} for a response with `verdicts`; None when a non-reversible constraint it fails cannot be removed."""
     listed: list[tuple[int, ConstraintSpec, bool]] = []
     changed = False
@@ -154,8 +164,9 @@ def build_variant(instruction: Instruction, verdicts: Sequence[bool], oracle: Co
     return Variant(tuple(listed), instruction.prompt_messages(text))
 
 
-def verify_direction(instruction: Instruction, variant: Variant, chosen: Judged, rejected: Judged, g: int,
-                     oracle: ConstraintOracle) -> bool:
+def verify_direction(
+    instruction: Instruction, variant: Variant, chosen: Judged, rejected: Judged, g: int, oracle: ConstraintOracle
+) -> bool:
     """Re-run the checks on the emitted prompt: chosen passes K/K, rejected fails exactly g.
 
     A checker that disagrees with the variant's bookkeeping raises PairInvariantError (a bug). A free-form
@@ -166,8 +177,9 @@ def verify_direction(instruction: Instruction, variant: Variant, chosen: Judged,
     # A reversed constraint fails exactly where the original passes.
     expected_rejected = [rejected.verdicts[k] != rev for k, _, rev in variant.listed]
     if expected_rejected.count(False) != g:
-        raise PairInvariantError(f"instruction {instruction.id!r}: g={g} but the variant implies "
-                                 f"{expected_rejected.count(False)} failures")
+        raise PairInvariantError(
+            f"instruction {instruction.id!r}: g={g} but the variant implies {expected_rejected.count(False)} failures"
+        )
     prompt = variant.messages[-1].content
     original = instruction.final_user_message
     chosen_v = oracle.recheck(prompt, chosen.record.text, specs, original)
@@ -179,5 +191,6 @@ def verify_direction(instruction: Instruction, variant: Variant, chosen: Judged,
             raise PairInvariantError(
                 f"instruction {instruction.id!r}: re-check of {spec.type} {dict(spec.params)} on chosen "
                 f"{chosen.record.response_id} = {got_c} (want True), on rejected {rejected.record.response_id} = "
-                f"{got_r} (want {want_r})")
+                f"{got_r} (want {want_r})"
+            )
     return all(chosen_v) and rejected_v == expected_rejected

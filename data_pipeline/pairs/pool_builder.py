@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from data_pipeline.pairs.instructions import Instruction, ResponseRecord
 from data_pipeline.pairs.pool import ConstraintOracle, Judged, Variant, build_variant, dedupe
 from data_pipeline.pairs.readers import BadRows, RawResponse, guard
-from data_pipeline.pairs.schema import DataError, Instruction, ResponseRecord
+from data_pipeline.pairs.schema import DataError
 from data_pipeline.pairs.stats import BuildStats
 
 
@@ -26,8 +27,9 @@ class InstructionPool:
         return sum(a != b for a, b in zip(self.responses[i].verdicts, self.responses[j].verdicts, strict=True))
 
 
-def match_responses(instructions: Sequence[Instruction], raw: Sequence[RawResponse], stats: BuildStats,
-                    bad: BadRows | None) -> dict[str, list[ResponseRecord]]:
+def match_responses(
+    instructions: Sequence[Instruction], raw: Sequence[RawResponse], stats: BuildStats, bad: BadRows | None
+) -> dict[str, list[ResponseRecord]]:
     """Responses per instruction id, matched by key, else by the exact text of the final user message."""
     by_id = {ins.id: ins for ins in instructions}
     by_prompt: dict[str, Instruction | None] = {}
@@ -50,14 +52,19 @@ def match_responses(instructions: Sequence[Instruction], raw: Sequence[RawRespon
         sample = r.sample_id if r.sample_id is not None else f"line{r.line}"
         response_id = f"{instruction.id}#{sample}"
         if response_id in seen_ids:
-            err = DataError(r.source, r.line, "sample_id", f"duplicate response {response_id!r}",
-                            reason="duplicate_response")
+            err = DataError(
+                r.source, r.line, "sample_id", f"duplicate response {response_id!r}", reason="duplicate_response"
+            )
             if guard(bad, lambda err=err: _raise(err)) is None:
                 stats.outcomes["bad_input"] += 1
                 continue
         seen_ids.add(response_id)
-        source = {"file": r.source, "line": r.line, "sample_id": r.sample_id, **({"sampler": r.sampler}
-                                                                                 if r.sampler else {})}
+        source = {
+            "file": r.source,
+            "line": r.line,
+            "sample_id": r.sample_id,
+            **({"sampler": r.sampler} if r.sampler else {}),
+        }
         matched[instruction.id].append(ResponseRecord(instruction.id, response_id, r.text, source))
     return matched
 
@@ -66,8 +73,12 @@ def _raise(err: Exception):
     raise err
 
 
-def build_pools(instructions: Sequence[Instruction], matched: dict[str, list[ResponseRecord]],
-                oracle: ConstraintOracle, stats: BuildStats) -> Iterator[InstructionPool]:
+def build_pools(
+    instructions: Sequence[Instruction],
+    matched: dict[str, list[ResponseRecord]],
+    oracle: ConstraintOracle,
+    stats: BuildStats,
+) -> Iterator[InstructionPool]:
     for instruction in instructions:
         for spec in instruction.constraints:
             stats.constraint_type(spec.type)["seen"] += 1
@@ -111,8 +122,7 @@ def mark_outcomes(pool: InstructionPool, used: set[int], stats: BuildStats) -> N
 
 
 def response_provenance(judged: Judged) -> dict:
-    return {"response_id": judged.record.response_id, **judged.record.source,
-            "verdicts": dict(judged.record.verdicts)}
+    return {"response_id": judged.record.response_id, **judged.record.source, "verdicts": dict(judged.record.verdicts)}
 
 
 def variant_provenance(variant: Variant) -> list[dict]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from data_pipeline.pairs.schema import DataError, Instruction
+from data_pipeline.pairs.instructions import Instruction
+from data_pipeline.pairs.schema import DataError, PairRecord
 
 T = TypeVar("T")
 # Messages of skipped rows kept in stats.json (the counts cover all of them).
@@ -78,8 +79,12 @@ def iter_json_rows(path: str, bad: BadRows | None = None) -> Iterator[tuple[int,
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            guard(bad, lambda err=err, n=line_no: _raise(DataError(path, n, "<json>", f"malformed JSON: {err.msg}",
-                                                                   reason="malformed_json")))
+            guard(
+                bad,
+                lambda err=err, n=line_no: _raise(
+                    DataError(path, n, "<json>", f"malformed JSON: {err.msg}", reason="malformed_json")
+                ),
+            )
             continue
         yield line_no, obj
 
@@ -94,8 +99,14 @@ def parse_instruction(obj: Any, source: str, line: int) -> Instruction:
         return Instruction.from_ifeval_row(obj, source, line)
     if isinstance(obj, dict) and "turns" in obj:
         return Instruction.from_json(obj, source, line)
-    raise DataError(source, line, "<row>", "expected an instruction ('id', 'turns', 'constraints') or an IFEval row "
-                    "('key', 'prompt', 'instruction_id_list', 'kwargs')", reason="missing_field")
+    raise DataError(
+        source,
+        line,
+        "<row>",
+        "expected an instruction ('id', 'turns', 'constraints') or an IFEval row "
+        "('key', 'prompt', 'instruction_id_list', 'kwargs')",
+        reason="missing_field",
+    )
 
 
 def read_instructions(path: str, bad: BadRows | None = None) -> list[Instruction]:
@@ -106,9 +117,18 @@ def read_instructions(path: str, bad: BadRows | None = None) -> list[Instruction
         if instruction is None:
             continue
         if instruction.id in seen:
-            guard(bad, lambda i=instruction, line=line: _raise(DataError(
-                path, line, "id", f"duplicate instruction id {i.id!r} (first on line {seen[i.id]})",
-                reason="duplicate_instruction")))
+            guard(
+                bad,
+                lambda i=instruction, line=line: _raise(
+                    DataError(
+                        path,
+                        line,
+                        "id",
+                        f"duplicate instruction id {i.id!r} (first on line {seen[i.id]})",
+                        reason="duplicate_instruction",
+                    )
+                ),
+            )
             continue
         seen[instruction.id] = line
         instructions.append(instruction)
@@ -142,17 +162,32 @@ def parse_response(obj: Any, source: str, line: int) -> RawResponse:
     key = obj.get("key", obj.get("instruction_id"))
     prompt = obj.get("prompt")
     if key is None and prompt is None:
-        raise DataError(source, line, "key", "missing: a response needs 'key' / 'instruction_id' or 'prompt'",
-                        reason="missing_field")
+        raise DataError(
+            source,
+            line,
+            "key",
+            "missing: a response needs 'key' / 'instruction_id' or 'prompt'",
+            reason="missing_field",
+        )
     if key is not None and (isinstance(key, bool) or not isinstance(key, str | int)):
         raise DataError(source, line, "key", f"must be a string or integer, got {key!r:.80}")
     if prompt is not None and not isinstance(prompt, str):
         raise DataError(source, line, "prompt", f"must be a string, got {prompt!r:.80}")
     sample_id = obj.get("sample_id", obj.get("response_id"))
-    sampler = {k: v for k, v in obj.items() if k not in ("key", "instruction_id", "prompt", text_key, "sample_id",
-                                                         "response_id")}
-    return RawResponse(None if key is None else str(key), prompt, text,
-                       None if sample_id is None else str(sample_id), source, line, sampler)
+    sampler = {
+        k: v
+        for k, v in obj.items()
+        if k not in ("key", "instruction_id", "prompt", text_key, "sample_id", "response_id")
+    }
+    return RawResponse(
+        None if key is None else str(key),
+        prompt,
+        text,
+        None if sample_id is None else str(sample_id),
+        source,
+        line,
+        sampler,
+    )
 
 
 def read_responses(path: str, bad: BadRows | None = None) -> tuple[list[RawResponse], int]:
@@ -167,3 +202,8 @@ def read_responses(path: str, bad: BadRows | None = None) -> tuple[list[RawRespo
             responses.append(parsed)
     malformed = (bad.counts["malformed_json"] - malformed_before) if bad is not None else 0
     return responses, rows + malformed
+
+
+def read_pairs(path: str) -> list[PairRecord]:
+    """Read and validate a `pairs.jsonl` file."""
+    return [PairRecord.from_json(obj, path, line) for line, obj in iter_json_rows(path)]

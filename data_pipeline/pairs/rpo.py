@@ -25,25 +25,35 @@ def direction_record(recipe: str, pool: InstructionPool, chosen: int, rejected: 
     variant = pool.variants[chosen]
     assert variant is not None
     instruction = pool.instruction
-    sequences = (Sequence(variant.messages, pool.responses[chosen].record.text),
-                 Sequence(variant.messages, pool.responses[rejected].record.text))
-    provenance = {"source": instruction.source, "line": instruction.line, "instruction_id": instruction.id,
-                  "chosen": response_provenance(pool.responses[chosen]),
-                  "rejected": response_provenance(pool.responses[rejected]),
-                  "prompt_constraints": variant_provenance(variant), "g": g, "min_g": min_g}
+    sequences = (
+        Sequence(variant.messages, pool.responses[chosen].record.text),
+        Sequence(variant.messages, pool.responses[rejected].record.text),
+    )
+    provenance = {
+        "source": instruction.source,
+        "line": instruction.line,
+        "instruction_id": instruction.id,
+        "chosen": response_provenance(pool.responses[chosen]),
+        "rejected": response_provenance(pool.responses[rejected]),
+        "prompt_constraints": variant_provenance(variant),
+        "g": g,
+        "min_g": min_g,
+    }
     return PairRecord.make(recipe, sequences, g, instruction.id, provenance)
 
 
-def rpo_pairs(pools: Iterable[InstructionPool], oracle: ConstraintOracle, min_g: int,
-              stats: BuildStats) -> Iterator[PairRecord]:
+def rpo_pairs(
+    pools: Iterable[InstructionPool], oracle: ConstraintOracle, min_g: int, stats: BuildStats
+) -> Iterator[PairRecord]:
     for pool in pools:
         directions = valid_directions(pool, min_g, stats)
         used: set[int] = set()
         for (chosen, rejected), g in directions.items():
             variant = pool.variants[chosen]
             assert variant is not None
-            if not verify_direction(pool.instruction, variant, pool.responses[chosen], pool.responses[rejected],
-                                    g, oracle):
+            if not verify_direction(
+                pool.instruction, variant, pool.responses[chosen], pool.responses[rejected], g, oracle
+            ):
                 stats.candidate_drops["direction_judge_recheck_disagrees"] += 1
                 continue
             used.update((chosen, rejected))

@@ -37,8 +37,10 @@ class BuildStats:
     def check_accounting(self) -> None:
         total = sum(self.outcomes.values())
         if total != self.total_units():
-            raise AssertionError(f"stats do not account for every input {self.unit}: outcomes sum to {total}, "
-                                 f"read {self.total_units()} ({dict(self.outcomes)})")
+            raise AssertionError(
+                f"stats do not account for every input {self.unit}: outcomes sum to {total}, "
+                f"read {self.total_units()} ({dict(self.outcomes)})"
+            )
 
     def to_json(self) -> dict:
         self.check_accounting()
@@ -50,11 +52,18 @@ class BuildStats:
             "split": self.split,
             "pairs_by_g": {str(g): n for g, n in sorted(self.pairs_by_g.items())},
             "candidate_drops": dict(sorted(self.candidate_drops.items())),
-            "constraint_types": {t: {"seen": c["seen"], "reversed_in_prompts": c["reversed_in_prompts"],
-                                     "non_reversible_skipped": c["non_reversible_skipped"]}
-                                 for t, c in sorted(self.constraint_types.items())},
+            "constraint_types": {
+                t: {
+                    "seen": c["seen"],
+                    "reversed_in_prompts": c["reversed_in_prompts"],
+                    "non_reversible_skipped": c["non_reversible_skipped"],
+                }
+                for t, c in sorted(self.constraint_types.items())
+            },
             "instructions_without_responses": self.instructions_without_responses,
-            "judge": {**{k: self.judge_counts[k] for k in ("requests", "cache_hits", "retries", "parse_errors")},
-                      "reversal_failures": self.judge_reversal_failures},
+            "judge": {
+                **{k: self.judge_counts[k] for k in ("requests", "cache_hits", "retries", "parse_errors")},
+                "reversal_failures": self.judge_reversal_failures,
+            },
             "bad_input": self.bad.to_json(),
         }

@@ -3,6 +3,6 @@
 `tokenize` and `truncation` (a PairRecord -> token rows), `shards` (record format, writer, manifest),
 `build` (a pair file -> a shard folder), `prepare` (build only when missing or stale), `loader` (`[B, G, L]`
 numpy batches) and `cli` (`rpo-jax tokenize`). May import `data_pipeline.pairs` (the schema and readers),
-`files` and `errors`. This wing is the training library's only way in: `rpo_jax` imports `loader`, `shards`
+`files` and `errors`. This wing is the training library's only way in: it imports `loader`, `shards`
 (the manifest), `prepare` and `truncation` from here and nothing else from data_pipeline but `files`/`errors`.
 """

@@ -29,17 +29,30 @@ class SourceFingerprint:
     fingerprint: str
 
     @classmethod
-    def of(cls, input_path: str | Path, tokenizer_dir: str | Path, chat_template: str,
-           settings: TruncationSettings) -> SourceFingerprint:
-        input_sha, hashes, settings_json = file_sha256(input_path), tokenizer_file_hashes(tokenizer_dir), \
-            settings.to_json()
-        return cls(input_sha, hashes, settings_json, compute_fingerprint(input_sha, hashes, chat_template,
-                                                                          settings_json))
+    def of(
+        cls, input_path: str | Path, tokenizer_dir: str | Path, chat_template: str, settings: TruncationSettings
+    ) -> SourceFingerprint:
+        input_sha, hashes, settings_json = (
+            file_sha256(input_path),
+            tokenizer_file_hashes(tokenizer_dir),
+            settings.to_json(),
+        )
+        return cls(
+            input_sha, hashes, settings_json, compute_fingerprint(input_sha, hashes, chat_template, settings_json)
+        )
 
 
-def build_shards(input_path: str | Path, tokenizer_dir: str | Path, output_dir: str | Path,
-                 settings: TruncationSettings, *, chat_template_path: str | Path | None = None, num_shards: int = 1,
-                 skip_bad: bool = False, overwrite: bool = False) -> dict:
+def build_shards(
+    input_path: str | Path,
+    tokenizer_dir: str | Path,
+    output_dir: str | Path,
+    settings: TruncationSettings,
+    *,
+    chat_template_path: str | Path | None = None,
+    num_shards: int = 1,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Tokenizes every pair of `input_path` and writes the shard folder; returns the manifest."""
     input_path, tokenizer_dir = str(input_path), Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -51,8 +64,7 @@ def build_shards(input_path: str | Path, tokenizer_dir: str | Path, output_dir: 
     with ShardWriter(output_dir, num_shards=num_shards, overwrite=overwrite) as writer:
         for line, obj in iter_json_rows(input_path, bad):
             input_rows += 1
-            result = guard(bad, lambda obj=obj, line=line: _tokenize_row(pair_tokenizer, writer, obj,
-                                                                        input_path, line))
+            result = guard(bad, lambda obj=obj, line=line: _tokenize_row(pair_tokenizer, writer, obj, input_path, line))
             if result is None:
                 continue
             if isinstance(result, Dropped):
@@ -67,8 +79,9 @@ def build_shards(input_path: str | Path, tokenizer_dir: str | Path, output_dir: 
             input_rows += bad.counts["malformed_json"]  # unparsable lines never reach the loop body
             dropped.update({f"bad_row:{reason}": n for reason, n in bad.counts.items()})
         if writer.num_examples == 0:
-            raise DataError(input_path, None, "<file>", f"no examples left to write (dropped: {dict(dropped)})",
-                            reason="empty")
+            raise DataError(
+                input_path, None, "<file>", f"no examples left to write (dropped: {dict(dropped)})", reason="empty"
+            )
 
         source = SourceFingerprint.of(input_path, tokenizer_dir, chat_template, settings)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -78,17 +91,25 @@ def build_shards(input_path: str | Path, tokenizer_dir: str | Path, output_dir: 
             "max_length": settings.max_length,
             "pad_token_id": int(pad_id),
             "source": {"input": input_path, "input_sha256": source.input_sha256},
-            "tokenizer": {"path": str(tokenizer_dir), "files_sha256": source.tokenizer_hashes,
-                          "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                          "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                          "end_of_turn_id": pair_tokenizer.end_of_turn_id},
+            "tokenizer": {
+                "path": str(tokenizer_dir),
+                "files_sha256": source.tokenizer_hashes,
+                "class": type(tokenizer).__name__,
+                "vocab_size": len(tokenizer),
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "end_of_turn_id": pair_tokenizer.end_of_turn_id,
+            },
             "chat_template": {"source": template_source, "text": chat_template},
-            "counts": {"input_rows": input_rows, "examples": writer.num_examples,
-                       "per_recipe": dict(sorted(per_recipe.items())),
-                       "truncated": {k: truncated[k] for k in ("examples", "prompt_cut", "response_cut")},
-                       "dropped": dict(sorted(dropped.items())),
-                       "dropped_frac": (input_rows - writer.num_examples) / max(input_rows, 1),
-                       "bad_rows": bad.to_json() if bad is not None else None},
+            "counts": {
+                "input_rows": input_rows,
+                "examples": writer.num_examples,
+                "per_recipe": dict(sorted(per_recipe.items())),
+                "truncated": {k: truncated[k] for k in ("examples", "prompt_cut", "response_cut")},
+                "dropped": dict(sorted(dropped.items())),
+                "dropped_frac": (input_rows - writer.num_examples) / max(input_rows, 1),
+                "bad_rows": bad.to_json() if bad is not None else None,
+            },
         }
         return writer.finish(manifest)
 
@@ -97,7 +118,12 @@ def _tokenize_row(pair_tokenizer: PairTokenizer, writer: ShardWriter, obj, sourc
     record = PairRecord.from_json(obj, source, line)
     group_size = len(record.sequences)
     if writer.group_size is not None and group_size != writer.group_size:
-        raise DataError(source, line, "recipe", f"{record.recipe} has {group_size} sequences but earlier rows have "
-                        f"{writer.group_size}; one shard folder holds one group size (tokenize iopo separately)",
-                        reason="group_size_mismatch")
+        raise DataError(
+            source,
+            line,
+            "recipe",
+            f"{record.recipe} has {group_size} sequences but earlier rows have "
+            f"{writer.group_size}; one shard folder holds one group size (tokenize iopo separately)",
+            reason="group_size_mismatch",
+        )
     return pair_tokenizer.tokenize(record, source, line)

@@ -17,21 +17,39 @@ from data_pipeline.records.truncation import TRUNCATION_MODES, TruncationSetting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, type=local_path_arg,
-                        help="pairs JSONL written by `rpo-jax build-pairs`")
-    parser.add_argument("--tokenizer", required=True, type=local_path_arg, help="local HF tokenizer folder (e.g. "
-                        "data_pipeline/assets/tokenizers/llama2-sp-32k)")
-    parser.add_argument("--output", required=True, type=local_path_arg,
-                        help="shard folder to create (written atomically)")
+    parser.add_argument(
+        "--input", required=True, type=local_path_arg, help="pairs JSONL written by `rpo-jax build-pairs`"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        type=local_path_arg,
+        help="local HF tokenizer folder (e.g. data_pipeline/assets/tokenizers/llama2-sp-32k)",
+    )
+    parser.add_argument(
+        "--output", required=True, type=local_path_arg, help="shard folder to create (written atomically)"
+    )
     parser.add_argument("--max-length", type=int, required=True, help="max tokens per sequence (prompt+response)")
-    parser.add_argument("--truncation", choices=TRUNCATION_MODES, default="drop",
-                        help="drop (default) over-long pairs, keep_start (TRL v1: cut the response tail), or "
-                        "split (TRL <= 0.28: prompt from the left, responses from the right)")
-    parser.add_argument("--max-prompt-length", type=int, default=None,
-                        help="prompt budget for --truncation split (default max-length // 2)")
-    parser.add_argument("--chat-template", default=None, type=local_path_arg,
-                        help="Jinja chat template file; default: the tokenizer's own, else "
-                        "data_pipeline/assets/chat_templates/llama3.jinja")
+    parser.add_argument(
+        "--truncation",
+        choices=TRUNCATION_MODES,
+        default="drop",
+        help="drop (default) over-long pairs, keep_start (TRL v1: cut the response tail), or "
+        "split (TRL <= 0.28: prompt from the left, responses from the right)",
+    )
+    parser.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=None,
+        help="prompt budget for --truncation split (default max-length // 2)",
+    )
+    parser.add_argument(
+        "--chat-template",
+        default=None,
+        type=local_path_arg,
+        help="Jinja chat template file; default: the tokenizer's own, else "
+        "data_pipeline/assets/chat_templates/llama3.jinja",
+    )
     parser.add_argument("--num-shards", type=int, default=1, help="number of ArrayRecord files")
     parser.add_argument("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
@@ -43,14 +61,31 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from err
     try:
-        manifest = build_shards(args.input, args.tokenizer, args.output, settings,
-                                chat_template_path=args.chat_template, num_shards=args.num_shards,
-                                skip_bad=args.skip_bad, overwrite=args.overwrite)
+        manifest = build_shards(
+            args.input,
+            args.tokenizer,
+            args.output,
+            settings,
+            chat_template_path=args.chat_template,
+            num_shards=args.num_shards,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+        )
     except (FileNotFoundError, FileExistsError) as err:
         raise UserError(str(err)) from err
     counts = manifest["counts"]
-    print(json.dumps({"output": str(args.output), "fingerprint": manifest["fingerprint"],
-                      "examples": counts["examples"], "per_recipe": counts["per_recipe"],
-                      "truncated": counts["truncated"], "dropped": counts["dropped"],
-                      "max_row_length": manifest["max_row_length"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output": str(args.output),
+                "fingerprint": manifest["fingerprint"],
+                "examples": counts["examples"],
+                "per_recipe": counts["per_recipe"],
+                "truncated": counts["truncated"],
+                "dropped": counts["dropped"],
+                "max_row_length": manifest["max_row_length"],
+            },
+            indent=2,
+        )
+    )
     return 0

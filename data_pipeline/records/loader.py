@@ -9,12 +9,7 @@ Order of operations (all processes build the same global order from the same see
 Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
 and within an epoch the processes' examples are disjoint and together cover it.
 
-`group_mirrors` (RPO) replaces the example shuffle by a shuffle of two-example units: each pair with its mirror
-(the same two responses in swapped roles, `manifest["mirror_pairs"]`), the remaining examples two by two. Units
-sit at even positions of the global stream, so with an even global batch a pair and its mirror always land in
-the same optimizer step. Why: the mirror's gradient cancels the pair's prompt-independent part ("y_i is better
-than y_j"), leaving only what depends on the instruction; shuffled apart, the two directions are learned and
-unlearned in turn, and a small model memorises responses instead of reading instructions.
+`group_mirrors` (RPO) orders examples by two-example units so a pair and its mirror share a step (`mirrors`).
 
 Batch (numpy): tokens int32 [B,G,L] (right-padded with the manifest's pad id), loss_mask bool [B,G,L] (the final
 assistant turn incl. its end-of-turn token; logits at t-1 predict token t), segment_ids int32 [B,G,L] (1 real,
@@ -27,12 +22,12 @@ stores them in its run folder).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.records.mirrors import MirrorUnitOrder, mirror_units
 from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
 
 
@@ -51,8 +46,9 @@ def bucket_length(longest_row: int, length_buckets: Sequence[int], max_length: i
 class CollatePairs:
     """Pads a list of decoded records into one batch (picklable: runs inside Grain worker processes)."""
 
-    def __init__(self, length_buckets: tuple[int, ...], max_length: int, pad_token_id: int,
-                 ref_logps: np.ndarray | None):
+    def __init__(
+        self, length_buckets: tuple[int, ...], max_length: int, pad_token_id: int, ref_logps: np.ndarray | None
+    ):
         self.length_buckets, self.max_length, self.pad_token_id = length_buckets, max_length, pad_token_id
         self.ref_logps = ref_logps
 
@@ -70,56 +66,20 @@ class CollatePairs:
                 tokens[b, g, :n] = row
                 segment_ids[b, g, :n] = 1
                 positions[b, g, :n] = np.arange(n, dtype=np.int32)
-                loss_mask[b, g, record["response_starts"][g]:n] = True
+                loss_mask[b, g, record["response_starts"][g] : n] = True
         example_index = np.asarray([r["example_index"] for r in records], dtype=np.int64)
-        out = {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions,
-               "margin": np.asarray([r["margin"] for r in records], dtype=np.int32), "example_index": example_index,
-               "example_weight": np.asarray([r["weight"] for r in records], dtype=np.float32)}
+        out = {
+            "tokens": tokens,
+            "loss_mask": loss_mask,
+            "segment_ids": segment_ids,
+            "positions": positions,
+            "margin": np.asarray([r["margin"] for r in records], dtype=np.int32),
+            "example_index": example_index,
+            "example_weight": np.asarray([r["weight"] for r in records], dtype=np.float32),
+        }
         if self.ref_logps is not None:
             out["ref_logps"] = self.ref_logps[example_index].astype(np.float32)
         return out
-
-
-def mirror_units(manifest: dict, shard_dir) -> tuple[np.ndarray, np.ndarray]:
-    """([N // 2, 2] example indices: each mirror pair, then the unpaired examples two by two (sorted); the one
-    example left over when N is odd, else none)."""
-    if "mirror_pairs" not in manifest:
-        raise ValueError(f"{shard_dir}: the manifest lists no mirror_pairs; re-run `rpo-jax tokenize`")
-    pairs = [tuple(p) for p in manifest["mirror_pairs"]]
-    paired = {i for p in pairs for i in p}
-    rest = [i for i in range(manifest["num_examples"]) if i not in paired]
-    units = pairs + [tuple(rest[k:k + 2]) for k in range(0, len(rest) - 1, 2)]
-    return np.asarray(units, dtype=np.int64).reshape(-1, 2), np.asarray(rest[len(rest) - len(rest) % 2:], np.int64)
-
-
-class MirrorUnitOrder:
-    """Example indices in stream order for `group_mirrors`: per epoch, a seeded permutation of two-example units,
-    flattened. A random-access source (`__len__`/`__getitem__`, picklable for Grain workers) spanning all epochs.
-
-    With an odd number of examples the one left over goes last in even epochs and first in odd ones, so that across
-    the epoch boundary it pairs with the next leftover and every unit still starts at an even stream position.
-    """
-
-    def __init__(self, units: np.ndarray, leftover: np.ndarray, *, seed: int, num_epochs: int | None):
-        self.units, self.leftover, self.seed = units, leftover, seed
-        self.num_examples = units.size + leftover.size
-        self.num_epochs = num_epochs if num_epochs is not None else sys.maxsize // max(self.num_examples, 1)
-        self._cached: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return self.num_examples * self.num_epochs
-
-    def order(self, epoch: int) -> np.ndarray:
-        if self._cached is None or self._cached[0] != epoch:
-            flat = self.units[np.random.default_rng([self.seed, epoch]).permutation(len(self.units))].ravel()
-            self._cached = (epoch, np.concatenate([self.leftover, flat] if epoch % 2 else [flat, self.leftover]))
-        return self._cached[1]
-
-    def __getitem__(self, index: int) -> int:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        epoch, position = divmod(int(index), self.num_examples)
-        return int(self.order(epoch)[position])
 
 
 class ReadRecord:
@@ -179,10 +139,22 @@ class PairBatchIterator:
             close()
 
 
-def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
-                num_epochs: int | None = None, length_buckets: tuple[int, ...] = (), max_length: int | None = None,
-                num_workers: int = 0, read_threads: int = 4, remainder: str = "drop",
-                ref_logps: np.ndarray | None = None, group_mirrors: bool = False) -> PairBatchIterator:
+def make_loader(
+    shard_dir: str | Path,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = None,
+    length_buckets: tuple[int, ...] = (),
+    max_length: int | None = None,
+    num_workers: int = 0,
+    read_threads: int = 4,
+    remainder: str = "drop",
+    ref_logps: np.ndarray | None = None,
+    group_mirrors: bool = False,
+) -> PairBatchIterator:
     """Batches of this process's share of the shards; see the module docstring for the order of operations.
 
     batch_size is per process. `max_length` defaults to the manifest's; rows longer than it raise. `num_workers`
@@ -194,8 +166,18 @@ def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_inde
 
     manifest = read_manifest(shard_dir)
     max_length = manifest["max_length"] if max_length is None else max_length
-    _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
-                     num_workers, remainder, shard_dir)
+    _check_arguments(
+        manifest,
+        batch_size,
+        shard_index,
+        shard_count,
+        num_epochs,
+        length_buckets,
+        max_length,
+        num_workers,
+        remainder,
+        shard_dir,
+    )
     if ref_logps is not None:
         ref_logps = _checked_ref_logps(np.asarray(ref_logps), manifest, shard_dir)
 
@@ -219,19 +201,20 @@ def make_loader(shard_dir: str | Path, *, batch_size: int, seed: int, shard_inde
         elif remainder == "fill" and short:
             # Wrap around to the pass's first examples: valid rows (they pass every batch check) that weigh 0.
             fill = global_batch - short
-            ds = grain.MapDataset.concatenate([ds[:total]] + [ds[:total]] * (fill // total) + [ds[:fill % total]])
+            ds = grain.MapDataset.concatenate([ds[:total]] + [ds[:total]] * (fill // total) + [ds[: fill % total]])
             total += fill
         per_process = len(range(shard_index, total, shard_count))
         num_batches = -(-per_process // batch_size) if remainder == "keep" else per_process // batch_size
         if num_batches == 0:
-            raise ValueError(f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
-                             f"{batch_size} x {shard_count} processes")
+            raise ValueError(
+                f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
+                f"{batch_size} x {shard_count} processes"
+            )
     ds = ds.map_with_index(DecodeWeighted(num_real))
     ds = ds[shard_index::shard_count]
     collate = CollatePairs(tuple(sorted(length_buckets)), max_length, manifest["pad_token_id"], ref_logps)
     ds = ds.batch(batch_size, drop_remainder=remainder != "keep", batch_fn=collate)
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                   prefetch_buffer_size=max(2, read_threads)))
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads)))
     if num_workers > 0:
         _mark_absl_flags_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -248,8 +231,18 @@ def _mark_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs, length_buckets, max_length,
-                     num_workers, remainder, shard_dir) -> None:
+def _check_arguments(
+    manifest,
+    batch_size,
+    shard_index,
+    shard_count,
+    num_epochs,
+    length_buckets,
+    max_length,
+    num_workers,
+    remainder,
+    shard_dir,
+) -> None:
     if remainder not in ("drop", "keep", "fill"):
         raise ValueError(f"remainder must be drop, keep or fill, got {remainder!r}")
     if batch_size < 1:
@@ -261,8 +254,10 @@ def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs,
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if manifest["max_row_length"] > max_length:
-        raise ValueError(f"{shard_dir}: rows up to {manifest['max_row_length']} tokens do not fit max_length "
-                         f"{max_length}; re-tokenize or raise max_length")
+        raise ValueError(
+            f"{shard_dir}: rows up to {manifest['max_row_length']} tokens do not fit max_length "
+            f"{max_length}; re-tokenize or raise max_length"
+        )
     bad = [b for b in length_buckets if not 0 < b <= max_length]
     if bad:
         raise ValueError(f"length_buckets {bad} must lie in (0, max_length={max_length}]")
@@ -271,8 +266,9 @@ def _check_arguments(manifest, batch_size, shard_index, shard_count, num_epochs,
 def _checked_ref_logps(ref_logps: np.ndarray, manifest: dict, shard_dir) -> np.ndarray:
     expected = (manifest["num_examples"], manifest["group_size"])
     if ref_logps.shape != expected:
-        raise ValueError(f"ref_logps has shape {ref_logps.shape}; {shard_dir} needs {expected} "
-                         "(num_examples, group_size)")
+        raise ValueError(
+            f"ref_logps has shape {ref_logps.shape}; {shard_dir} needs {expected} (num_examples, group_size)"
+        )
     if not np.all(np.isfinite(ref_logps)):
         raise ValueError(f"ref_logps has {int(np.sum(~np.isfinite(ref_logps)))} non-finite values")
     return ref_logps.astype(np.float32)

@@ -18,8 +18,9 @@ from data_pipeline.records.tokenize import load_tokenizer, resolve_chat_template
 from data_pipeline.records.truncation import TruncationSettings
 
 
-def ensure_shards(pairs_path: str | Path, tokenizer_dir: str | Path, output_dir: str | Path,
-                  settings: TruncationSettings) -> tuple[dict, bool]:
+def ensure_shards(
+    pairs_path: str | Path, tokenizer_dir: str | Path, output_dir: str | Path, settings: TruncationSettings
+) -> tuple[dict, bool]:
     """Returns (manifest, rebuilt)."""
     pairs_path, output_dir = Path(pairs_path), Path(output_dir)
     if not pairs_path.is_file():

@@ -61,23 +61,35 @@ def decode_record(data: bytes) -> dict:
     if tokens.size != int(lengths.sum()):
         raise ShardFormatError(f"record {example_index}: {tokens.size} tokens, header says {int(lengths.sum())}")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    rows = [tokens[bounds[g]:bounds[g + 1]].astype(np.int32) for g in range(group)]
-    return {"rows": rows, "response_starts": starts.astype(np.int32), "margin": int(margin),
-            "example_index": int(example_index), "recipe": RECIPE_NAMES[recipe_code]}
+    rows = [tokens[bounds[g] : bounds[g + 1]].astype(np.int32) for g in range(group)]
+    return {
+        "rows": rows,
+        "response_starts": starts.astype(np.int32),
+        "margin": int(margin),
+        "example_index": int(example_index),
+        "recipe": RECIPE_NAMES[recipe_code],
+    }
 
 
 def tokenizer_file_hashes(tokenizer_dir: str | Path) -> dict[str, str]:
     root = Path(tokenizer_dir)
-    return {p.name: file_sha256(p) for p in sorted(root.iterdir())
-            if p.is_file() and p.name.endswith(_TOKENIZER_SUFFIXES)}
+    return {
+        p.name: file_sha256(p) for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(_TOKENIZER_SUFFIXES)
+    }
 
 
-def compute_fingerprint(input_sha256: str, tokenizer_hashes: dict[str, str], chat_template: str,
-                        settings: dict) -> str:
+def compute_fingerprint(input_sha256: str, tokenizer_hashes: dict[str, str], chat_template: str, settings: dict) -> str:
     """sha256 over the pair data, tokenizer files, chat template text, settings and schema version."""
-    payload = json.dumps({"schema_version": SCHEMA_VERSION, "input": input_sha256, "tokenizer": tokenizer_hashes,
-                          "chat_template": hashlib.sha256(chat_template.encode()).hexdigest(),
-                          "settings": settings}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "input": input_sha256,
+            "tokenizer": tokenizer_hashes,
+            "chat_template": hashlib.sha256(chat_template.encode()).hexdigest(),
+            "settings": settings,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -97,8 +109,9 @@ class ShardWriter:
             raise FileExistsError(f"{self.output_dir} already exists; remove it or pass --overwrite")
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self.num_shards, self.overwrite = num_shards, overwrite
-        self._tmp: Path | None = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-",
-                                                       dir=self.output_dir.parent))
+        self._tmp: Path | None = Path(
+            tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-", dir=self.output_dir.parent)
+        )
         self._staging_path = self._tmp / "staging.array_record"
         self._writer = ArrayRecordWriter(str(self._staging_path), _WRITER_OPTIONS)
         self.num_examples = 0
@@ -127,8 +140,10 @@ class ShardWriter:
         self.row_lengths.extend(len(r) for r in example.rows)
         self.max_row_length = max(self.max_row_length, *(len(r) for r in example.rows))
         if self.group_size == 2:
-            responses = sorted(np.asarray(row[start:], dtype="<i4").tobytes()
-                               for row, start in zip(example.rows, example.response_starts, strict=True))
+            responses = sorted(
+                np.asarray(row[start:], dtype="<i4").tobytes()
+                for row, start in zip(example.rows, example.response_starts, strict=True)
+            )
             self._by_responses.setdefault(b"\xff".join(responses), []).append(self.num_examples)
         self.num_examples += 1
         return self.num_examples - 1
@@ -162,11 +177,17 @@ class ShardWriter:
         reader.close()
         self._staging_path.unlink()
         lengths = np.asarray(self.row_lengths or [0])
-        full = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **manifest,
-                "num_examples": self.num_examples, "group_size": self.group_size,
-                "max_row_length": int(self.max_row_length),
-                "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
-                "mirror_pairs": self.mirror_pairs(), "shards": shards}
+        full = {
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            **manifest,
+            "num_examples": self.num_examples,
+            "group_size": self.group_size,
+            "max_row_length": int(self.max_row_length),
+            "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
+            "mirror_pairs": self.mirror_pairs(),
+            "shards": shards,
+        }
         _write_json_atomic(self._tmp / MANIFEST_NAME, full)
         self._publish()
         return full
@@ -196,9 +217,11 @@ def read_manifest(shard_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no manifest; is {shard_dir} a folder written by `rpo-jax tokenize`?")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT_NAME or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ShardFormatError(f"{path}: format {manifest.get('format')!r} version "
-                               f"{manifest.get('schema_version')!r}; this code reads {FORMAT_NAME!r} version "
-                               f"{SCHEMA_VERSION}; re-run `rpo-jax tokenize`")
+        raise ShardFormatError(
+            f"{path}: format {manifest.get('format')!r} version "
+            f"{manifest.get('schema_version')!r}; this code reads {FORMAT_NAME!r} version "
+            f"{SCHEMA_VERSION}; re-run `rpo-jax tokenize`"
+        )
     for shard in manifest["shards"]:
         if not (Path(shard_dir) / shard["path"]).is_file():
             raise FileNotFoundError(f"{path}: shard {shard['path']} is missing")

@@ -105,8 +105,9 @@ class PairTokenizer:
         self._special_text = re.compile("|".join(re.escape(s) for s in reversed(specials))) if specials else None
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -126,7 +127,7 @@ class PairTokenizer:
             full_ids = self.encode_text(full_text)
             self._check_row(prompt_ids, full_ids, source, line, field)
             prompts.append(prompt_ids)
-            responses.append(full_ids[len(prompt_ids):])
+            responses.append(full_ids[len(prompt_ids) :])
         group = truncate_group(prompts, responses, self.truncation, self.bos_token_id)
         if isinstance(group, str):
             return Dropped(group)
@@ -140,35 +141,60 @@ class PairTokenizer:
             for name, text in [*texts, ("response", sequence.response)]:
                 found = self._special_text.search(text)
                 if found:
-                    raise DataError(source, line, f"sequences[{index}].{name}",
-                                    f"contains special token text {found.group()!r}; the tokenizer would encode it "
-                                    "as that token", reason="special_token_in_text")
+                    raise DataError(
+                        source,
+                        line,
+                        f"sequences[{index}].{name}",
+                        f"contains special token text {found.group()!r}; the tokenizer would encode it as that token",
+                        reason="special_token_in_text",
+                    )
 
     def _check_row(self, prompt_ids: list[int], full_ids: list[int], source: str, line: int, field: str) -> None:
         if full_ids[: len(prompt_ids)] != prompt_ids:
             diverge = _first_difference(prompt_ids, full_ids)
-            raise DataError(source, line, field,
-                            f"tokenized prompt is not a prefix of the tokenized conversation (diverges at token "
-                            f"{diverge}: prompt has {self.tokenizer.decode(prompt_ids[diverge:diverge + 8])!r}, "
-                            f"conversation has {self.tokenizer.decode(full_ids[diverge:diverge + 8])!r}); fix the "
-                            "chat template or end the prompt on a token boundary", reason="bad_prefix")
+            raise DataError(
+                source,
+                line,
+                field,
+                f"tokenized prompt is not a prefix of the tokenized conversation (diverges at token "
+                f"{diverge}: prompt has {self.tokenizer.decode(prompt_ids[diverge : diverge + 8])!r}, "
+                f"conversation has {self.tokenizer.decode(full_ids[diverge : diverge + 8])!r}); fix the "
+                "chat template or end the prompt on a token boundary",
+                reason="bad_prefix",
+            )
         if len(full_ids) == len(prompt_ids):
             raise DataError(source, line, f"{field}.response", "renders to no tokens", reason="empty_response")
         if self.bos_token_id is not None:
             count = full_ids.count(self.bos_token_id)
             if self.bos_opens_turns:
                 if full_ids[0] != self.bos_token_id or full_ids[1:2] == [self.bos_token_id]:
-                    raise DataError(source, line, field, f"expected the BOS / turn-start token (id "
-                                    f"{self.bos_token_id}) first and not doubled, got {full_ids[:2]}; the chat "
-                                    "template must open each turn with it once", reason="bos_count")
+                    raise DataError(
+                        source,
+                        line,
+                        field,
+                        f"expected the BOS / turn-start token (id "
+                        f"{self.bos_token_id}) first and not doubled, got {full_ids[:2]}; the chat "
+                        "template must open each turn with it once",
+                        reason="bos_count",
+                    )
             elif count != 1 or full_ids[0] != self.bos_token_id:
-                raise DataError(source, line, field, f"expected exactly one BOS (id {self.bos_token_id}) at the "
-                                f"start, found {count} (first id {full_ids[0]}); the chat template must add it once",
-                                reason="bos_count")
-        if self.end_of_turn_id not in full_ids[len(prompt_ids):]:
-            raise DataError(source, line, f"{field}.response", f"end-of-turn token id {self.end_of_turn_id} is "
-                            "not in the response span; the chat template must close the assistant turn",
-                            reason="no_end_of_turn")
+                raise DataError(
+                    source,
+                    line,
+                    field,
+                    f"expected exactly one BOS (id {self.bos_token_id}) at the "
+                    f"start, found {count} (first id {full_ids[0]}); the chat template must add it once",
+                    reason="bos_count",
+                )
+        if self.end_of_turn_id not in full_ids[len(prompt_ids) :]:
+            raise DataError(
+                source,
+                line,
+                f"{field}.response",
+                f"end-of-turn token id {self.end_of_turn_id} is "
+                "not in the response span; the chat template must close the assistant turn",
+                reason="no_end_of_turn",
+            )
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -181,5 +207,4 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 def _to_example(record: PairRecord, group: TruncatedGroup) -> TokenizedExample:
     rows = tuple(np.asarray(p + r, dtype=np.int32) for p, r in zip(group.prompts, group.responses, strict=True))
     starts = tuple(len(p) for p in group.prompts)
-    return TokenizedExample(record.id, record.recipe, record.margin, rows, starts, group.prompt_cut,
-                            group.response_cut)
+    return TokenizedExample(record.id, record.recipe, record.margin, rows, starts, group.prompt_cut, group.response_cut)

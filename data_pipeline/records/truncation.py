@@ -61,8 +61,9 @@ class TruncatedGroup:
     response_cut: bool
 
 
-def truncate_group(prompts: list[list[int]], responses: list[list[int]], settings: TruncationSettings,
-                   bos_token_id: int | None) -> TruncatedGroup | str:
+def truncate_group(
+    prompts: list[list[int]], responses: list[list[int]], settings: TruncationSettings, bos_token_id: int | None
+) -> TruncatedGroup | str:
     """Applies the policy to G rows (prompts[g] + responses[g]); returns the kept rows or a drop reason."""
     max_length = settings.max_length
     if settings.mode in ("drop", "keep_start") and any(len(p) >= max_length for p in prompts):
@@ -79,8 +80,9 @@ def truncate_group(prompts: list[list[int]], responses: list[list[int]], setting
     return _split(prompts, responses, settings, bos_token_id)
 
 
-def _split(prompts: list[list[int]], responses: list[list[int]], settings: TruncationSettings,
-           bos_token_id: int | None) -> TruncatedGroup:
+def _split(
+    prompts: list[list[int]], responses: list[list[int]], settings: TruncationSettings, bos_token_id: int | None
+) -> TruncatedGroup:
     max_length, budget = settings.max_length, settings.prompt_budget
     longest_response = max(len(r) for r in responses)
     prompt_cut = response_cut = False
@@ -91,7 +93,7 @@ def _split(prompts: list[list[int]], responses: list[list[int]], settings: Trunc
                 prompt_cut = True
                 # Left cut (TRL keep_end on the prompt) but BOS stays first: algorithms.md requires exactly one BOS.
                 keeps_bos = bos_token_id is not None and p and p[0] == bos_token_id
-                p = [p[0], *p[len(p) - budget + 1:]] if keeps_bos else p[len(p) - budget:]
+                p = [p[0], *p[len(p) - budget + 1 :]] if keeps_bos else p[len(p) - budget :]
             new_prompts.append(p)
         prompts = new_prompts
     if any(len(p) + longest_response > max_length for p in prompts):

@@ -39,8 +39,9 @@ def response_pool() -> list[dict]:
     for line in SMOLLM2.read_text().splitlines():
         sample = json.loads(line)
         if sample["response"].strip():  # an empty sample is no answer at all; build-pairs rejects it
-            pool.append({"key": sample["key"], "sample_id": f"smollm2-{sample['sample_id']}",
-                         "response": sample["response"]})
+            pool.append(
+                {"key": sample["key"], "sample_id": f"smollm2-{sample['sample_id']}", "response": sample["response"]}
+            )
     for line in GPT4.read_text().splitlines():
         row = json.loads(line)
         if row["prompt"] in keys:  # one GPT-4 response has no prompt in the filtered file
@@ -62,8 +63,18 @@ def build(output: Path) -> int:
             os.chdir(root)
             responses = Path(POOL_DIR) / "smollm2_samples+gpt4_edits.jsonl"
             responses.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in response_pool()))
-            build_pairs(BuildSettings(recipe="rpo", input=str(PROMPTS.relative_to(root)), responses=str(responses),
-                                      output=str(output), min_g=1, eval_fraction=0.1, seed=0, overwrite=True))
+            build_pairs(
+                BuildSettings(
+                    recipe="rpo",
+                    input=str(PROMPTS.relative_to(root)),
+                    responses=str(responses),
+                    output=str(output),
+                    min_g=1,
+                    eval_fraction=0.1,
+                    seed=0,
+                    overwrite=True,
+                )
+            )
             return 0
         finally:
             os.chdir(cwd)

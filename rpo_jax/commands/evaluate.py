@@ -1,13 +1,8 @@
 """`rpo-jax eval`: instruction-following accuracy (IFEval, IFBench) or preference metrics on held-out pairs.
 
-  --suite ifeval|ifbench : prompt/instruction-level strict and loose accuracy on the shipped prompts
-      (`data_pipeline.constraints.scoring`), of `--responses FILE` (jsonl with `prompt` and `response`) or of
-      greedy responses generated from `--checkpoint` (`rpo_jax.generation`). IFBench ids that cannot be checked
-      here are named and refused, or left out and listed with `--skip-unsupported`.
-  --suite pairs : reward accuracy / margins / loss of `--checkpoint` against `--reference` on tokenized held-out
-      pairs (`--pairs SHARD_DIR`) with the loss settings of `--config` (`rpo_jax.evaluation`).
-
-`--checkpoint` and `--reference` each take a params checkpoint or an HF Llama folder (e.g. a run's `hf/`).
+IF suites score `--responses FILE` or greedy responses generated from `--checkpoint` (`rpo_jax.generation`) on
+the shipped prompts (`data_pipeline.constraints.scoring`); the pairs suite scores `--checkpoint` against
+`--reference` on tokenized held-out pairs with a run config's loss settings (`rpo_jax.evaluation`).
 """
 
 from __future__ import annotations
@@ -28,8 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--responses", type=local_path_arg, help="IF suites: score these responses instead of generating")
     arg("--tokenizer", type=local_path_arg, help="IF suites: tokenizer folder with a chat template (generation)")
     arg("--limit", type=int, default=0, help="IF suites: only the first N prompts")
-    arg("--skip-unsupported", action="store_true",
-        help="IF suites: leave out (and list) prompts whose instruction ids cannot be checked here")
+    arg(
+        "--skip-unsupported",
+        action="store_true",
+        help="IF suites: leave out (and list) prompts whose instruction ids cannot be checked here",
+    )
     arg("--max-new-tokens", type=int, default=512, help="IF suites: generation length")
     arg("--batch-size", type=int, default=16, help="sequences generated / pairs scored together")
     arg("--reference", type=local_path_arg, help="pairs suite: reference params checkpoint or HF Llama folder")
@@ -45,13 +43,19 @@ def _if_suite(args: argparse.Namespace, scratch: Path) -> dict:
     responses = args.responses
     if not responses:
         if not (args.checkpoint and args.tokenizer):
-            raise UserError("rpo-jax eval: generating responses needs --checkpoint and --tokenizer "
-                            "(or pass --responses)")
+            raise UserError(
+                "rpo-jax eval: generating responses needs --checkpoint and --tokenizer (or pass --responses)"
+            )
         from rpo_jax.generation import GenerationSettings, generate_responses
 
         responses = scratch / "responses.jsonl"
-        generate_responses(args.checkpoint, args.tokenizer, input_path, responses, GenerationSettings(
-            temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))
+        generate_responses(
+            args.checkpoint,
+            args.tokenizer,
+            input_path,
+            responses,
+            GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+        )
     results = scoring.score(input_path, responses, benchmark, skip_unsupported=args.skip_unsupported)
     print(scoring.format_results(results))
     return results
@@ -64,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         from rpo_jax.config_loading import load_config
         from rpo_jax.evaluation import evaluate_pairs
 
-        results = evaluate_pairs(load_config(args.config), args.checkpoint, args.reference, args.pairs,
-                                 args.batch_size)
+        results = evaluate_pairs(load_config(args.config), args.checkpoint, args.reference, args.pairs, args.batch_size)
         print("\n".join(f"{key:<24}  {value:.4f}" for key, value in sorted(results.items())))
     else:
         with tempfile.TemporaryDirectory() as scratch:

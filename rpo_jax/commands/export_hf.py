@@ -23,15 +23,25 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=local_path_arg,
-                        help="params checkpoint folder (from import-hf or training)")
+    parser.add_argument(
+        "--checkpoint", required=True, type=local_path_arg, help="params checkpoint folder (from import-hf or training)"
+    )
     parser.add_argument("--output", required=True, type=local_path_arg, help="new HF folder (must not exist)")
-    parser.add_argument("--tokenizer", default=None, type=local_path_arg,
-                        help="folder whose tokenizer/generation files are copied")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="safetensors dtype (default: the checkpoint's param_dtype)")
-    parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
-                        help="largest safetensors file; more than one adds model.safetensors.index.json")
+    parser.add_argument(
+        "--tokenizer", default=None, type=local_path_arg, help="folder whose tokenizer/generation files are copied"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="safetensors dtype (default: the checkpoint's param_dtype)",
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=parse_size("5GB"),
+        help="largest safetensors file; more than one adds model.safetensors.index.json",
+    )
     add_mesh_argument(parser)
 
 
@@ -41,8 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from rpo_jax.sharding import make_mesh
 
     cfg, lora_cfg, state = load_params_checkpoint(args.checkpoint, make_mesh(mesh_from_args(args)))
-    files = export_hf(state, cfg, lora_cfg, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
-                      tokenizer_dir=args.tokenizer)
+    files = export_hf(
+        state,
+        cfg,
+        lora_cfg,
+        args.output,
+        dtype=args.dtype,
+        max_shard_bytes=args.max_shard_size,
+        tokenizer_dir=args.tokenizer,
+    )
     merged = f", LoRA rank {lora_cfg.rank} merged" if lora_cfg.rank else ""
     print(f"exported {args.checkpoint} -> {args.output}{merged}: {', '.join(files)}")
     return 0

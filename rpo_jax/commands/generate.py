@@ -9,12 +9,18 @@ from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=local_path_arg,
-                        help="params checkpoint (import-hf / import-gguf) or HF Llama folder (e.g. a run's hf/)")
-    parser.add_argument("--tokenizer", required=True, type=local_path_arg,
-                        help="HF tokenizer folder (with its chat template)")
-    parser.add_argument("--prompts", required=True, type=local_path_arg,
-                        help="JSONL with `key` and `prompt` or `messages`")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=local_path_arg,
+        help="params checkpoint (import-hf / import-gguf) or HF Llama folder (e.g. a run's hf/)",
+    )
+    parser.add_argument(
+        "--tokenizer", required=True, type=local_path_arg, help="HF tokenizer folder (with its chat template)"
+    )
+    parser.add_argument(
+        "--prompts", required=True, type=local_path_arg, help="JSONL with `key` and `prompt` or `messages`"
+    )
     parser.add_argument("--output", required=True, type=local_path_arg, help="responses JSONL to write")
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -33,11 +39,22 @@ def run(args: argparse.Namespace) -> int:
     from rpo_jax.generation import GenerationSettings, generate_responses
 
     settings = GenerationSettings(
-        num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size, stop=tuple(args.stop),
-        raw_prompt=args.raw_prompt, use_lora=not args.no_lora)
-    summary = generate_responses(args.checkpoint, args.tokenizer, args.prompts, args.output, settings,
-                                 mesh_from_args(args))
-    print(f"wrote {summary['responses']} responses to {args.output}; finish reasons {summary['finish_reasons']}; "
-          f"{summary['tokens_per_s']:.1f} generated tokens/s")
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        stop=tuple(args.stop),
+        raw_prompt=args.raw_prompt,
+        use_lora=not args.no_lora,
+    )
+    summary = generate_responses(
+        args.checkpoint, args.tokenizer, args.prompts, args.output, settings, mesh_from_args(args)
+    )
+    print(
+        f"wrote {summary['responses']} responses to {args.output}; finish reasons {summary['finish_reasons']}; "
+        f"{summary['tokens_per_s']:.1f} generated tokens/s"
+    )
     return 0

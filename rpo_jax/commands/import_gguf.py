@@ -15,12 +15,21 @@ from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf", required=True, type=local_path_arg, help="llama.cpp GGUF file of a Llama model")
-    parser.add_argument("--output", required=True, type=local_path_arg,
-                        help="new params checkpoint folder (must not exist)")
-    parser.add_argument("--hf-output", default=None, type=local_path_arg,
-                        help="also keep the converted HF folder (config, fp32 safetensors, tokenizer) here")
-    parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="stored dtype of the checkpoint (default float32: the dequantized weights are fp32)")
+    parser.add_argument(
+        "--output", required=True, type=local_path_arg, help="new params checkpoint folder (must not exist)"
+    )
+    parser.add_argument(
+        "--hf-output",
+        default=None,
+        type=local_path_arg,
+        help="also keep the converted HF folder (config, fp32 safetensors, tokenizer) here",
+    )
+    parser.add_argument(
+        "--param-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="stored dtype of the checkpoint (default float32: the dequantized weights are fp32)",
+    )
     add_mesh_argument(parser)
 
 
@@ -32,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     mesh = make_mesh(mesh_from_args(args))
     cfg, path = import_gguf(args.gguf, args.output, mesh, param_dtype=args.param_dtype, hf_output=args.hf_output)
     kept = f"; HF folder kept at {args.hf_output}" if args.hf_output else ""
-    print(f"imported {args.gguf}: {count_params(cfg):,} parameters ({cfg.param_dtype}) "
-          f"on mesh {dict(mesh.shape)} -> {path}{kept}")
+    print(
+        f"imported {args.gguf}: {count_params(cfg):,} parameters ({cfg.param_dtype}) "
+        f"on mesh {dict(mesh.shape)} -> {path}{kept}"
+    )
     return 0

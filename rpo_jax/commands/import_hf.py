@@ -12,12 +12,18 @@ from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=local_path_arg,
-                        help="HF folder with config.json and *.safetensors")
-    parser.add_argument("--output", required=True, type=local_path_arg,
-                        help="new params checkpoint folder (must not exist)")
-    parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None,
-                        help="stored dtype (default: the HF config's dtype/torch_dtype, else float32)")
+    parser.add_argument(
+        "--model", required=True, type=local_path_arg, help="HF folder with config.json and *.safetensors"
+    )
+    parser.add_argument(
+        "--output", required=True, type=local_path_arg, help="new params checkpoint folder (must not exist)"
+    )
+    parser.add_argument(
+        "--param-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="stored dtype (default: the HF config's dtype/torch_dtype, else float32)",
+    )
     add_mesh_argument(parser)
 
 
@@ -28,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     mesh = make_mesh(mesh_from_args(args))
     cfg, path = import_hf(args.model, args.output, mesh, param_dtype=args.param_dtype)
-    print(f"imported {args.model}: {count_params(cfg):,} parameters ({cfg.param_dtype}) "
-          f"on mesh {dict(mesh.shape)} -> {path}")
+    print(
+        f"imported {args.model}: {count_params(cfg):,} parameters ({cfg.param_dtype}) "
+        f"on mesh {dict(mesh.shape)} -> {path}"
+    )
     return 0

@@ -20,8 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_mesh_argument(parser)
     parser.add_argument("--hbm-gb", type=float, help="device memory in GiB: report whether the step fits")
     parser.add_argument("--batch-size", type=int, help="global batch (groups); default data.global_batch_size")
-    parser.add_argument("--seq-len", type=int,
-                        help="tokens per row; default the largest data.length_buckets entry, else data.max_length")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        help="tokens per row; default the largest data.length_buckets entry, else data.max_length",
+    )
     parser.add_argument("--topology", default="", help="TPU topology to also compile for (TPU backend only)")
     parser.add_argument("--output", type=local_path_arg, help="write the report as JSON here")
 
@@ -42,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
         return rerun_with_cpu_devices(math.prod(sizes), ["plan", *args.command_argv])
     from rpo_jax.planning import format_report, plan
 
-    report = plan(cfg, args.batch_size or cfg.data.global_batch_size,
-                  args.seq_len or max(cfg.data.length_buckets, default=cfg.data.max_length), args.hbm_gb,
-                  args.topology)
+    report = plan(
+        cfg,
+        args.batch_size or cfg.data.global_batch_size,
+        args.seq_len or max(cfg.data.length_buckets, default=cfg.data.max_length),
+        args.hbm_gb,
+        args.topology,
+    )
     report["config"] = args.config
     print(format_report(report))
     if args.output:

@@ -13,10 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=local_path_arg, help="overrides train.output_dir")
     parser.add_argument("--steps", type=int, help="overrides train.steps")
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume even if the checkpoint's config differs")
-    parser.add_argument("--allow-data-change", action="store_true",
-                        help="resume even if the dataset fingerprint differs")
+    parser.add_argument(
+        "--allow-config-change", action="store_true", help="resume even if the checkpoint's config differs"
+    )
+    parser.add_argument(
+        "--allow-data-change", action="store_true", help="resume even if the dataset fingerprint differs"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     overrides += [f"train.steps={args.steps}"] if args.steps is not None else []
-    train(config_from_args(args, *overrides), resume=args.resume, allow_config_change=args.allow_config_change,
-          allow_data_change=args.allow_data_change)
+    train(
+        config_from_args(args, *overrides),
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+        allow_data_change=args.allow_data_change,
+    )
     return 0

@@ -49,9 +49,9 @@ class StepCheckpointer:
     def __init__(self, directory: str | Path, *, keep_last: int, async_save: bool):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last, enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data_iter", "meta"))
+            max_to_keep=keep_last, enable_async_checkpointing=async_save, create=True
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data_iter", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -71,8 +71,10 @@ class StepCheckpointer:
     def _write_error(self, what: str, cause: Exception) -> CheckpointWriteError:
         latest = self.latest_step()
         kept = f"the latest complete checkpoint is step {latest}" if latest is not None else "no complete checkpoint"
-        return CheckpointWriteError(f"{self.directory}: {what} failed ({type(cause).__name__}: {cause}); {kept}, "
-                                    "left as it was (an unfinished save is only a temporary directory)")
+        return CheckpointWriteError(
+            f"{self.directory}: {what} failed ({type(cause).__name__}: {cause}); {kept}, "
+            "left as it was (an unfinished save is only a temporary directory)"
+        )
 
     def read_meta(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -80,11 +82,14 @@ class StepCheckpointer:
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
         """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct leaves)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data_iter=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
         return restored["state"], _from_json_safe(restored["data_iter"])["state"], dict(restored["meta"])
 
     def wait(self) -> None:
@@ -99,22 +104,28 @@ class StepCheckpointer:
         self.manager.close()
 
 
-def check_resume_compatible(meta: dict, config_dict: dict, data_fingerprint: str, *, allow_config_change: bool,
-                            allow_data_change: bool) -> None:
+def check_resume_compatible(
+    meta: dict, config_dict: dict, data_fingerprint: str, *, allow_config_change: bool, allow_data_change: bool
+) -> None:
     """Refuses to resume a checkpoint whose config or data differ, unless told otherwise."""
     if meta.get("data_fingerprint") != data_fingerprint and not allow_data_change:
         raise CheckpointMismatchError(
             f"checkpoint data fingerprint {meta.get('data_fingerprint')} != current {data_fingerprint}; "
-            "pass --allow-data-change to resume anyway")
+            "pass --allow-data-change to resume anyway"
+        )
     old = meta.get("config", {})
     # Steps and output location may change on resume (extending a run); everything else must match.
     ignore = {("train", "steps"), ("train", "output_dir")}
-    diffs = [f"{sec}.{key}: {old.get(sec, {}).get(key)!r} -> {val!r}"
-             for sec, fields in config_dict.items() for key, val in fields.items()
-             if (sec, key) not in ignore and json.dumps(old.get(sec, {}).get(key)) != json.dumps(val)]
+    diffs = [
+        f"{sec}.{key}: {old.get(sec, {}).get(key)!r} -> {val!r}"
+        for sec, fields in config_dict.items()
+        for key, val in fields.items()
+        if (sec, key) not in ignore and json.dumps(old.get(sec, {}).get(key)) != json.dumps(val)
+    ]
     if diffs and not allow_config_change:
-        raise CheckpointMismatchError("checkpoint config differs: " + "; ".join(diffs)
-                                      + " (pass --allow-config-change to resume anyway)")
+        raise CheckpointMismatchError(
+            "checkpoint config differs: " + "; ".join(diffs) + " (pass --allow-config-change to resume anyway)"
+        )
 
 
 def abstract_like(tree: Any) -> Any:

@@ -86,8 +86,10 @@ def read_llama_config(reader, path: Path) -> dict:
         "max_position_embeddings": int(_field(reader, "llama.context_length", path)),
         # GGUF stores eps as float32; its shortest float32 repr recovers the intended value (1e-05).
         "rms_norm_eps": float(str(np.float32(_field(reader, "llama.attention.layer_norm_rms_epsilon", path)))),
-        "rope_parameters": {"rope_type": "default",
-                            "rope_theta": float(_field(reader, "llama.rope.freq_base", path, default=10000.0))},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": float(_field(reader, "llama.rope.freq_base", path, default=10000.0)),
+        },
         "tie_word_embeddings": "output.weight" not in names,
         "bos_token_id": int(_field(reader, "tokenizer.ggml.bos_token_id", path, default=1)),
         "eos_token_id": int(_field(reader, "tokenizer.ggml.eos_token_id", path, default=2)),
@@ -148,21 +150,26 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     reader = gguf.GGUFReader(str(gguf_path))
     config = read_llama_config(reader, gguf_path)
     tensors = dequantized_tensors(reader, config, gguf_path)
-    chat_template = reader.fields["tokenizer.chat_template"].contents() \
-        if "tokenizer.chat_template" in reader.fields else None
+    chat_template = (
+        reader.fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in reader.fields else None
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
-               "pad_token_id": config["pad_token_id"]}
+        gen = {
+            "bos_token_id": config["bos_token_id"],
+            "eos_token_id": config["eos_token_id"],
+            "pad_token_id": config["pad_token_id"],
+        }
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if "tokenizer.ggml.model" in reader.fields:
             _save_tokenizer(gguf_path, tmp, chat_template)
         else:
-            log.warning("%s: no tokenizer metadata (tokenizer.ggml.model); %s gets no tokenizer files",
-                        gguf_path, out_dir)
+            log.warning(
+                "%s: no tokenizer metadata (tokenizer.ggml.model); %s gets no tokenizer files", gguf_path, out_dir
+            )
         tmp.chmod(0o755)
         tmp.rename(out_dir)
     except BaseException:

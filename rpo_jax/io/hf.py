@@ -1,8 +1,5 @@
-"""HuggingFace Llama folders (config.json + safetensors) <-> our parameter state, through one table.
-
-`TENSOR_TABLE` says, for each HF tensor, which of our parameters it is and how its layout maps: the HF tensor
-is viewed as `split` (each HF dim split into the listed sizes) and then transposed by `perm` into our layout
-(per layer; layer tensors are stacked along our leading `layers` axis). Import and export both read it.
+"""Reading HuggingFace Llama folders (config.json + safetensors) into our parameter state, through the tensor
+table of `rpo_jax.io.hf_table` (which the export reads too).
 
 Import never builds a full host copy: every parameter is created with `jax.make_array_from_callback` in its
 target sharding, and the callback reads from safetensors only the rows/columns the requesting device holds.
@@ -12,11 +9,9 @@ Pickle-based weights (`.bin`, `.pt`, ...) are refused, never loaded.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -28,6 +23,7 @@ from safetensors import safe_open
 
 from rpo_jax.config import LoraConfig, ModelConfig
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf
+from rpo_jax.io.hf_table import LM_HEAD, TensorMap, hf_tensor_names, table_for
 from rpo_jax.model import Llama
 from rpo_jax.sharding import state_shardings
 
@@ -36,81 +32,20 @@ log = logging.getLogger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 
 
 class HFWeightsError(ValueError):
     """A HF weight folder does not match the model its config.json describes."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
-    hf_name: str  # `{i}` = layer index for per-layer tensors
-    path: tuple[str, ...]  # key path in our `nnx.to_pure_dict(state)`
-    split: Callable[[ModelConfig], tuple[tuple[int, ...], ...]]  # per HF dim, the sizes it splits into
-    perm: tuple[int, ...]  # transpose of the split view that gives our (per-layer) layout
-
-    @property
-    def per_layer(self) -> bool:
-        return "{i}" in self.hf_name
-
-    def hf_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
-        return tuple(math.prod(g) for g in self.split(cfg))
-
-    def our_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
-        flat = [s for g in self.split(cfg) for s in g]
-        return tuple(flat[p] for p in self.perm)
-
-
-_ATTN = "model.layers.{i}.self_attn"
-_MLP = "model.layers.{i}.mlp"
-TENSOR_TABLE: tuple[TensorMap, ...] = (
-    TensorMap("model.embed_tokens.weight", ("embed_VD",), lambda c: ((c.vocab_size,), (c.hidden_size,)), (0, 1)),
-    TensorMap(f"{_ATTN}.q_proj.weight", ("layers", "wq_DHDh"),
-              lambda c: ((c.num_attention_heads, c.head_dim), (c.hidden_size,)), (2, 0, 1)),
-    TensorMap(f"{_ATTN}.k_proj.weight", ("layers", "wk_DKDh"),
-              lambda c: ((c.num_key_value_heads, c.head_dim), (c.hidden_size,)), (2, 0, 1)),
-    TensorMap(f"{_ATTN}.v_proj.weight", ("layers", "wv_DKDh"),
-              lambda c: ((c.num_key_value_heads, c.head_dim), (c.hidden_size,)), (2, 0, 1)),
-    TensorMap(f"{_ATTN}.o_proj.weight", ("layers", "wo_HDhD"),
-              lambda c: ((c.hidden_size,), (c.num_attention_heads, c.head_dim)), (1, 2, 0)),
-    TensorMap(f"{_MLP}.gate_proj.weight", ("layers", "w_gate_DF"),
-              lambda c: ((c.intermediate_size,), (c.hidden_size,)), (1, 0)),
-    TensorMap(f"{_MLP}.up_proj.weight", ("layers", "w_up_DF"),
-              lambda c: ((c.intermediate_size,), (c.hidden_size,)), (1, 0)),
-    TensorMap(f"{_MLP}.down_proj.weight", ("layers", "w_down_FD"),
-              lambda c: ((c.hidden_size,), (c.intermediate_size,)), (1, 0)),
-    TensorMap("model.layers.{i}.input_layernorm.weight", ("layers", "input_norm_D"),
-              lambda c: ((c.hidden_size,),), (0,)),
-    TensorMap("model.layers.{i}.post_attention_layernorm.weight", ("layers", "post_attn_norm_D"),
-              lambda c: ((c.hidden_size,),), (0,)),
-    TensorMap("model.norm.weight", ("final_norm_D",), lambda c: ((c.hidden_size,),), (0,)),
-    TensorMap("lm_head.weight", ("lm_head_DV",), lambda c: ((c.vocab_size,), (c.hidden_size,)), (1, 0)),
-)
-LM_HEAD = "lm_head.weight"
-
-
-def table_for(cfg: ModelConfig) -> list[TensorMap]:
-    """The table entries this config uses (no lm_head when embeddings are tied)."""
-    return [t for t in TENSOR_TABLE if not (t.hf_name == LM_HEAD and cfg.tie_word_embeddings)]
-
-
-def hf_tensor_names(cfg: ModelConfig) -> Iterator[tuple[str, TensorMap, int | None]]:
-    """(HF name, table entry, layer index or None) for every tensor an HF folder of `cfg` holds, in HF order."""
-    tables = table_for(cfg)
-    for t in tables:
-        if t.hf_name.startswith("model.embed"):
-            yield t.hf_name, t, None
-    for i in range(cfg.num_hidden_layers):
-        for t in tables:
-            if t.per_layer:
-                yield t.hf_name.format(i=i), t, i
-    for t in tables:
-        if not t.per_layer and not t.hf_name.startswith("model.embed"):
-            yield t.hf_name, t, None
 
 
 # ---------------------------------------------------------------- reading a folder
@@ -138,8 +73,10 @@ def weight_files(hf_dir: str | Path) -> tuple[dict[str, Path], Path]:
             raise HFWeightsError(f"{index}: not a safetensors index (needs a 'weight_map'): {e}") from e
         for name, file in weight_map.items():
             if not file.endswith(".safetensors"):
-                raise HFWeightsError(f"{index}: tensor {name} lives in {file}, not a .safetensors file; "
-                                     f"pickle-based weights are never loaded")
+                raise HFWeightsError(
+                    f"{index}: tensor {name} lives in {file}, not a .safetensors file; "
+                    f"pickle-based weights are never loaded"
+                )
             if not (hf_dir / file).is_file():
                 raise HFWeightsError(f"{index}: tensor {name}: file {hf_dir / file} does not exist")
         return {name: hf_dir / file for name, file in weight_map.items()}, index
@@ -148,8 +85,10 @@ def weight_files(hf_dir: str | Path) -> tuple[dict[str, Path], Path]:
             return {name: single for name in f.keys()}, single
     pickles = sorted(p.name for p in hf_dir.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
     if pickles:
-        raise HFWeightsError(f"{hf_dir}: only pickle-based weights found ({', '.join(pickles)}); they are never "
-                             f"loaded. Convert them to safetensors ({SINGLE_FILE} or {INDEX_FILE}).")
+        raise HFWeightsError(
+            f"{hf_dir}: only pickle-based weights found ({', '.join(pickles)}); they are never "
+            f"loaded. Convert them to safetensors ({SINGLE_FILE} or {INDEX_FILE})."
+        )
     raise HFWeightsError(f"{hf_dir}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
@@ -170,29 +109,36 @@ def _check_tensors(cfg: ModelConfig, reader: _Reader, files: dict[str, Path], li
     expected = {name: t for name, t, _ in hf_tensor_names(cfg)}
     missing = [n for n in expected if n not in files]
     if missing:
-        raise HFWeightsError(f"{listing}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                                                                           if len(missing) > 1 else ""))
+        raise HFWeightsError(
+            f"{listing}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = sorted(set(files) - set(expected) - ({LM_HEAD} if cfg.tie_word_embeddings else set()))
     if extra:
-        raise HFWeightsError(f"{files[extra[0]]}: unexpected tensor {extra[0]}" +
-                             (f" (and {len(extra) - 1} more: {extra[1:6]})" if len(extra) > 1 else ""))
+        raise HFWeightsError(
+            f"{files[extra[0]]}: unexpected tensor {extra[0]}"
+            + (f" (and {len(extra) - 1} more: {extra[1:6]})" if len(extra) > 1 else "")
+        )
     for name, t in expected.items():
         shape = tuple(reader.slice(name).get_shape())
         if shape != t.hf_shape(cfg):
-            raise HFWeightsError(f"{files[name]}: tensor {name} has shape {shape}, config.json implies "
-                                 f"{t.hf_shape(cfg)}")
+            raise HFWeightsError(
+                f"{files[name]}: tensor {name} has shape {shape}, config.json implies {t.hf_shape(cfg)}"
+            )
     if cfg.tie_word_embeddings and LM_HEAD in files:
         # Some exporters write the tied head anyway; accept it only when it really is the embedding.
         head, embed = reader.slice(LM_HEAD), reader.slice("model.embed_tokens.weight")
         if tuple(head.get_shape()) != tuple(embed.get_shape()):
-            raise HFWeightsError(f"{files[LM_HEAD]}: tensor {LM_HEAD} has shape {head.get_shape()} but "
-                                 f"tie_word_embeddings is true")
+            raise HFWeightsError(
+                f"{files[LM_HEAD]}: tensor {LM_HEAD} has shape {head.get_shape()} but tie_word_embeddings is true"
+            )
         rows = head.get_shape()[0]
         for start in range(0, rows, 4096):
             stop = min(start + 4096, rows)
             if not np.array_equal(head[start:stop], embed[start:stop]):
-                raise HFWeightsError(f"{files[LM_HEAD]}: tensor {LM_HEAD} differs from model.embed_tokens.weight "
-                                     f"but config.json sets tie_word_embeddings=true")
+                raise HFWeightsError(
+                    f"{files[LM_HEAD]}: tensor {LM_HEAD} differs from model.embed_tokens.weight "
+                    f"but config.json sets tie_word_embeddings=true"
+                )
 
 
 def _read_block(tensor_slice, t: TensorMap, cfg: ModelConfig, index: tuple[slice, ...]) -> np.ndarray:
@@ -209,14 +155,20 @@ def _read_block(tensor_slice, t: TensorMap, cfg: ModelConfig, index: tuple[slice
         inner = math.prod(g[1:])
         hf_index.append(slice(start * inner, stop * inner))
         view_shape += [stop - start, *g[1:]]
-        post_index += [slice(None), *split_index[k + 1:k + len(g)]]
+        post_index += [slice(None), *split_index[k + 1 : k + len(g)]]
         k += len(g)
     block = np.asarray(tensor_slice[tuple(hf_index)]).reshape(view_shape)
     return block[tuple(post_index)].transpose(t.perm)
 
 
-def load_hf_state(hf_dir: str | Path, mesh: Mesh, *, param_dtype: str | None = None,
-                  scan_layers: bool = True, remat_policy: str = "none") -> tuple[ModelConfig, nnx.State]:
+def load_hf_state(
+    hf_dir: str | Path,
+    mesh: Mesh,
+    *,
+    param_dtype: str | None = None,
+    scan_layers: bool = True,
+    remat_policy: str = "none",
+) -> tuple[ModelConfig, nnx.State]:
     """Reads a HF Llama folder straight into an NNX parameter state sharded on `mesh` (no LoRA params)."""
     cfg = read_hf_config(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy)
     files, listing = weight_files(hf_dir)
@@ -234,8 +186,9 @@ def load_hf_state(hf_dir: str | Path, mesh: Mesh, *, param_dtype: str | None = N
                 if not t.per_layer:
                     return _read_block(reader.slice(t.hf_name), t, cfg, index).astype(np_dtype)
                 layers = range(*index[0].indices(cfg.num_hidden_layers))
-                return np.stack([_read_block(reader.slice(t.hf_name.format(i=i)), t, cfg, index[1:])
-                                 for i in layers]).astype(np_dtype)
+                return np.stack(
+                    [_read_block(reader.slice(t.hf_name.format(i=i)), t, cfg, index[1:]) for i in layers]
+                ).astype(np_dtype)
 
             node = pure
             for key in t.path[:-1]:

@@ -22,14 +22,36 @@ class HFConfigError(ValueError):
 
 
 # HF field -> ModelConfig field, copied as-is.
-DIRECT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "max_position_embeddings", "initializer_range")
+DIRECT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "initializer_range",
+)
 # Fields with no effect on the forward pass of an eval/training step as we run it.
-IGNORED_FIELDS = frozenset({
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache", "pad_token_id",
-    "pretraining_tp", "_name_or_path", "is_llama_config", "transformers.js_config", "output_attentions",
-    "output_hidden_states", "return_dict", "tie_encoder_decoder", "chunk_size_feed_forward",
-})
+IGNORED_FIELDS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "pad_token_id",
+        "pretraining_tp",
+        "_name_or_path",
+        "is_llama_config",
+        "transformers.js_config",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "tie_encoder_decoder",
+        "chunk_size_feed_forward",
+    }
+)
 # Field -> value it must have (absent is fine); anything else is an architecture we do not implement.
 REQUIRED_VALUES: dict[str, Any] = {
     "hidden_act": "silu",
@@ -41,11 +63,26 @@ REQUIRED_VALUES: dict[str, Any] = {
     "use_sliding_window": False,
 }
 # Fields whose mere (non-null) presence means another architecture or a weight format we do not load.
-FORBIDDEN_FIELDS = ("num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                    "n_routed_experts", "n_shared_experts", "quantization_config", "layer_types",
-                    "no_rope_layers", "attention_chunk_size")
-ROPE_FIELDS = ("rope_type", "rope_theta", "factor", "low_freq_factor", "high_freq_factor",
-               "original_max_position_embeddings")
+FORBIDDEN_FIELDS = (
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "n_routed_experts",
+    "n_shared_experts",
+    "quantization_config",
+    "layer_types",
+    "no_rope_layers",
+    "attention_chunk_size",
+)
+ROPE_FIELDS = (
+    "rope_type",
+    "rope_theta",
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
 HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
@@ -63,8 +100,9 @@ def _rope_from_hf(raw: dict, where: str) -> RopeConfig:
     params = dict(params)
     rope_type = params.get("rope_type", "default")
     if rope_type not in ("default", "llama3"):
-        raise HFConfigError(f"{where}: field rope_parameters.rope_type={rope_type!r} is not supported "
-                            f"(only 'default' and 'llama3')")
+        raise HFConfigError(
+            f"{where}: field rope_parameters.rope_type={rope_type!r} is not supported (only 'default' and 'llama3')"
+        )
     if rope_type == "default":
         # Other keys (e.g. a stale `factor`) have no effect in HF for default RoPE either.
         return RopeConfig(rope_type="default", rope_theta=float(params.get("rope_theta", 10000.0)))
@@ -74,10 +112,14 @@ def _rope_from_hf(raw: dict, where: str) -> RopeConfig:
     missing = sorted(set(ROPE_FIELDS) - set(params))
     if missing:
         raise HFConfigError(f"{where}: field rope_parameters (llama3) lacks {missing}")
-    return RopeConfig(rope_type="llama3", rope_theta=float(params["rope_theta"]), factor=float(params["factor"]),
-                      low_freq_factor=float(params["low_freq_factor"]),
-                      high_freq_factor=float(params["high_freq_factor"]),
-                      original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+    return RopeConfig(
+        rope_type="llama3",
+        rope_theta=float(params["rope_theta"]),
+        factor=float(params["factor"]),
+        low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+    )
 
 
 def _token_id(raw: dict, field: str, where: str, default: int) -> int:
@@ -94,9 +136,15 @@ def _token_id(raw: dict, field: str, where: str, default: int) -> int:
     return int(value)
 
 
-def model_config_from_hf(raw: dict, where: str = "config.json", *, param_dtype: str | None = None,
-                         dtype: str | None = None, scan_layers: bool = True,
-                         remat_policy: str = "none") -> ModelConfig:
+def model_config_from_hf(
+    raw: dict,
+    where: str = "config.json",
+    *,
+    param_dtype: str | None = None,
+    dtype: str | None = None,
+    scan_layers: bool = True,
+    remat_policy: str = "none",
+) -> ModelConfig:
     """ModelConfig from a HF Llama config dict. `where` names the file in error messages.
 
     `param_dtype`/`dtype` default to the checkpoint's `dtype` (`torch_dtype`) when that is float32 or
@@ -114,9 +162,23 @@ def model_config_from_hf(raw: dict, where: str = "config.json", *, param_dtype: 
     for field in FORBIDDEN_FIELDS:
         if raw.get(field) not in (None, 0, [], {}):
             raise HFConfigError(f"{where}: field {field}={raw[field]!r} describes an unsupported architecture")
-    known = (set(DIRECT_FIELDS) | IGNORED_FIELDS | set(REQUIRED_VALUES) | set(FORBIDDEN_FIELDS)
-             | {"num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
-                "rope_theta", "rope_scaling", "bos_token_id", "eos_token_id"})
+    known = (
+        set(DIRECT_FIELDS)
+        | IGNORED_FIELDS
+        | set(REQUIRED_VALUES)
+        | set(FORBIDDEN_FIELDS)
+        | {
+            "num_key_value_heads",
+            "head_dim",
+            "rms_norm_eps",
+            "tie_word_embeddings",
+            "rope_parameters",
+            "rope_theta",
+            "rope_scaling",
+            "bos_token_id",
+            "eos_token_id",
+        }
+    )
     unknown = sorted(set(raw) - known)
     if unknown:
         log.warning("%s: ignoring fields with no counterpart in ModelConfig: %s", where, unknown)

@@ -15,8 +15,9 @@ import numpy as np
 from flax import nnx
 
 from rpo_jax.config import LoraConfig, ModelConfig
-from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES, TensorMap, hf_tensor_names
+from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES
 from rpo_jax.io.hf_config import model_config_to_hf
+from rpo_jax.io.hf_table import TensorMap, hf_tensor_names
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,16 @@ def _hf_tensor(pure: dict, t: TensorMap, layer: int | None, cfg: ModelConfig, lo
     return w.transpose(inverse).reshape(t.hf_shape(cfg))
 
 
-def export_hf(state: nnx.State | dict, cfg: ModelConfig, lora_cfg: LoraConfig, output_dir: str | Path, *,
-              dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3,
-              tokenizer_dir: str | Path | None = None) -> list[str]:
+def export_hf(
+    state: nnx.State | dict,
+    cfg: ModelConfig,
+    lora_cfg: LoraConfig,
+    output_dir: str | Path,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+    tokenizer_dir: str | Path | None = None,
+) -> list[str]:
     """Writes a HF Llama folder (config.json, safetensors, tokenizer files) atomically; returns files written.
 
     LoRA adapters in `state` are always merged into their base weights (HF Llama has no place for them).
@@ -67,8 +75,11 @@ def export_hf(state: nnx.State | dict, cfg: ModelConfig, lora_cfg: LoraConfig, o
     tensors = list(hf_tensor_names(cfg))
     entries = [(name, t.hf_shape(cfg), dtype) for name, t, _ in tensors]
     shards = plan_shards(entries, max_shard_bytes)
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors" for s in range(len(shards))])
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors" for s in range(len(shards))]
+    )
 
     def produce(k: int) -> np.ndarray:
         _, t, layer = tensors[k]

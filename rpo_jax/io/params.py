@@ -71,8 +71,10 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (is {path.parent} a params checkpoint from save_params, or an "
-                                f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)")
+        raise FileNotFoundError(
+            f"{path}: not found (is {path.parent} a params checkpoint from save_params, or an "
+            f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -115,8 +117,10 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     """
     params_dir = Path(check_local_path(str(path), "params checkpoint")).absolute() / PARAMS_DIR
     if not params_dir.is_dir():
-        raise FileNotFoundError(f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
-                                f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)")
+        raise FileNotFoundError(
+            f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
+            f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)"
+        )
     checkpointer = ocp.StandardCheckpointer()
     stored = _flatten(checkpointer.metadata(params_dir).item_metadata.tree)
     wanted_tree = nnx.to_pure_dict(abstract_state)
@@ -124,16 +128,19 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     missing = sorted(set(wanted) - set(stored))
     extra = sorted(set(stored) - set(wanted))
     if missing or extra:
-        raise CheckpointMismatchError(f"{params_dir}: parameters differ from the model: missing {missing}, "
-                                      f"unexpected {extra}")
+        raise CheckpointMismatchError(
+            f"{params_dir}: parameters differ from the model: missing {missing}, unexpected {extra}"
+        )
     for name, want in wanted.items():
         have = stored[name]
         if tuple(have.shape) != tuple(want.shape) or jax.numpy.dtype(have.dtype) != jax.numpy.dtype(want.dtype):
             raise CheckpointMismatchError(
                 f"{params_dir}: parameter {name} is {tuple(have.shape)} {have.dtype} in the checkpoint but "
-                f"{tuple(want.shape)} {want.dtype} in the model (compare {Path(path) / MODEL_CONFIG_FILE})")
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          wanted_tree, nnx.to_pure_dict(shardings))
+                f"{tuple(want.shape)} {want.dtype} in the model (compare {Path(path) / MODEL_CONFIG_FILE})"
+            )
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), wanted_tree, nnx.to_pure_dict(shardings)
+    )
     restored = checkpointer.restore(params_dir, target)
     checkpointer.close()
     state = jax.tree.map(lambda x: x, abstract_state)  # a copy: replace_by_pure_dict mutates the State
@@ -189,19 +196,28 @@ def load_hf_base(path: str | Path, model_cfg: ModelConfig, mesh: Mesh) -> nnx.St
     """
     hf_cfg = read_hf_config(path)
     ours, theirs = _architecture(model_cfg), _architecture(hf_cfg)
-    differ = [f"{name} (model {ours[name]!r}, config.json {theirs[name]!r})"
-              for name in ours if ours[name] != theirs[name]]
+    differ = [
+        f"{name} (model {ours[name]!r}, config.json {theirs[name]!r})" for name in ours if ours[name] != theirs[name]
+    ]
     if differ:
-        raise CheckpointMismatchError(f"{Path(path) / 'config.json'}: the HF folder's architecture differs from "
-                                      f"the model it is loaded into (a run config's model section): "
-                                      f"{'; '.join(differ)}")
-    _, state = load_hf_state(path, mesh, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
-                             remat_policy=model_cfg.remat_policy)
+        raise CheckpointMismatchError(
+            f"{Path(path) / 'config.json'}: the HF folder's architecture differs from "
+            f"the model it is loaded into (a run config's model section): "
+            f"{'; '.join(differ)}"
+        )
+    _, state = load_hf_state(
+        path,
+        mesh,
+        param_dtype=model_cfg.param_dtype,
+        scan_layers=model_cfg.scan_layers,
+        remat_policy=model_cfg.remat_policy,
+    )
     return state
 
 
-def import_hf(hf_dir: str | Path, output: str | Path, mesh: Mesh, *, param_dtype: str | None = None
-              ) -> tuple[ModelConfig, Path]:
+def import_hf(
+    hf_dir: str | Path, output: str | Path, mesh: Mesh, *, param_dtype: str | None = None
+) -> tuple[ModelConfig, Path]:
     """An HF Llama folder -> a new params checkpoint at `output`, each tensor read straight into its sharding."""
     if Path(output).exists():
         raise FileExistsError(f"{output}: already exists; refusing to overwrite")
@@ -209,8 +225,14 @@ def import_hf(hf_dir: str | Path, output: str | Path, mesh: Mesh, *, param_dtype
     return cfg, save_params(output, state, cfg, LoraConfig())
 
 
-def import_gguf(gguf_path: str | Path, output: str | Path, mesh: Mesh, *, param_dtype: str = "float32",
-                hf_output: str | Path | None = None) -> tuple[ModelConfig, Path]:
+def import_gguf(
+    gguf_path: str | Path,
+    output: str | Path,
+    mesh: Mesh,
+    *,
+    param_dtype: str = "float32",
+    hf_output: str | Path | None = None,
+) -> tuple[ModelConfig, Path]:
     """A GGUF Llama file -> params checkpoint, through an HF folder (kept at `hf_output` when given, else a
     scratch folder that is deleted)."""
     import tempfile

@@ -35,8 +35,9 @@ def _np_dtype(dtype: str):
     return ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
 
 
-def write_file(path: Path, entries: Sequence[tuple[str, tuple[int, ...], str]],
-               produce: Callable[[int], np.ndarray]) -> None:
+def write_file(
+    path: Path, entries: Sequence[tuple[str, tuple[int, ...], str]], produce: Callable[[int], np.ndarray]
+) -> None:
     """Writes `entries` (name, shape, dtype name) to one safetensors file; `produce(k)` gives tensor k."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -52,6 +53,7 @@ def write_file(path: Path, entries: Sequence[tuple[str, tuple[int, ...], str]],
         for k, (name, shape, dtype) in enumerate(entries):
             array = np.ascontiguousarray(produce(k))
             if array.shape != tuple(shape) or array.dtype != np.dtype(_np_dtype(dtype)):
-                raise ValueError(f"{path}: tensor {name} produced {array.shape} {array.dtype}, planned "
-                                 f"{tuple(shape)} {dtype}")
+                raise ValueError(
+                    f"{path}: tensor {name} produced {array.shape} {array.dtype}, planned {tuple(shape)} {dtype}"
+                )
             f.write(array.tobytes())

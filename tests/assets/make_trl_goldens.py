@@ -33,10 +33,23 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 HERE = Path(__file__).resolve().parent
 VOCAB = 64
 PAD_ID, EOS_ID = 0, 1
-MODEL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, max_position_embeddings=64,
-             tie_word_embeddings=False, rope_theta=10000.0, initializer_range=0.3, bos_token_id=2,
-             eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+MODEL = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+    rope_theta=10000.0,
+    initializer_range=0.3,
+    bos_token_id=2,
+    eos_token_id=EOS_ID,
+    pad_token_id=PAD_ID,
+)
 # Pre-tokenized examples with different prompt and response lengths; responses end with EOS as TRL appends it.
 EXAMPLES = [
     {"prompt_ids": [2, 10, 11, 12], "chosen_ids": [20, 21, 22, 1], "rejected_ids": [30, 31, 1]},
@@ -56,8 +69,10 @@ LOSS_CONFIGS = {
 
 def make_model(seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(**{k: v for k, v in MODEL.items() if k != "rope_theta"},
-                         rope_parameters={"rope_type": "default", "rope_theta": MODEL["rope_theta"]})
+    config = LlamaConfig(
+        **{k: v for k, v in MODEL.items() if k != "rope_theta"},
+        rope_parameters={"rope_type": "default", "rope_theta": MODEL["rope_theta"]},
+    )
     return LlamaForCausalLM(config).float().eval()
 
 
@@ -69,12 +84,22 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def run_config(policy, reference, tokenizer, loss_kwargs: dict, out_dir: str) -> dict:
-    args = DPOConfig(output_dir=out_dir, report_to=[], use_cpu=True, beta=BETA, bf16=False, fp16=False,
-                     per_device_train_batch_size=len(EXAMPLES), max_length=None, **loss_kwargs)
+    args = DPOConfig(
+        output_dir=out_dir,
+        report_to=[],
+        use_cpu=True,
+        beta=BETA,
+        bf16=False,
+        fp16=False,
+        per_device_train_batch_size=len(EXAMPLES),
+        max_length=None,
+        **loss_kwargs,
+    )
     # The trainer needs a dataset to be constructed; the numbers come from the pre-tokenized batch below.
     stand_in = Dataset.from_dict({"prompt": ["w3 w4"], "chosen": ["w5"], "rejected": ["w6"]})
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=stand_in,
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=stand_in, processing_class=tokenizer
+    )
     inputs = DataCollatorForPreference(pad_token_id=PAD_ID)(EXAMPLES)
     trainer.model.train()  # `_compute_loss` logs under "train" when the model is in training mode
     with torch.no_grad():
@@ -103,6 +128,7 @@ def main() -> None:
             results[name] = run_config(policy, reference, tokenizer, loss_kwargs, out_dir)
     import transformers
     import trl
+
     golden = {
         "generated_by": "tests/assets/make_trl_goldens.py",
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},

@@ -28,38 +28,40 @@ import re
 import immutabledict
 import nltk
 
-LANGUAGE_CODES = immutabledict.immutabledict({
-    "en": "English",
-    "es": "Spanish",
-    "pt": "Portuguese",
-    "ar": "Arabic",
-    "hi": "Hindi",
-    "fr": "French",
-    "ru": "Russian",
-    "de": "German",
-    "ja": "Japanese",
-    "it": "Italian",
-    "bn": "Bengali",
-    "uk": "Ukrainian",
-    "th": "Thai",
-    "ur": "Urdu",
-    "ta": "Tamil",
-    "te": "Telugu",
-    "bg": "Bulgarian",
-    "ko": "Korean",
-    "pl": "Polish",
-    "he": "Hebrew",
-    "fa": "Persian",
-    "vi": "Vietnamese",
-    "ne": "Nepali",
-    "sw": "Swahili",
-    "kn": "Kannada",
-    "mr": "Marathi",
-    "gu": "Gujarati",
-    "pa": "Punjabi",
-    "ml": "Malayalam",
-    "fi": "Finnish",
-})
+LANGUAGE_CODES = immutabledict.immutabledict(
+    {
+        "en": "English",
+        "es": "Spanish",
+        "pt": "Portuguese",
+        "ar": "Arabic",
+        "hi": "Hindi",
+        "fr": "French",
+        "ru": "Russian",
+        "de": "German",
+        "ja": "Japanese",
+        "it": "Italian",
+        "bn": "Bengali",
+        "uk": "Ukrainian",
+        "th": "Thai",
+        "ur": "Urdu",
+        "ta": "Tamil",
+        "te": "Telugu",
+        "bg": "Bulgarian",
+        "ko": "Korean",
+        "pl": "Polish",
+        "he": "Hebrew",
+        "fa": "Persian",
+        "vi": "Vietnamese",
+        "ne": "Nepali",
+        "sw": "Swahili",
+        "kn": "Kannada",
+        "mr": "Marathi",
+        "gu": "Gujarati",
+        "pa": "Punjabi",
+        "ml": "Malayalam",
+        "fi": "Finnish",
+    }
+)
 
 WORD_LIST = [
     "western",
@@ -1589,6 +1591,7 @@ WORD_LIST = [
     "apartment",
 ]  # pylint: disable=line-too-long
 
+
 def split_into_sentences(text):
     """Split the text into sentences using NLTK.
 
@@ -1624,11 +1627,12 @@ def count_sentences(text):
 def count_stopwords(text):
     """Counts the number of stopwords."""
     """Counts the number of stopwords."""
-    stopwords = nltk.corpus.stopwords.words('english')
+    stopwords = nltk.corpus.stopwords.words("english")
     tokenizer = nltk.tokenize.RegexpTokenizer(r"\w+")
     tokens = tokenizer.tokenize(text)
     num_stopwords = len([t for t in tokens if t.lower() in stopwords])
     return num_stopwords
+
 
 def generate_keywords(num_keywords):
     """Randomly generates a few keywords."""

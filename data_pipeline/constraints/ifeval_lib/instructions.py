@@ -151,8 +151,7 @@ class ResponseLanguageChecker(Instruction):
             self._language = random.choice(list(_LANGUAGES.keys()))
         # TODO(tianjianlu): opens the description generation to more choices.
         self._description_pattern = (
-            "Your ENTIRE response should be in {language} language, no other "
-            + "language is allowed."
+            "Your ENTIRE response should be in {language} language, no other " + "language is allowed."
         )
         return self._description_pattern.format(language=_LANGUAGES[self._language])
 
@@ -179,9 +178,7 @@ class ResponseLanguageChecker(Instruction):
             return langdetect.detect(value) == self._language
         except langdetect.LangDetectException as e:
             # Count as instruction is followed.
-            logging.error(
-                "Unable to detect language for text %s due to %s", value, e
-            )  # refex: disable=pytotw.037
+            logging.error("Unable to detect language for text %s due to %s", value, e)  # refex: disable=pytotw.037
             return True
 
 
@@ -212,15 +209,12 @@ class NumberOfSentences(Instruction):
             self._comparison_relation = random.choice(_COMPARISON_RELATION)
         elif relation not in _COMPARISON_RELATION:
             raise ValueError(
-                "The supported relation for comparison must be in "
-                f"{_COMPARISON_RELATION}, but {relation} is given."
+                f"The supported relation for comparison must be in {_COMPARISON_RELATION}, but {relation} is given."
             )
         else:
             self._comparison_relation = relation
 
-        self._description_pattern = (
-            "Your response should contain {relation} {num_sentences} sentences."
-        )
+        self._description_pattern = "Your response should contain {relation} {num_sentences} sentences."
         return self._description_pattern.format(
             relation=self._comparison_relation,
             num_sentences=self._num_sentences_threshold,
@@ -500,9 +494,7 @@ class SectionChecker(Instruction):
         Returns:
           A string representing the instruction description.
         """
-        self._section_spliter = (
-            section_spliter.strip() if isinstance(section_spliter, str) else section_spliter
-        )
+        self._section_spliter = section_spliter.strip() if isinstance(section_spliter, str) else section_spliter
         if self._section_spliter is None:
             self._section_spliter = random.choice(_SECTION_SPLITER)
 
@@ -519,9 +511,7 @@ class SectionChecker(Instruction):
             + "[content of section 2]"
         )
 
-        return self._description_pattern.format(
-            num_sections=self._num_sections, section_spliter=self._section_spliter
-        )
+        return self._description_pattern.format(num_sections=self._num_sections, section_spliter=self._section_spliter)
 
     def get_instruction_args(self):
         """Returns the keyward args of `build_description`."""
@@ -570,8 +560,7 @@ class ParagraphChecker(Instruction):
             self._num_paragraphs = random.randint(1, _NUM_PARAGRAPHS)
 
         self._description_pattern = (
-            "There should be {num_paragraphs} paragraphs. "
-            + "Paragraphs are separated with the markdown divider: ***"
+            "There should be {num_paragraphs} paragraphs. " + "Paragraphs are separated with the markdown divider: ***"
         )
 
         return self._description_pattern.format(num_paragraphs=self._num_paragraphs)
@@ -621,15 +610,12 @@ class PostscriptChecker(Instruction):
         Returns:
           A string representing the instruction description.
         """
-        self._postscript_marker = (
-            postscript_marker.strip() if isinstance(postscript_marker, str) else postscript_marker
-        )
+        self._postscript_marker = postscript_marker.strip() if isinstance(postscript_marker, str) else postscript_marker
         if self._postscript_marker is None:
             self._postscript_marker = random.choice(_POSTSCRIPT_MARKER)
 
         self._description_pattern = (
-            "At the end of your response, please explicitly add a postscript "
-            + "starting with {postscript}"
+            "At the end of your response, please explicitly add a postscript " + "starting with {postscript}"
         )
 
         return self._description_pattern.format(postscript=self._postscript_marker)
@@ -680,9 +666,7 @@ class RephraseChecker(Instruction):
           A string representing the instruction description.
         """
         if not self.is_change(original_message):
-            raise ValueError(
-                f"Message {original_message} does not contain changes in the form of *change me*."
-            )
+            raise ValueError(f"Message {original_message} does not contain changes in the form of *change me*.")
 
         self._reference_without_change = original_message
         self._description = (
@@ -801,8 +785,7 @@ class KeywordFrequencyChecker(Instruction):
             self._comparison_relation = random.choice(_COMPARISON_RELATION)
         elif relation not in _COMPARISON_RELATION:
             raise ValueError(
-                "The supported relation for comparison must be in "
-                f"{_COMPARISON_RELATION}, but {relation} is given."
+                f"The supported relation for comparison must be in {_COMPARISON_RELATION}, but {relation} is given."
             )
         else:
             self._comparison_relation = relation
@@ -866,17 +849,14 @@ class NumberOfWords(Instruction):
             self._comparison_relation = random.choice(_COMPARISON_RELATION)
         elif relation not in _COMPARISON_RELATION:
             raise ValueError(
-                "The supported relation for comparison must be in "
-                f"{_COMPARISON_RELATION}, but {relation} is given."
+                f"The supported relation for comparison must be in {_COMPARISON_RELATION}, but {relation} is given."
             )
         else:
             self._comparison_relation = relation
 
         self._description_pattern = "Answer with {relation} {num_words} words."
 
-        return self._description_pattern.format(
-            relation=self._comparison_relation, num_words=self._num_words
-        )
+        return self._description_pattern.format(relation=self._comparison_relation, num_words=self._num_words)
 
     def get_instruction_args(self):
         """Returns the keyward args of `build_description`."""
@@ -901,8 +881,7 @@ class JsonFormat(Instruction):
 
     def build_description(self):
         self._description_pattern = (
-            "Entire output should be wrapped in JSON format. You can use markdown"
-            " ticks such as ```."
+            "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```."
         )
         return self._description_pattern
 
@@ -953,11 +932,7 @@ class ParagraphFirstWordCheck(Instruction):
             self._num_paragraphs = random.randint(1, _NUM_PARAGRAPHS)
 
         self._nth_paragraph = nth_paragraph
-        if (
-            self._nth_paragraph is None
-            or self._nth_paragraph <= 0
-            or self._nth_paragraph > self._num_paragraphs
-        ):
+        if self._nth_paragraph is None or self._nth_paragraph <= 0 or self._nth_paragraph > self._num_paragraphs:
             self._nth_paragraph = random.randint(1, self._num_paragraphs + 1)
 
         self._first_word = first_word
@@ -1063,13 +1038,9 @@ class KeySentenceChecker(Instruction):
         else:
             self._num_sentences = num_sentences
 
-        self._description_pattern = (
-            "Include {num_sentences} of the following sentences {key_sentences}"
-        )
+        self._description_pattern = "Include {num_sentences} of the following sentences {key_sentences}"
 
-        return self._description_pattern.format(
-            num_sentences=self._num_sentences, key_sentences=self._key_sentences
-        )
+        return self._description_pattern.format(num_sentences=self._num_sentences, key_sentences=self._key_sentences)
 
     def get_instruction_args(self):
         """Returns the keyward args of `build_description`."""
@@ -1162,9 +1133,7 @@ class RephraseParagraph(Instruction):
             + "to 'ran'."
         )
 
-        return self._description.format(
-            original_paragraph=original_paragraph, low=self._low, high=self._high
-        )
+        return self._description.format(original_paragraph=original_paragraph, low=self._low, high=self._high)
 
     def get_instruction_args(self):
         """Returns the keyward args of `build_description`."""
@@ -1228,9 +1197,7 @@ class TwoResponsesChecker(Instruction):
                     return False
             else:
                 valid_responses.append(response)
-        return (
-            len(valid_responses) == 2 and valid_responses[0].strip() != valid_responses[1].strip()
-        )
+        return len(valid_responses) == 2 and valid_responses[0].strip() != valid_responses[1].strip()
 
 
 class RepeatPromptThenAnswer(Instruction):
@@ -1286,8 +1253,7 @@ class EndChecker(Instruction):
         if self._end_phrase is None:
             self._end_phrase = random.choice(_ENDING_OPTIONS)
         self._description_pattern = (
-            "Finish your response with this exact phrase {ender}. "
-            "No other words should follow this phrase."
+            "Finish your response with this exact phrase {ender}. No other words should follow this phrase."
         )
         return self._description_pattern.format(ender=self._end_phrase)
 
@@ -1311,8 +1277,7 @@ class TitleChecker(Instruction):
     def build_description(self):
         """Build the instruction description."""
         self._description_pattern = (
-            "Your answer must contain a title, wrapped in double angular brackets,"
-            " such as <<poem of joy>>."
+            "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
         )
         return self._description_pattern
 
@@ -1368,15 +1333,13 @@ class LetterFrequencyChecker(Instruction):
             self._comparison_relation = random.choice(_COMPARISON_RELATION)
         elif let_relation not in _COMPARISON_RELATION:
             raise ValueError(
-                "The supported relation for comparison must be in "
-                f"{_COMPARISON_RELATION}, but {let_relation} is given."
+                f"The supported relation for comparison must be in {_COMPARISON_RELATION}, but {let_relation} is given."
             )
         else:
             self._comparison_relation = let_relation
 
         self._description_pattern = (
-            "In your response, the letter {letter} should appear {let_relation}"
-            " {let_frequency} times."
+            "In your response, the letter {letter} should appear {let_relation} {let_frequency} times."
         )
 
         return self._description_pattern.format(
@@ -1413,9 +1376,7 @@ class CapitalLettersEnglishChecker(Instruction):
 
     def build_description(self):
         """Build the instruction description."""
-        self._description_pattern = (
-            "Your entire response should be in English, and in all capital letters."
-        )
+        self._description_pattern = "Your entire response should be in English, and in all capital letters."
         return self._description_pattern
 
     def get_instruction_args(self):
@@ -1433,9 +1394,7 @@ class CapitalLettersEnglishChecker(Instruction):
             return value.isupper() and langdetect.detect(value) == "en"
         except langdetect.LangDetectException as e:
             # Count as instruction is followed.
-            logging.error(
-                "Unable to detect language for text %s due to %s", value, e
-            )  # refex: disable=pytotw.037
+            logging.error("Unable to detect language for text %s due to %s", value, e)  # refex: disable=pytotw.037
             return True
 
 
@@ -1445,8 +1404,7 @@ class LowercaseLettersEnglishChecker(Instruction):
     def build_description(self):
         """Build the instruction description."""
         self._description_pattern = (
-            "Your entire response should be in English, and in all lowercase"
-            " letters. No capital letters are allowed."
+            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed."
         )
         return self._description_pattern
 
@@ -1465,9 +1423,7 @@ class LowercaseLettersEnglishChecker(Instruction):
             return value.islower() and langdetect.detect(value) == "en"
         except langdetect.LangDetectException as e:
             # Count as instruction is followed.
-            logging.error(
-                "Unable to detect language for text %s due to %s", value, e
-            )  # refex: disable=pytotw.037
+            logging.error("Unable to detect language for text %s due to %s", value, e)  # refex: disable=pytotw.037
             return True
 
 
@@ -1524,13 +1480,10 @@ class CapitalWordFrequencyChecker(Instruction):
             )
 
         self._description_pattern = (
-            "In your response, words with all capital letters should appear"
-            " {relation} {frequency} times."
+            "In your response, words with all capital letters should appear {relation} {frequency} times."
         )
 
-        return self._description_pattern.format(
-            frequency=self._frequency, relation=self._comparison_relation
-        )
+        return self._description_pattern.format(frequency=self._frequency, relation=self._comparison_relation)
 
     def get_instruction_args(self):
         """Returns the keyword args of build description."""
