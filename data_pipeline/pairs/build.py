@@ -62,6 +62,7 @@ class BuildSettings:
     judge: JudgeSettings | None = None
     eval_fraction: float = 0.0  # share of groups held out in eval_pairs.jsonl
     seed: int = 0  # of the held-out split
+    allow_empty: bool = False  # write an output with no records instead of failing
 
     def __post_init__(self):
         pool = self.responses is not None
@@ -168,6 +169,12 @@ def build_pairs(settings: BuildSettings) -> dict:
         raise UserError(f"build-pairs: {output} already exists; pass --overwrite to replace it")
     stats = BuildStats(settings.recipe, "responses" if settings.responses else "rows")
     records = build_records(settings, stats, stats.bad if settings.skip_bad else None)
+    if not records and not settings.allow_empty:
+        min_g = f" (--min-g {settings.effective_min_g})" if settings.responses else ""
+        raise UserError(
+            f"build-pairs: 0 {settings.recipe} records from {settings.input}{min_g}; main drop reason: "
+            f"{stats.main_drop_reason()}. Pass --allow-empty to write an empty output."
+        )
     train, held_out = split_by_group(records, settings.eval_fraction, settings.seed)
     stats.emitted = len(records)
     stats.split = {"train": len(train), "eval": len(held_out)}
@@ -180,6 +187,7 @@ def build_pairs(settings: BuildSettings) -> dict:
         "skip_bad": settings.skip_bad,
         "eval_fraction": settings.eval_fraction,
         "seed": settings.seed,
+        "allow_empty": settings.allow_empty,
         "judge": {"base_url": settings.judge.base_url, "model": settings.judge.model} if settings.judge else None,
     }
     files: dict[str, object] = {"pairs.jsonl": train}
