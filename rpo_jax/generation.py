@@ -43,6 +43,8 @@ class GenerationSettings:
 
 
 def read_prompts(path: str | Path, raw: bool) -> list[dict]:
+    if not Path(path).is_file():
+        raise PromptFileError(f"{path}: no such prompts file (--prompts)")
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -141,6 +143,10 @@ def load_for_sampling(
     from rpo_jax.sharding import make_mesh
 
     tokenizer_dir = Path(tokenizer_dir)
+    if not Path(checkpoint).exists():
+        raise UserError(f"{checkpoint}: no such checkpoint or HF folder (--checkpoint / --model)")
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"{tokenizer_dir}: no such tokenizer folder (--tokenizer)")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if not raw_prompt and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{tokenizer_dir}: tokenizer has no chat template; pass --raw-prompt to use prompts as-is")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,26 @@ def test_cli_writes_the_four_accuracies(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "prompt_level_loose_acc" in captured.out
     assert "skipped 18 prompt(s) using ratio:stop_words, words:start_verb" in captured.out
+
+
+def test_checkers_load_and_run_without_any_download():
+    # The package calls nltk.download at import time for data it does not find; ours refuses it, and a checker
+    # that needs punkt_tab runs on the shipped copy. Any download or network connection fails this subprocess.
+    code = (
+        "import socket, nltk, nltk.downloader\n"
+        "def no_network(*a, **k): raise AssertionError('network')\n"
+        "socket.create_connection = no_network\n"
+        "socket.socket.connect = no_network\n"
+        "calls = []\n"
+        "nltk.downloader.Downloader.download = lambda self, *a, **k: calls.append(a)\n"
+        "real = nltk.download\n"
+        "from data_pipeline.constraints.ifbench import ifbench_check, ifbench_registry\n"
+        "from data_pipeline.constraints.ifeval import ifeval_check, instruction_registry\n"
+        "assert len(ifbench_registry()) == 58 and len(instruction_registry()) == 25\n"
+        "assert ifbench_check('count:word_count_range', {'min_words': 2, 'max_words': 5}, 'One two three.')\n"
+        "assert ifeval_check('length_constraints:number_sentences', {'num_sentences': 2, 'relation': 'at least'},"
+        " 'One. Two.')\n"
+        "assert calls == [] and nltk.download is real, calls\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

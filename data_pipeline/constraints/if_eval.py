@@ -1,6 +1,6 @@
 """One instruction-following evaluation (`rpo-jax eval` without `--suite pairs`): pick the prompt file, refuse
 what cannot be scored before any response is generated, get the responses (a file, or a generator the caller
-passes in: the model side lives in `rpo_jax.generation`, which this package does not import), score them, and
+passes in: the model side lives in the training library, which this package never imports), score them, and
 write the per-prompt verdicts and the results JSON.
 """
 

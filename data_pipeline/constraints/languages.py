@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from data_pipeline.constraints.params import ConstraintError, where
+from data_pipeline.constraints.reversal import NEGATED_BASE
 
 DEFAULT_LANGUAGE = "en"
 ANY_LANGUAGE = "*"
@@ -56,8 +57,6 @@ class UnsupportedLanguageError(ConstraintError):
 
 def checker_languages(instruction_id: str) -> frozenset[str]:
     """The languages the checker of `instruction_id` judges (IFEval, IFBench and `rpo:*` ids)."""
-    from data_pipeline.constraints.reversal import NEGATED_BASE
-
     return _NOT_ENGLISH_ONLY.get(NEGATED_BASE.get(instruction_id, instruction_id), ENGLISH)
 
 
