@@ -178,3 +178,15 @@ def test_missing_input_and_unconfigured_judge_are_one_line_errors(tmp_path, caps
         assert _cli(*base, *args) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_held_out_split_is_stable_when_a_group_comes_or_goes():
+    from types import SimpleNamespace
+
+    records = [SimpleNamespace(group_id=f"g{i}") for i in range(200) for _ in range(2)]
+    _, held_out = build_pairs.split_by_group(records, 0.1, seed=0)
+    before = {r.group_id for r in held_out}
+    assert len(before) == 20
+    for change in (records + [SimpleNamespace(group_id="new")], [r for r in records if r.group_id != "g7"]):
+        _, held_out = build_pairs.split_by_group(change, 0.1, seed=0)
+        assert len(before ^ {r.group_id for r in held_out}) <= 2  # at most one group in, one out

@@ -12,9 +12,9 @@ build never leaves a folder that looks complete.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -120,12 +120,19 @@ def build_records(settings: BuildSettings, stats: BuildStats, bad: BadRows | Non
     return records
 
 
+def _group_rank(seed: int, group_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{group_id}".encode()).hexdigest()
+
+
 def split_by_group(records: list[PairRecord], fraction: float, seed: int) -> tuple[list[PairRecord], list[PairRecord]]:
-    """(train, eval): whole groups (instructions) go to eval, so no instruction is in both."""
+    """(train, eval): whole groups (instructions) go to eval, so no instruction is in both.
+
+    Groups are ranked by a hash of (seed, group id), not shuffled as a list: a group that comes or goes (a checker
+    fix, one more prompt) moves at most one group across the split instead of reshuffling the held-out set.
+    """
     if fraction == 0.0:
         return records, []
-    groups = sorted({r.group_id for r in records})
-    random.Random(seed).shuffle(groups)
+    groups = sorted({r.group_id for r in records}, key=lambda g: _group_rank(seed, g))
     n_eval = round(fraction * len(groups))
     if n_eval == 0 and len(groups) >= 2:
         n_eval = 1  # a fraction was asked for: hold out at least one group
