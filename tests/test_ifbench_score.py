@@ -24,7 +24,7 @@ SAMPLE_OUTPUT = ROOT / "data_pipeline" / "assets" / "ifbench" / "sample_output.j
 # AllenAI's per-prompt verdicts on SAMPLE_OUTPUT; how they were obtained is in the file's `_provenance`.
 REFERENCE_VERDICTS = ROOT / "tests" / "assets" / "ifbench_sample_output_reference.json"
 
-# AllenAI's reference numbers on SAMPLE_OUTPUT: allenai/IFBench@db69a6f (the commit the data and the vendored
+# AllenAI's reference numbers on SAMPLE_OUTPUT: allenai/IFBench@db69a6f (the commit the data and the formerly vendored
 # checkers come from), its unmodified `python -m run_eval --input_data=... --input_response_data=
 # sample_output.jsonl`, run in a scratch checkout outside this repo with the upstream uv.lock's versions (nltk
 # 3.9.2, emoji 2.15.0, syllapy 0.7.2) and NLTK_DATA holding only this repo's punkt_tab. The input was

@@ -48,7 +48,7 @@ def test_sentence_counts_and_language_prefixes():
         )
 
 
-def test_postscript_marker_is_literal_and_whole_word():
+def test_postscript_marker_is_a_literal_whole_word_opening_a_line():
     # IFEval's own rule puts the marker into a regex unescaped: "p.d." matches "pedir", "nota" matches "notable".
     package_checker, _ = build_checker("detectable_content:postscript", {"postscript_marker": "P.D."})
     assert package_checker.check_following("Quiero pedir un café.")
@@ -59,6 +59,10 @@ def test_postscript_marker_is_literal_and_whole_word():
         c = Constraint.make("detectable_content:postscript", postscript_marker=marker)
         assert not check(c, without) and check(reverse(c), without)
         assert check(c, with_ps) and not check(reverse(c), with_ps)
+    # A postscript opens a line (markup before it allowed); the word in mid-sentence is not one.
+    nota = Constraint.make("detectable_content:postscript", postscript_marker="Nota")
+    assert not check(nota, "Tomé una nota importante.") and check(reverse(nota), "Tomé una nota importante.")
+    assert check(nota, "Hola.\n**Nota:** ven pronto.")
     # IFEval's own markers keep IFEval's tolerant patterns.
     assert check(Constraint.make("detectable_content:postscript", postscript_marker="P.S."), "Hi.\np. s. bye")
 

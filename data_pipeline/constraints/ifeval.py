@@ -9,7 +9,8 @@ package is imported (`if_verifiable.ifbench` calls it at import time for data it
 Fixed rules (algorithms.md §5: the reversal of a wrong check is a pair with a wrong label):
 - `detectable_content:postscript` with a marker other than IFEval's own `P.S.` / `P.P.S`: IFEval puts the marker
   into a regular expression unescaped and unbounded, so "P.D." matches "pedir" and "Nota" matches "notable".
-  We match the marker literally, as a whole word (not inside another one).
+  We match the marker literally, as a whole word at the start of a line (after any markup such as `**`): where a
+  postscript starts, and what the reversal `rpo:no_postscript` tells the model to avoid.
 - `change_case:english_capital`: IFEval asks langdetect about the text as written, and langdetect misreads
   upper-case text (upper-case Spanish comes out as English, Portuguese or Catalan). We ask about the lower-cased
   text; the case test itself is IFEval's. (`english_lowercase` asks about lower-case text already.)
@@ -121,8 +122,8 @@ def _other_char_frequency(kwargs: Mapping[str, object], response: str) -> bool:
 
 
 def postscript_pattern(marker: str) -> re.Pattern:
-    """A literal, whole-word match of `marker` (IFEval's checker is used for its own two markers)."""
-    pattern = r"(?<!\w)" + re.escape(marker.strip().lower())
+    """`marker` literally, as a whole word opening a line (IFEval's checker is used for its own two markers)."""
+    pattern = r"^[^\w\n]*" + re.escape(marker.strip().lower())
     if re.match(r"\w", marker.strip()[-1]):
         pattern += r"(?!\w)"
     return re.compile(pattern, flags=re.MULTILINE)

@@ -42,7 +42,7 @@ _NOT_ENGLISH_ONLY: dict[str, frozenset[str]] = {
     "keywords:existence": ANY,  # a substring search (IFEval's re.search)
     "keywords:frequency": ANY,
     "keywords:forbidden_words": SPACED_LATIN,  # \b word boundaries need spaces between words
-    "detectable_content:postscript": SPACED_LATIN,  # a whole-word marker (see ifeval.postscript_pattern)
+    "detectable_content:postscript": SPACED_LATIN,  # a whole-word marker opening a line (ifeval.postscript_pattern)
     "punctuation:no_comma": SPACED_LATIN,  # the ASCII comma; Japanese "、" or Chinese "，" are other characters
     "detectable_format:title": SPACED_LATIN,  # <<title>>; Japanese titles are 『』
     "length_constraints:number_words": SPACED_LATIN,  # words are runs of \w between spaces / punctuation

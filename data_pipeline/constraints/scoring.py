@@ -162,6 +162,10 @@ def score_detailed(
     rows, skipped, unsupported = split_unsupported(
         load_input_rows(input_path, bad if skip_bad else None), input_path, skip_unsupported
     )
+    if not rows:
+        raise ConstraintError(
+            f"{input_path}: no prompt left to score ({len(skipped)} skipped as unsupported, {len(bad.keys)} as bad)"
+        )
     responses = load_responses(responses_path)
     # Skipped prompts are matched too, so that their responses are not reported as having no prompt.
     matches = match_prompts(rows + skipped, responses)
