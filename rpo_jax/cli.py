@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("rpo_jax.commands.export_hf", "export a params checkpoint as a HuggingFace Llama folder"),
     "import-gguf": ("rpo_jax.commands.import_gguf", "convert a GGUF Llama file into a params checkpoint"),
     "generate": ("rpo_jax.commands.generate", "sample responses with a KV-cache sampler"),
-    "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / held-out pair evaluation"),
+    "serve": ("rpo_jax.commands.serve", "OpenAI-compatible chat server on the KV-cache sampler (local LLM judge)"),
+    "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / any prompt file / held-out pair evaluation"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
     "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--judge-max-workers", type=int, default=4, help="concurrent judge requests")
     arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
     arg("--seed", type=int, default=0, help="seed of the held-out split")
+    arg("--allow-empty", action="store_true", help="write an output with 0 records instead of failing")
 
 
 def _judge(args: argparse.Namespace) -> JudgeSettings | None:
@@ -64,6 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         judge=_judge(args),
         eval_fraction=args.eval_fraction,
         seed=args.seed,
+        allow_empty=args.allow_empty,
     )
 
 
