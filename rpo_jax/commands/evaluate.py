@@ -19,9 +19,9 @@ from data_pipeline.files import local_path_arg, write_json_atomic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg = parser.add_argument
     arg("--suite", required=True, choices=["ifeval", "ifbench", "pairs"], help="what to evaluate")
-    arg("--checkpoint", type=local_path_arg, help="params checkpoint or HF Llama folder (e.g. a run's hf/)")
-    arg("--responses", type=local_path_arg, help="IF suites: score these responses instead of generating")
-    arg("--tokenizer", type=local_path_arg, help="IF suites: tokenizer folder with a chat template (generation)")
+    arg("--checkpoint", type=local_path_arg, help="params checkpoint or HF folder, e.g. a run's hf/ (default: none)")
+    arg("--responses", type=local_path_arg, help="IF suites: score these responses (default: generate them)")
+    arg("--tokenizer", type=local_path_arg, help="IF suites: tokenizer folder with a chat template (default: none)")
     arg("--limit", type=int, default=0, help="IF suites: only the first N prompts")
     arg(
         "--skip-unsupported",
@@ -30,10 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     arg("--max-new-tokens", type=int, default=512, help="IF suites: generation length")
     arg("--batch-size", type=int, default=16, help="sequences generated / pairs scored together")
-    arg("--reference", type=local_path_arg, help="pairs suite: reference params checkpoint or HF Llama folder")
-    arg("--pairs", type=local_path_arg, help="pairs suite: a `rpo-jax tokenize` output folder")
-    arg("--config", type=local_path_arg, help="pairs suite: run config whose loss/execution settings to use")
-    arg("--output", type=local_path_arg, help="write the results as JSON")
+    arg("--reference", type=local_path_arg, help="pairs suite: reference params or HF folder (default: none)")
+    arg("--pairs", type=local_path_arg, help="pairs suite: a `rpo-jax tokenize` folder (default: none)")
+    arg("--config", type=local_path_arg, help="pairs suite: run config with the loss settings (default: none)")
+    arg("--output", type=local_path_arg, help="write the results as JSON (default: print only)")
 
 
 def _if_suite(args: argparse.Namespace, scratch: Path) -> dict:
