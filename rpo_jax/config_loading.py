@@ -36,18 +36,22 @@ PATH_SETTINGS = (
 )
 
 
-def _repo_root() -> Path:
-    """The source checkout this package runs from; an installed copy without one has no repository, and its
-    config files' relative paths are read from the current directory instead."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() and (root / "configs").is_dir() else Path.cwd()
+# The source checkout this package runs from (configs/ beside rpo_jax/).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-REPO_ROOT = _repo_root()
-PATH_RULE = (
-    f"relative paths in config files are read from the repository root {REPO_ROOT}, "
-    "those given with --set or --output-dir from the current directory"
-)
+def config_root() -> Path:
+    """Where relative paths in config files are read from: `REPO_ROOT`; an installed copy without a checkout
+    has no repository (and no configs/), and then the current directory is used."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "configs").is_dir() else Path.cwd()
+
+
+def path_rule() -> str:
+    """The relative-path rule, for messages about a path that was not found."""
+    return (
+        f"relative paths in config files are read from the repository root {config_root()}, "
+        "those given with --set or --output-dir from the current directory"
+    )
 
 
 def absolute_paths(raw: dict, base: Path) -> dict:
@@ -183,7 +187,7 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Loads a YAML config (with includes; its relative paths read from `REPO_ROOT`) and applies overrides."""
-    return config_from_dict(absolute_paths(read_yaml(Path(path)), REPO_ROOT), overrides)
+    return config_from_dict(absolute_paths(read_yaml(Path(path)), config_root()), overrides)
 
 
 def config_to_dict(cfg: Any) -> dict:

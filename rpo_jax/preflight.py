@@ -11,7 +11,7 @@ from pathlib import Path
 from rpo_jax import distributed
 from rpo_jax.batches import per_process_batch_size
 from rpo_jax.config import Config, ConfigError
-from rpo_jax.config_loading import PATH_RULE
+from rpo_jax.config_loading import path_rule
 from rpo_jax.policy import policy_layout
 from rpo_jax.run_log import require_tensorboard
 from rpo_jax.sharding import make_mesh
@@ -20,13 +20,13 @@ from rpo_jax.sharding import make_mesh
 def _require(setting: str, path: str, kind: str) -> None:
     exists = Path(path).is_file() if kind == "file" else Path(path).is_dir()
     if path and not exists:
-        raise ConfigError(f"{setting}={path}: no such {kind} ({PATH_RULE})")
+        raise ConfigError(f"{setting}={path}: no such {kind} ({path_rule()})")
 
 
 def _require_shards(setting: str, path: str) -> None:
     if not (Path(path) / "manifest.json").is_file():
         raise ConfigError(
-            f"{setting}={path}: no manifest.json, so not a folder written by `rpo-jax tokenize` ({PATH_RULE})"
+            f"{setting}={path}: no manifest.json, so not a folder written by `rpo-jax tokenize` ({path_rule()})"
         )
 
 

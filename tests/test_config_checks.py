@@ -15,7 +15,7 @@ import pytest
 
 from rpo_jax import config as config_lib
 from rpo_jax.config import Config, ConfigError
-from rpo_jax.config_loading import PATH_SETTINGS, REPO_ROOT, config_to_dict, load_config
+from rpo_jax.config_loading import PATH_SETTINGS, REPO_ROOT, config_root, config_to_dict, load_config
 from rpo_jax.config_rules import BOUNDS, CHECKED_WITH_OTHERS, _parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_bad_override_value_is_named():
 def test_relative_paths_in_files_are_read_from_the_repo_root_and_on_the_command_line_from_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anywhere but the repository
     cfg = load_config(ROOT / "configs/run/tiny_rpo.yaml", ["data.eval_pairs_path=mine.jsonl"])
-    assert REPO_ROOT == ROOT
+    assert REPO_ROOT == config_root() == ROOT
     assert cfg.data.pairs_path == str(ROOT / "data_pipeline/assets/default_pairs/pairs.jsonl")
     assert Path(cfg.data.tokenizer_path).is_dir() and cfg.train.output_dir == str(ROOT / "runs/tiny_rpo")
     assert cfg.data.eval_pairs_path == str(tmp_path / "mine.jsonl")

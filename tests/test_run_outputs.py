@@ -95,3 +95,46 @@ def test_output_folder_policy(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["data", "mine.txt"]
     with pytest.raises(ConfigError, match="is not empty"):
         claim_output_dir(out, resume=False, overwrite=False)
+
+
+class FakeCheckpointer:
+    """Steps whose restore raises (damaged) or returns the step; records what was set aside."""
+
+    def __init__(self, tmp_path, steps, damaged=()):
+        self.directory, self.steps, self.damaged, self.moved = tmp_path / "checkpoints", list(steps), set(damaged), []
+
+    def all_steps(self):
+        return sorted(self.steps, reverse=True)
+
+    def read_meta(self, step):
+        return {"config": {"train": {"steps": 10}}, "data_fingerprint": "abc"}
+
+    def restore(self, step):
+        if step in self.damaged:
+            raise RuntimeError("outer wrapper") from ValueError(f"DATA_LOSS: step {step} truncated")
+        return f"state {step}"
+
+    def set_aside(self, step, destination):
+        self.moved.append(step)
+        self.steps.remove(step)
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_names_them(tmp_path):
+    from rpo_jax.resume import NoUsableCheckpoint, ResumeRequest, restore_for_resume
+
+    config, prints, said = {"train": {"steps": 10}}, {"data_fingerprint": "abc"}, []
+    ckpt = FakeCheckpointer(tmp_path, [2, 4, 6], damaged={6, 4})
+    found = restore_for_resume(ckpt, ckpt.restore, ResumeRequest(), config, prints, said.append)
+    assert found == (2, "state 2") and ckpt.moved == [6, 4]
+    assert said == [
+        "--resume: step 6 (ValueError: DATA_LOSS: step 6 truncated); step 4 (ValueError: DATA_LOSS: step 4 "
+        "truncated) cannot be read back; resuming from step 2, the newest complete earlier checkpoint (the "
+        f"unreadable ones are kept in {tmp_path / 'set_aside_checkpoints'})"
+    ]
+    broken = FakeCheckpointer(tmp_path, [2, 4], damaged={2, 4})
+    with pytest.raises(NoUsableCheckpoint, match=r"can be read back: step 4 \(ValueError.*; step 2 \(ValueError"):
+        restore_for_resume(broken, broken.restore, ResumeRequest(), config, prints, said.append)
+    named = FakeCheckpointer(tmp_path, [2, 4], damaged={4})
+    with pytest.raises(NoUsableCheckpoint, match=r"--resume: no checkpoint .* step 4 \(ValueError"):
+        restore_for_resume(named, named.restore, ResumeRequest(step=4), config, prints, said.append)
+    assert named.moved == []  # a named step that fails is not replaced by another one

@@ -99,7 +99,9 @@ def test_overwrite_replaces_the_previous_run(finished, tmp_path):
 
 
 def test_resume_on_an_empty_folder_says_it_starts_fresh(finished, tmp_path):
-    result = run_train(finished[1], "--output-dir", str(tmp_path / "fresh"), "--resume", "--steps", "1")
+    data = finished[0] / "run" / "data"  # already tokenized: no need to do it again here
+    paths = ["--set", f"data.train_path={data / 'train'}", "--set", f"data.eval_path={data / 'eval'}"]
+    result = run_train(finished[1], "--output-dir", str(tmp_path / "fresh"), "--resume", "--steps", "1", *paths)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"--resume: no checkpoint in {tmp_path / 'fresh' / 'checkpoints'}; starting fresh" in result.stdout
 
