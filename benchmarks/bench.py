@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="parameter and compute dtype (both frameworks)",
     )
-    m.add_argument("--remat", default="none", help="model.remat_policy (none, full, save_dots, ...)")
+    m.add_argument("--remat", default="none", help="model.remat_policy (none, minimal, full, ...)")
     w = parser.add_argument_group("workload")
     w.add_argument("--seq-len", type=int, default=256)
     w.add_argument("--batch", type=int, default=4, help="preference groups per step (rows = batch·G)")
@@ -62,13 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         action="append",
-        choices=("trl", "references"),
+        choices=("trl", "references", "attention"),
         default=[],
-        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes",
+        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes; "
+        "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py)",
     )
     parser.add_argument(
         "--sweep",
-        choices=("seq", "vocab", "size"),
+        choices=("seq", "vocab", "size", "attention"),
         default=None,
         help="run a scaling sweep instead (benchmarks/sweep.py)",
     )
@@ -76,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-dir", default=str(workload.REPO / "docs"), help="where sweep PNGs go")
     parser.add_argument("--plot-name", default="", help="sweep PNG file name (default bench_sweep_<kind>.png)")
     parser.add_argument("--output", default="", help="write the results as JSON here")
+    parser.add_argument(
+        "--run-budget-gb",
+        type=float,
+        default=4.0,
+        help="--compare attention: compile but do not run an implementation whose compiled peak exceeds this",
+    )
 
 
 def _check(args) -> None:
@@ -182,11 +189,23 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def run(args) -> int:
+    if args.sweep == "attention":
+        from benchmarks import attention_sweep
+
+        return attention_sweep.run(args)
     if args.sweep:
         from benchmarks import sweep
 
         return sweep.run(args)
     _check(args)
+    if "attention" in args.compare:
+        from benchmarks import attention_sweep
+
+        point = attention_sweep.compare_point(args)
+        print(attention_sweep.summary(point))
+        if args.output:
+            _write_json(args.output, point)
+        return 0
     import jax
 
     from benchmarks import jax_step
