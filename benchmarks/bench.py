@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="parameter and compute dtype (both frameworks)",
     )
-    m.add_argument("--remat", default="none", help="model.remat_policy (none, full, save_dots, ...)")
+    m.add_argument("--remat", default="none", help="model.remat_policy (none, minimal, full, ...)")
     w = parser.add_argument_group("workload")
     w.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     w.add_argument("--batch", type=int, default=4, help="preference groups per step (rows = batch·G)")
@@ -64,13 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         action="append",
-        choices=("trl", "references"),
+        choices=("trl", "references", "attention"),
         default=[],
-        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes (default: none)",
+        help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes; "
+        "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py) (default: none)",
     )
     parser.add_argument(
         "--sweep",
-        choices=("seq", "vocab", "size"),
+        choices=("seq", "vocab", "size", "attention"),
         default=None,
         help="run a scaling sweep instead (benchmarks/sweep.py; default: one measurement)",
     )
@@ -78,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-dir", default=str(workload.REPO / "docs"), help="where sweep PNGs go")
     parser.add_argument("--plot-name", default="", help="sweep PNG file name (default: bench_sweep_<kind>.png)")
     parser.add_argument("--output", default="", help="write the results as JSON here (default: print only)")
+    parser.add_argument(
+        "--run-budget-gb",
+        type=float,
+        default=4.0,
+        help="--compare attention: compile but do not run an implementation whose compiled peak exceeds this",
+    )
 
 
 def _check(args) -> None:
@@ -184,11 +191,23 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def run(args) -> int:
+    if args.sweep == "attention":
+        from benchmarks import attention_sweep
+
+        return attention_sweep.run(args)
     if args.sweep:
         from benchmarks import sweep
 
         return sweep.run(args)
     _check(args)
+    if "attention" in args.compare:
+        from benchmarks import attention_sweep
+
+        point = attention_sweep.compare_point(args)
+        print(attention_sweep.summary(point))
+        if args.output:
+            _write_json(args.output, point)
+        return 0
     import jax
 
     from benchmarks import jax_step

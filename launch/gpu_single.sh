@@ -115,6 +115,8 @@ cmd_train() {  # cmd_train [--resume]
 
 note "gpu_single.sh $COMMAND: GPU $GPU; venv $VENV; config $CONFIG; output $OUTPUT_DIR; data ${DATA:-<config>}; \
 steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
+note "attention: the config's model.attention (default auto: cuDNN flash attention on this GPU in bfloat16); \
+rpo-jax train prints the implementation it chose when it starts"
 # Relative paths (config, data, output, venv) are relative to the repository root, wherever this is started.
 show cd "$REPO_ROOT"
 cd "$REPO_ROOT"

@@ -82,6 +82,8 @@ class ModelConfig:
     dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention: str = "auto"
+    mlp_chunk_size: int = 0
 
     def __post_init__(self):
         check_bounds("model", self)
@@ -100,10 +102,14 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be float32 or bfloat16, got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICY_NAMES:
             raise ConfigError(f"model.remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}")
+        if self.attention not in ATTENTION_NAMES:
+            raise ConfigError(f"model.attention must be one of {ATTENTION_NAMES}, got {self.attention!r}")
 
 
-# Names only; model.py maps them to jax.checkpoint policies (config stays importable without JAX work).
-REMAT_POLICY_NAMES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
+# Names only (MaxText's): rpo_jax/remat.py maps them to jax.checkpoint policies (config stays free of JAX work).
+REMAT_POLICY_NAMES = ("none", "minimal", "save_qkv_proj", "save_dot_except_mlp", "full", "minimal_offloaded")
+# rpo_jax/attention.py implements them and resolves auto per backend.
+ATTENTION_NAMES = ("auto", "xla", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,10 +239,13 @@ class OptimConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    moments_dtype: str = "float32"
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.moments_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"optim.moments_dtype must be float32 or bfloat16, got {self.moments_dtype!r}")
         check_bounds("optim", self)
 
 

@@ -27,6 +27,7 @@ BOUNDS: dict[str, dict[str, str]] = {
         "rms_norm_eps": POSITIVE,
         "max_position_embeddings": AT_LEAST_ONE,
         "initializer_range": POSITIVE,
+        "mlp_chunk_size": NON_NEGATIVE,  # 0 = whole rows
     },
     "model.rope_parameters": {
         "rope_theta": POSITIVE,

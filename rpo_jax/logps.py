@@ -195,6 +195,7 @@ def paired_logps(
         return_hidden=True,
         use_lora=use_lora,
         lora_dropout_rng=lora_dropout_rng,
+        mesh=mesh,
     )
     lm_head_DV = model.lm_head_weight()
     if mesh is not None:

@@ -10,14 +10,19 @@ Python loop. Each parameter carries `logical_axes` metadata, mapped to mesh axes
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import Mesh
 
+from rpo_jax.attention import AttentionMask, attend, platform_of, resolve_attention
 from rpo_jax.config import LoraConfig, ModelConfig, RopeConfig
+from rpo_jax.remat import remat_policy
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -132,18 +137,6 @@ def apply_rope(x_BLND: jax.Array, cos_BLD: jax.Array, sin_BLD: jax.Array) -> jax
     return x_BLND * cos_BLD[:, :, None, :] + rotated * sin_BLD[:, :, None, :]
 
 
-def attention_mask(segment_ids_BT: jax.Array, segment_ids_BS: jax.Array, causal_offset: int | jax.Array = 0):
-    """Boolean [B, 1, T, S]: causal by index, and only within the same segment (0 = padding).
-
-    `causal_offset` is the absolute index of query 0 among the keys (non-zero when decoding with a cache).
-    """
-    T, S = segment_ids_BT.shape[1], segment_ids_BS.shape[1]
-    q_idx = jnp.arange(T)[:, None] + causal_offset
-    causal_TS = q_idx >= jnp.arange(S)[None, :]
-    same_BTS = segment_ids_BT[:, :, None] == segment_ids_BS[:, None, :]
-    return (causal_TS[None] & same_BTS)[:, None]
-
-
 def _project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contract: str):
     """x @ W (einsum `contract`) plus the LoRA delta scale·(x @ A) @ B when adapters exist and are enabled."""
     y = jnp.einsum(contract, x, p[name].astype(x.dtype))
@@ -169,48 +162,58 @@ def decoder_layer(
     x_BLD,
     cos,
     sin,
-    mask_B1TS,
+    attend_fn: Callable,
     lora_scale: float,
     kv_update: Callable | None = None,
 ):
     """One pre-norm Llama block. Returns (x_BLD, (k_BLKDh, v_BLKDh)): this step's keys/values.
 
-    `kv_update`, when given (the sampler's KV cache), maps this step's (keys, values) to the full (keys, values)
-    to attend over; the mask must then be over the cache's key positions.
+    `attend_fn(q, keys, values)` is the attention (`rpo_jax.attention`), its mask bound in. `kv_update`, when given
+    (the sampler's KV cache), maps this step's (keys, values) to the full (keys, values) to attend over.
+    Projection outputs carry MaxText's checkpoint names, which the named remat policies save (`rpo_jax.remat`).
     """
     eps = cfg.rms_norm_eps
     h = rms_norm(x_BLD, p["input_norm_D"], eps)
-    q_BLHDh = _project(h, p, "wq_DHDh", lora_scale, "bld,dhk->blhk")
-    k_BLKDh = _project(h, p, "wk_DKDh", lora_scale, "bld,dhk->blhk")
-    v_BLKDh = _project(h, p, "wv_DKDh", lora_scale, "bld,dhk->blhk")
+    q_BLHDh = checkpoint_name(_project(h, p, "wq_DHDh", lora_scale, "bld,dhk->blhk"), "query_proj")
+    k_BLKDh = checkpoint_name(_project(h, p, "wk_DKDh", lora_scale, "bld,dhk->blhk"), "key_proj")
+    v_BLKDh = checkpoint_name(_project(h, p, "wv_DKDh", lora_scale, "bld,dhk->blhk"), "value_proj")
     q_BLHDh = apply_rope(q_BLHDh, cos, sin)
     k_BLKDh = apply_rope(k_BLKDh, cos, sin)
     new_kv = (k_BLKDh, v_BLKDh)
     keys, values = kv_update(new_kv) if kv_update is not None else new_kv
-    attn_BLHDh = jax.nn.dot_product_attention(
-        q_BLHDh, keys, values, mask=mask_B1TS, scale=cfg.head_dim**-0.5, implementation="xla"
-    )
-    x_BLD = x_BLD + _project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld")
+    attn_BLHDh = attend_fn(q_BLHDh, keys, values)
+    x_BLD = x_BLD + checkpoint_name(_project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld"), "out_proj")
     h = rms_norm(x_BLD, p["post_attn_norm_D"], eps)
-    gate_BLF = _project(h, p, "w_gate_DF", lora_scale, "bld,df->blf")
-    up_BLF = _project(h, p, "w_up_DF", lora_scale, "bld,df->blf")
+    return x_BLD + mlp(cfg, p, h, lora_scale), new_kv
+
+
+def _mlp_block(p, h_BLD, lora_scale: float):
+    gate_BLF = checkpoint_name(_project(h_BLD, p, "w_gate_DF", lora_scale, "bld,df->blf"), "mlpwi_0")
+    up_BLF = checkpoint_name(_project(h_BLD, p, "w_up_DF", lora_scale, "bld,df->blf"), "mlpwi_1")
     mlp_BLF = jax.nn.silu(gate_BLF) * up_BLF
-    x_BLD = x_BLD + _project(mlp_BLF, p, "w_down_FD", lora_scale, "blf,fd->bld")
-    return x_BLD, new_kv
+    return checkpoint_name(_project(mlp_BLF, p, "w_down_FD", lora_scale, "blf,fd->bld"), "mlpwo")
 
 
-def remat_policy(name: str):
-    """Maps a config name to a `jax.checkpoint` policy (None = no remat)."""
-    cp = jax.checkpoint_policies
-    policies = {
-        "none": None,
-        "full": cp.nothing_saveable,
-        "save_dots": cp.dots_saveable,
-        "save_dots_no_batch": cp.dots_with_no_batch_dims_saveable,
-        # Keeps matmul outputs but in host memory; only backends with a host memory space honour it.
-        "offload_dots": cp.offload_dot_with_no_batch_dims("device", "pinned_host"),
-    }
-    return policies[name]
+def mlp(cfg: ModelConfig, p: Mapping[str, jax.Array], h_BLD, lora_scale: float):
+    """SwiGLU MLP. With `model.mlp_chunk_size` C < L it runs on C positions at a time, each chunk under
+    `jax.checkpoint`: only one chunk's [B, C, F] intermediates exist at once, in the forward and in the backward
+    (which recomputes each chunk from its input; remat saves nothing inside a chunk)."""
+    B, L, D = h_BLD.shape
+    C = cfg.mlp_chunk_size
+    if not C or C >= L:
+        return _mlp_block(p, h_BLD, lora_scale)
+    n = -(-L // C)
+    h_nBCD = jnp.moveaxis(jnp.pad(h_BLD, ((0, 0), (0, n * C - L), (0, 0))).reshape(B, n, C, D), 1, 0)
+
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+    def chunk(i, h_BCD):
+        q = dict(p)
+        if LORA_DROPOUT_KEY in q:  # an independent dropout mask per chunk
+            q[LORA_DROPOUT_KEY] = jax.random.fold_in(q[LORA_DROPOUT_KEY], i)
+        return _mlp_block(q, h_BCD, lora_scale)
+
+    out_nBCD = jax.lax.map(lambda args: chunk(*args), (jnp.arange(n), h_nBCD))
+    return jnp.moveaxis(out_nBCD, 0, 1).reshape(B, n * C, D)[:, :L]
 
 
 class Llama(nnx.Module):
@@ -246,19 +249,25 @@ class Llama(nnx.Module):
         return_hidden: bool = False,
         use_lora: bool = True,
         lora_dropout_rng: jax.Array | None = None,
+        mesh: Mesh | None = None,
     ):
-        """`lora_dropout_rng` turns on LoRA dropout (training only); without it adapters run deterministically."""
+        """`lora_dropout_rng` turns on LoRA dropout (training only); without it adapters run deterministically.
+        `mesh` is where the program runs: it picks the attention for `auto` (`rpo_jax.attention`)."""
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones_like(tokens_BL)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(dtype)
         cos, sin = rope_cos_sin(positions_BL, rope_inv_freq(cfg.rope_parameters, cfg.head_dim), dtype)
-        mask = attention_mask(segment_ids_BL, segment_ids_BL)
+        impl, _ = resolve_attention(cfg, platform_of(mesh))
+        mask = AttentionMask(segment_ids_BL)
         lora_scale = self.lora_scale if use_lora else 0.0
 
+        def attend_fn(q, k, v):
+            return attend(impl, q, k, v, mask, scale=cfg.head_dim**-0.5, mesh=mesh)
+
         def block(x, p):
-            return decoder_layer(cfg, p, x, cos, sin, mask, lora_scale)[0], None
+            return decoder_layer(cfg, p, x, cos, sin, attend_fn, lora_scale)[0], None
 
         policy = remat_policy(cfg.remat_policy)
         if cfg.remat_policy != "none":

@@ -18,14 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rpo_jax.attention import platform_of, resolve_attention
 from rpo_jax.batches import check_batch_split
 from rpo_jax.config import Config
 from rpo_jax.flops import forward_flops, matmul_params, step_flop_units
 from rpo_jax.losses import LOSSES
 from rpo_jax.model import LAYER_WEIGHTS, LORA_TARGETS, count_params, layer_weight_shapes
 from rpo_jax.optim import make_optimizer
-from rpo_jax.policy import abstract_policy
-from rpo_jax.remat_offload import compiled_uses_host_memory, offload_error
+from rpo_jax.plan_dtypes import compile_for_plan, format_precision, precision
+from rpo_jax.policy import abstract_policy, reference_dtype
+from rpo_jax.remat import OFFLOADING, compiled_uses_host_memory, offload_error
 from rpo_jax.sharding import batch_shardings
 from rpo_jax.train_step import abstract_train_state, make_train_step
 
@@ -79,18 +81,20 @@ def lora_param_count(cfg: Config) -> int:
 
 def parameter_arithmetic(cfg: Config, mesh: Mesh) -> dict:
     """Expected bytes per device from counts and dtypes alone, assuming every weight splits over fsdp×tensor
-    (norms are replicated but negligible). Adam keeps mu and nu in the parameter dtype (optax default)."""
+    (norms are replicated but negligible). Adam's mu and nu are stored in `optim.moments_dtype`."""
     shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     param_bytes = np.dtype(cfg.model.param_dtype).itemsize
     n_base, n_lora = count_params(cfg.model), lora_param_count(cfg)
     base = n_base * param_bytes / shards
     lora = n_lora * 4 / shards  # LoRA factors are created in float32 whatever param_dtype says
     uses_lora = cfg.lora.rank > 0
+    moment_bytes = np.dtype(cfg.optim.moments_dtype).itemsize
+    separate = cfg.train.reference_mode == "separate"
     parts = {
         "policy_weights": base,
         "lora_factors": lora,
-        "adam_moments": 2 * (lora if uses_lora else base),
-        "reference_copy": base if cfg.train.reference_mode == "separate" else 0.0,
+        "adam_moments": 2 * (n_lora if uses_lora else n_base) * moment_bytes / shards,
+        "reference_copy": n_base * np.dtype(reference_dtype(cfg)).itemsize / shards if separate else 0.0,
     }
     return {
         "num_params": n_base,
@@ -122,8 +126,11 @@ def _cost(compiled) -> dict:
     return dict(cost or {})
 
 
-def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_gib: float | None = None) -> dict:
-    """Lowers and compiles `make_train_step` for `mesh` on abstract inputs; returns the report as a dict."""
+def plan_train_step(
+    cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_gib: float | None = None, exact_dtypes: bool = False
+) -> dict:
+    """Lowers and compiles `make_train_step` for `mesh` on abstract inputs; returns the report as a dict.
+    On CPU a bfloat16 program is compiled with float16 in its place unless `exact_dtypes` (`rpo_jax.plan_dtypes`)."""
     check_batch_split(batch_size, cfg.train.grad_accum_steps, mesh, setting="batch size")
     policy = abstract_policy(cfg, mesh)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
@@ -133,11 +140,11 @@ def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_
     t0 = time.perf_counter()
     lowered = step.lower(state, policy.frozen, policy.reference, batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
     platform = mesh.devices.flat[0].platform
+    compiled, compiled_as = compile_for_plan(lowered, platform, exact_dtypes)
+    t2 = time.perf_counter()
     # The probe in `abstract_policy` already passed; this checks the real program kept its host buffers too.
-    if cfg.model.remat_policy == "offload_dots" and not compiled_uses_host_memory(compiled.as_text()):
+    if cfg.model.remat_policy == OFFLOADING and not compiled_uses_host_memory(compiled.as_text()):
         raise offload_error(platform)
 
     mem = compiled.memory_analysis()
@@ -169,10 +176,13 @@ def plan_train_step(cfg: Config, mesh: Mesh, batch_size: int, seq_len: int, hbm_
             "param_dtype": cfg.model.param_dtype,
             "dtype": cfg.model.dtype,
             "remat_policy": cfg.model.remat_policy,
+            "attention": cfg.model.attention,
             "scan_layers": cfg.model.scan_layers,
             "lora_rank": cfg.lora.rank,
             "reference_mode": cfg.train.reference_mode,
         },
+        "attention": dict(zip(("implementation", "reason"), resolve_attention(cfg.model, platform_of(mesh)))),
+        "precision": {**precision(cfg), "compiled_as": compiled_as},
         "compile_seconds": {"lower": round(t1 - t0, 2), "compile": round(t2 - t1, 2)},
         "memory_per_device_bytes": memory,
         "inputs_per_device_bytes": {**inputs, "total": sum(inputs.values())},
@@ -207,6 +217,9 @@ def format_report(report: dict) -> str:
         f"platform {report['platform']}, mesh {report['mesh']} ({report['devices']} devices); "
         f"batch {b['global_batch_size']}×G{b['group_size']}×L{b['seq_len']}, grad_accum {b['grad_accum_steps']}",
         f"model {report['model']}",
+        f"attention: {report['model']['attention']} -> {report['attention']['implementation']} "
+        f"({report['attention']['reason']})",
+        format_precision(report["precision"]),
         f"lower {report['compile_seconds']['lower']} s, compile {report['compile_seconds']['compile']} s",
         "compiled memory per device (XLA memory_analysis):",
         *(f"  {k:<16}{_gib(v)}" for k, v in mem.items()),
@@ -234,12 +247,20 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plan(cfg: Config, batch_size: int, seq_len: int, hbm_gib: float | None = None, topology: str = "") -> dict:
+def plan(
+    cfg: Config,
+    batch_size: int,
+    seq_len: int,
+    hbm_gib: float | None = None,
+    topology: str = "",
+    exact_dtypes: bool = False,
+) -> dict:
     """`plan_train_step` on the config's mesh of CPU devices, and (on a TPU backend) also for `topology`."""
     from rpo_jax.sharding import make_mesh
 
     needed = math.prod((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    report = plan_train_step(cfg, make_mesh(cfg.mesh, jax.devices("cpu")[:needed]), batch_size, seq_len, hbm_gib)
+    cpu_mesh = make_mesh(cfg.mesh, jax.devices("cpu")[:needed])
+    report = plan_train_step(cfg, cpu_mesh, batch_size, seq_len, hbm_gib, exact_dtypes)
     if topology and jax.default_backend() == "tpu":
         from jax.experimental import topologies
 

@@ -18,11 +18,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from rpo_jax.attention import platform_of, resolve_attention
 from rpo_jax.config import Config, ConfigError
 from rpo_jax.io.params import is_hf_folder, load_hf_base, restore_params
 from rpo_jax.losses import needs_reference
 from rpo_jax.model import Llama
-from rpo_jax.remat_offload import check_remat_policy_supported
+from rpo_jax.remat import check_remat_policy_supported
 from rpo_jax.sharding import check_sufficiently_sharded, state_shardings
 
 Params = dict[str, Any]
@@ -57,6 +58,13 @@ class PolicyParams:
         return self.merged_model(trainable, frozen)
 
 
+def reference_dtype(cfg: Config) -> str:
+    """Storage dtype of a separate reference copy: the narrower of param_dtype and dtype. The reference is never
+    trained and every weight is cast to `model.dtype` where it is used, so fp32 master weights need no fp32 twin:
+    a bf16 copy gives the same forward, bit for bit."""
+    return "bfloat16" if "bfloat16" in (cfg.model.param_dtype, cfg.model.dtype) else "float32"
+
+
 def validate_reference_mode(cfg: Config) -> None:
     """Checks the reference mode against LoRA and the losses before anything is built."""
     mode, lora = cfg.train.reference_mode, cfg.lora.rank > 0
@@ -87,9 +95,10 @@ class PolicyLayout:
 
 
 def policy_layout(cfg: Config, mesh: Mesh) -> PolicyLayout:
-    """Validates the reference mode, the remat policy and the sharding rules; allocates nothing."""
+    """Validates the reference mode, the remat policy, the attention and the sharding rules; allocates nothing."""
     validate_reference_mode(cfg)
     check_remat_policy_supported(cfg.model.remat_policy, mesh)
+    resolve_attention(cfg.model, platform_of(mesh))  # a ConfigError naming the backend, before any compile
 
     def make():
         return Llama(cfg.model, cfg.lora, rngs=nnx.Rngs(params=cfg.train.seed))
@@ -138,7 +147,10 @@ def abstract_policy(cfg: Config, mesh: Mesh) -> PolicyParams:
 
     lora = shaped(layout.abstract_lora, layout.lora_state_shardings)
     base = shaped(layout.abstract_base, layout.base_state_shardings)
-    reference = base if cfg.train.reference_mode == "separate" else None
+    reference = None
+    if cfg.train.reference_mode == "separate":
+        dtype = jnp.dtype(reference_dtype(cfg))
+        reference = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), base)
     return _assemble(cfg, layout, lora, base, reference)
 
 
@@ -170,5 +182,6 @@ def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyPa
     reference = None
     if cfg.train.reference_mode == "separate":
         # A real copy (not an alias): the policy buffers are donated to the step and updated in place.
-        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=base_sh)(base)
+        dtype = jnp.dtype(reference_dtype(cfg))
+        reference = jax.jit(lambda t: jax.tree.map(lambda x: jnp.copy(x).astype(dtype), t), out_shardings=base_sh)(base)
     return _assemble(cfg, layout, lora, base, reference)

@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rpo_jax.model import DTYPES, Llama, attention_mask, decoder_layer, rms_norm, rope_cos_sin, rope_inv_freq
+from rpo_jax.attention import attention_mask, xla_attention
+from rpo_jax.model import DTYPES, Llama, decoder_layer, rms_norm, rope_cos_sin, rope_inv_freq
 from rpo_jax.sharding import BATCH_AXES, data_parallel_size
 
 
@@ -102,6 +103,9 @@ def forward_with_cache(
     """Runs T new tokens through all layers, writing their k/v at `write_index` of the [Y, B, S, K, Dh] cache.
 
     Returns (fp32 logits of the last token [B, V], keys, values). `segments_BS` covers the whole cache.
+    Attention is always `xla` with the dense cache mask, whatever `model.attention` says: a decode step has one
+    query per row (its scores are [B, H, 1, S]), and the prefill's left-padded prompts are not the right-padded
+    rows the cuDNN path takes. The prefill's [B, H, P, S] scores are the only quadratic buffer.
     """
     cfg = model.cfg
     dtype = DTYPES[cfg.dtype]
@@ -121,7 +125,10 @@ def forward_with_cache(
             written["values"] = jax.lax.dynamic_update_slice(values, v_BTKDh[None].astype(values.dtype), start)
             return written["keys"][i], written["values"][i]
 
-        x_BTD, _ = decoder_layer(cfg, p, x_BTD, cos, sin, mask_B1TS, lora_scale, kv_update=kv_update)
+        def attend_fn(q, k, v):
+            return xla_attention(q, k, v, mask_B1TS, scale=cfg.head_dim**-0.5)
+
+        x_BTD, _ = decoder_layer(cfg, p, x_BTD, cos, sin, attend_fn, lora_scale, kv_update=kv_update)
         return (x_BTD, written["keys"], written["values"], i + 1), None
 
     init = (x_BTD, keys, values, jnp.int32(0))

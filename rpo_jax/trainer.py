@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from data_pipeline.errors import UserError
 from data_pipeline.records.shards import read_manifest
 from rpo_jax import distributed
+from rpo_jax.attention import describe_attention
 from rpo_jax.batches import model_inputs, open_loader, per_process_batch_size, to_global
 from rpo_jax.config import Config
 from rpo_jax.config_loading import config_to_dict
@@ -62,6 +63,8 @@ class Trainer:
             ref_logps=self.ref_logps.get(cfg.data.train_path),
         )
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
+        if self.is_main:  # what model.attention resolved to on this backend (auto differs per chip)
+            print(describe_attention(cfg.model, self.mesh), flush=True)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
         self.checkpointer = StepCheckpointer(

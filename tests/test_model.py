@@ -54,9 +54,18 @@ def _loss_and_grads(cfg, seed=0):
 
 
 @pytest.mark.parametrize(
-    "variant", [dict(scan_layers=False), dict(remat_policy="full"), dict(remat_policy="save_dots", scan_layers=False)]
+    "variant",
+    [
+        dict(scan_layers=False),
+        dict(remat_policy="full"),
+        dict(remat_policy="minimal", scan_layers=False),
+        dict(remat_policy="save_qkv_proj"),
+        dict(remat_policy="save_dot_except_mlp", mlp_chunk_size=4),  # 10 positions: chunks 4, 4, 2 (+2 padding)
+        dict(mlp_chunk_size=3, scan_layers=False),
+        dict(attention="xla"),  # the default auto is blockwise on CPU
+    ],
 )
-def test_scan_and_remat_do_not_change_logits_or_gradients(variant):
+def test_scan_remat_chunking_and_attention_do_not_change_logits_or_gradients(variant):
     cfg = tiny_config(num_hidden_layers=2, scan_layers=True, remat_policy="none")
     ref_value, ref_logits, ref_grads = _loss_and_grads(cfg)
     value, logits, grads = _loss_and_grads(dataclasses.replace(cfg, **variant))

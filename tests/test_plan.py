@@ -11,8 +11,9 @@ from synthetic import TINY_MODEL, make_batch, tiny_config
 
 from rpo_jax.cli import main as cli_main
 from rpo_jax.config import ConfigError
+from rpo_jax.config_loading import load_config
 from rpo_jax.optim import make_optimizer
-from rpo_jax.planning import plan_train_step
+from rpo_jax.planning import parameter_arithmetic, plan_train_step
 from rpo_jax.policy import build_policy
 from rpo_jax.sharding import batch_shardings, make_mesh
 from rpo_jax.train_step import init_train_state
@@ -76,20 +77,18 @@ def test_plan_arguments_equal_real_arrays(sections):
 
 def test_offload_remat_fails_clearly_on_cpu():
     # XLA:CPU compiles offload annotations away; plan (and train, via build_policy) must say so, not ignore it.
-    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "offload_dots"})
+    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "minimal_offloaded"})
     mesh = make_mesh(cfg.mesh)
-    with pytest.raises(ConfigError, match="model.remat_policy=offload_dots"):
+    with pytest.raises(ConfigError, match="model.remat_policy=minimal_offloaded"):
         plan_train_step(cfg, mesh, batch_size=8, seq_len=16)
-    with pytest.raises(ConfigError, match="model.remat_policy=offload_dots"):
+    with pytest.raises(ConfigError, match="model.remat_policy=minimal_offloaded"):
         build_policy(cfg, mesh)
 
 
 def test_save_dots_remat_plans_on_one_device():
-    cfg = tiny_config(
-        model={**TINY_MODEL, "remat_policy": "save_dots_no_batch"}, mesh={"data": 1, "fsdp": 1, "tensor": 1}
-    )
+    cfg = tiny_config(model={**TINY_MODEL, "remat_policy": "minimal"}, mesh={"data": 1, "fsdp": 1, "tensor": 1})
     report = plan_train_step(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), batch_size=8, seq_len=16)
-    assert report["model"]["remat_policy"] == "save_dots_no_batch" and report["devices"] == 1
+    assert report["model"]["remat_policy"] == "minimal" and report["devices"] == 1
     assert report["memory_per_device_bytes"]["temp"] > 0
 
 
@@ -157,6 +156,8 @@ def test_plan_llama3_1_8b_full_finetune_fsdp8(tmp_path):
             "train.reference_mode=separate",
             "--set",
             "optim.learning_rate=5e-6",
+            "--set",
+            "optim.moments_dtype=bfloat16",
             "--hbm-gb",
             "80",
             "--output",
@@ -203,3 +204,80 @@ def test_plan_llama3_1_70b_lora_fsdp16_tensor4(tmp_path):
     assert report["arithmetic"]["num_lora_params"] == 103_546_880  # r 8 on all 7 linear maps × 80 layers
     check_against_arithmetic(report)
     assert report["inputs_per_device_bytes"]["frozen"] == pytest.approx(70.55e9 * 2 / 64, rel=0.01)
+
+
+def _temp(cfg, seq_len: int, batch_size: int = 8, **kwargs) -> int:
+    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
+    return plan_train_step(cfg, mesh, batch_size, seq_len, **kwargs)["memory_per_device_bytes"]["temp"]
+
+
+def test_blockwise_temporaries_grow_linearly_with_length():
+    """The tiny run config at 4096 and 16384 tokens (issue #15): 4x the length, at most 6x the temporaries
+    (xla attention: 16x, its [L, L] scores dominate; measured 34 GiB -> 536 GiB, docs/benchmarks.md)."""
+    cfg = load_config(ROOT / "configs/run/tiny_rpo.yaml", ["model.attention=blockwise", "mesh.fsdp=1"])
+    short, long = _temp(cfg, 4096), _temp(cfg, 16384)
+    assert long / short <= 6.0, (short, long)
+
+
+@pytest.mark.slow
+def test_remat_policies_change_planned_memory():
+    """Each MaxText-named policy keeps less than the one before it, in the compiled step's temporaries; chunking
+    the MLP keeps one chunk's [B, C, F] intermediates instead of the whole rows'. A wide MLP so that it matters."""
+    model = {**TINY_MODEL, "hidden_size": 64, "intermediate_size": 1024}
+    temps = {}
+    for policy, chunk in [(p, 0) for p in ("none", "minimal", "save_dot_except_mlp", "save_qkv_proj", "full")] + [
+        ("full", 32)
+    ]:
+        settings = {**model, "remat_policy": policy, "mlp_chunk_size": chunk}
+        cfg = tiny_config(model=settings, mesh={"fsdp": 1}, loss={"logits_chunk_size": 64})
+        temps[policy, chunk] = _temp(cfg, 128, batch_size=2)
+    values = list(temps.values())
+    assert all(a > b for a, b in zip(values, values[1:])), temps
+
+
+def test_plan_compiles_bf16_as_f16_on_cpu_and_reports_precision():
+    # XLA:CPU widens bf16 loop operands to f32; the f16 stand-in keeps the widths a bf16-native chip allocates.
+    cfg = tiny_config(model={**TINY_MODEL, "param_dtype": "float32", "dtype": "bfloat16"}, mesh={"fsdp": 1})
+    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
+    stand_in = plan_train_step(cfg, mesh, 4, 64)
+    exact = plan_train_step(cfg, mesh, 4, 64, exact_dtypes=True)
+    assert stand_in["precision"]["compiled_as"].startswith("bfloat16 as float16")
+    assert exact["precision"]["compiled_as"] == "as configured"
+    for key in ("argument", "output", "alias"):  # same program, same buffer widths
+        assert stand_in["memory_per_device_bytes"][key] == exact["memory_per_device_bytes"][key]
+    assert stand_in["memory_per_device_bytes"]["temp"] < exact["memory_per_device_bytes"]["temp"]
+    assert stand_in["precision"] | {"compiled_as": None} == {
+        "trained_weights": "float32",
+        "frozen_base": None,
+        "compute": "bfloat16",
+        "adam_moments": "float32",
+        "reference_copy": "bfloat16",  # never trained: stored in the compute dtype
+        "master_weights": True,
+        "loss_scaling": None,
+        "compiled_as": None,
+    }
+    check_against_arithmetic(stand_in)
+    assert (
+        stand_in["arithmetic"]["bytes_per_device"]["reference_copy"] * 2
+        == (stand_in["arithmetic"]["bytes_per_device"]["policy_weights"])
+    )
+    model = {**TINY_MODEL, "param_dtype": "float32", "dtype": "bfloat16"}
+    halved = tiny_config(model=model, optim={"moments_dtype": "bfloat16"}, mesh={"fsdp": 1})
+    parts = parameter_arithmetic(halved, mesh)["bytes_per_device"]
+    assert parts["adam_moments"] == parts["policy_weights"]  # two bf16 moments = one fp32 copy
+
+
+@pytest.mark.slow
+def test_plan_llama3_1_8b_lora_fits_one_80gb_gpu(tmp_path):
+    """Issue #15: Llama-3.1-8B LoRA on one GPU, 8 pairs (16 rows) of 4096 tokens per micro-step, <= 72 GiB."""
+    out = tmp_path / "plan.json"
+    config = ROOT / "configs/run/rpo_llama3_1_8b_lora_1gpu.yaml"
+    code = cli_main(
+        ["plan", "--config", str(config), "--mesh", "data=1,fsdp=1,tensor=1", "--hbm-gb", "80", "--output", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    batch = report["batch"]
+    assert batch["global_batch_size"] // batch["grad_accum_steps"] >= 8 and batch["seq_len"] == 4096
+    assert report["memory_per_device_bytes"]["peak_estimate"] <= 72 * 2**30
+    assert report["attention"]["implementation"] == "blockwise" and report["model"]["attention"] == "auto"

@@ -1,5 +1,5 @@
 """`rpo-jax plan --config PATH [--mesh data=1,fsdp=8,tensor=1] [--hbm-gb N] [--batch-size B --seq-len L]
-[--set a.b=v ...] [--topology NAME] [--output FILE.json]`
+[--set a.b=v ...] [--topology NAME] [--exact-dtypes] [--output FILE.json]`
 
 Compiles the real train step for the config's model on abstract shapes (no parameter memory) over a mesh of
 simulated CPU devices (`rpo_jax.cpu_devices`), and prints per-device memory, FLOPs and the parameter/optimizer
@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topology", default="", help="TPU topology to also compile for (TPU backend only; default: none)"
     )
+    parser.add_argument(
+        "--exact-dtypes",
+        action="store_true",
+        help="compile bfloat16 as is on CPU (default: as float16, which XLA:CPU does not widen to float32)",
+    )
     parser.add_argument("--output", type=local_path_arg, help="write the report as JSON here (default: print only)")
 
 
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.seq_len or max(cfg.data.length_buckets, default=cfg.data.max_length),
         args.hbm_gb,
         args.topology,
+        args.exact_dtypes,
     )
     report["config"] = args.config
     print(format_report(report))

@@ -37,7 +37,7 @@ PARAMS_DIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"
 LORA_CONFIG_FILE = "lora_config.json"
 # ModelConfig fields that say how to run a model, not what it computes: an HF folder has none of them.
-EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy")
+EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy", "attention", "mlp_chunk_size")
 # Also not compared between a run config and an HF folder: it only scales random initialisation.
 _NOT_ARCHITECTURE = (*EXECUTION_FIELDS, "initializer_range")
 
