@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.precompute import ensure_reference_logps
+from rpo_jax.preemption import NO_STOP, StopSignals, StopVote, stopped_early
 from rpo_jax.run_data import check_output_dir, prepare_run_data
 from rpo_jax.run_log import MetricsLog, Progress, TensorBoardLog, require_tensorboard, write_report
 from rpo_jax.sharding import batch_shardings, make_mesh
@@ -53,9 +53,17 @@ def _check_data_settings(cfg: Config) -> None:
 
 class Trainer:
     def __init__(
-        self, cfg: Config, *, resume: bool = False, allow_config_change: bool = False, allow_data_change: bool = False
+        self,
+        cfg: Config,
+        *,
+        resume: bool = False,
+        allow_config_change: bool = False,
+        allow_data_change: bool = False,
+        stop_signals: StopSignals | None = None,
     ):
         self.cfg = cfg
+        self.stop_signals = stop_signals or StopSignals()
+        self.stopped_by, self.stopped_at = NO_STOP, None  # set when a signal stopped fit() (see preemption)
         distributed.maybe_initialize()
         self.mesh = make_mesh(cfg.mesh)
         _check_data_settings(cfg)
@@ -92,7 +100,6 @@ class Trainer:
                 for record in self.metrics_log.read():
                     if record["step"] == self.start_step:
                         self.metrics_log.mirror.write(record)
-        self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _resume(self, allow_config_change: bool, allow_data_change: bool) -> None:
@@ -188,26 +195,27 @@ class Trainer:
             if abs(record["loss"] - math.log(2)) > tol + 1e-6:
                 raise RuntimeError(f"step 0: DPO loss {record['loss']:.6f} != ln 2 with policy == reference")
 
-    def _on_sigterm(self, signum, frame):
-        self._stop_requested = True
-
     def fit(self) -> list[dict]:
         cfg = self.cfg
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        votes = StopVote(self.stop_signals)
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
         pending = None  # (step, metrics future, tokens)
         if cfg.train.eval_every and self.start_step == 0:
             self.metrics_log.write({"step": 0, **self.evaluate()})  # the baseline: policy == reference
         self._last_done = time.perf_counter()
+        self.stop_signals.install()
         try:
             for step in range(self.start_step, cfg.train.steps):
                 batch, tokens = self.next_batch()
                 self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference, batch)
+                votes.cast()
                 if pending is not None:
                     self._flush(pending, progress)
                 pending = (step, metrics, tokens)
                 done = step + 1
-                must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or self._stop_requested
+                self.stopped_by = votes.agreed()  # the same on every process at this step
+                stop = self.stopped_by != NO_STOP
+                must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or stop
                 must_eval = bool(cfg.train.eval_every) and done % cfg.train.eval_every == 0
                 if must_save or must_eval:
                     self._flush(pending, progress)
@@ -215,10 +223,11 @@ class Trainer:
                 if must_eval:
                     self.metrics_log.write({"step": done, **self.evaluate()})
                 if must_save:
-                    self.save(done, force=self._stop_requested)
+                    self.save(done, force=stop)
                 if must_save or must_eval:
                     self._last_done = time.perf_counter()  # keep eval/checkpoint time out of step timings
-                if self._stop_requested:
+                if stop:
+                    self.stopped_at = done
                     break
             if pending is not None:
                 self._flush(pending, progress)
@@ -227,7 +236,7 @@ class Trainer:
             if self.metrics_log.mirror is not None:
                 self.metrics_log.mirror.close()
             self.checkpointer.wait()
-            signal.signal(signal.SIGTERM, previous)
+            self.stop_signals.restore()
         return self.metrics_log.read()
 
     def _flush(self, pending, progress: Progress) -> None:
@@ -248,17 +257,15 @@ class Trainer:
         """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`; returns the export folder."""
         self.checkpointer.close()
         params = self.policy.merged_params(self.state["params"], self.policy.frozen)
-        if jax.process_count() > 1:
-            # Every process must take part in the gather; only process 0 then writes.
-            params = multihost_utils.process_allgather(params, tiled=True)
-        if not self.is_main:
-            return None
-        write_report(records, self.output_dir / "report.png")
         export_dir = self.output_dir / "hf"
-        if export_dir.exists():  # a re-run of a finished run replaces its export
-            shutil.rmtree(export_dir)
-        params = jax.device_get(params)
+        if self.is_main:
+            write_report(records, self.output_dir / "report.png")
+            if export_dir.exists():  # a re-run of a finished run replaces its export
+                shutil.rmtree(export_dir)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("rpo_jax_old_export_removed")
         tokenizer = self.cfg.data.tokenizer_path or read_manifest(self.cfg.data.train_path)["tokenizer"]["path"]
+        # Every process takes part (one tensor at a time is gathered); process 0 writes.
         export_hf(
             params,
             self.cfg.model,
@@ -266,7 +273,7 @@ class Trainer:
             export_dir,
             tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None,
         )
-        return export_dir
+        return export_dir if self.is_main else None
 
 
 def train(
@@ -274,7 +281,17 @@ def train(
 ) -> Path | None:
     """The whole run: output folder checked, data tokenized when needed, trained, exported; returns the HF
     export folder (on process 0)."""
-    check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
-    cfg = prepare_run_data(cfg)
-    trainer = Trainer(cfg, resume=resume, allow_config_change=allow_config_change, allow_data_change=allow_data_change)
-    return trainer.finish(trainer.fit())
+    with StopSignals() as signals:  # from the start: a SIGTERM while compiling still stops at step 1 or 2
+        check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
+        cfg = prepare_run_data(cfg)
+        trainer = Trainer(
+            cfg,
+            resume=resume,
+            allow_config_change=allow_config_change,
+            allow_data_change=allow_data_change,
+            stop_signals=signals,
+        )
+        records = trainer.fit()
+    if stopped_early(trainer.stopped_by, trainer.stopped_at, cfg.train.steps, trainer.checkpointer):
+        return None  # nothing half-done is exported
+    return trainer.finish(records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from data_pipeline.files import local_path_arg
 from rpo_jax.config_loading import add_config_arguments
@@ -23,14 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.config_loading import config_from_args
+    from rpo_jax.preemption import TrainingInterrupted
     from rpo_jax.trainer import train
 
     overrides = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     overrides += [f"train.steps={args.steps}"] if args.steps is not None else []
-    train(
-        config_from_args(args, *overrides),
-        resume=args.resume,
-        allow_config_change=args.allow_config_change,
-        allow_data_change=args.allow_data_change,
-    )
+    try:
+        train(
+            config_from_args(args, *overrides),
+            resume=args.resume,
+            allow_config_change=args.allow_config_change,
+            allow_data_change=args.allow_data_change,
+        )
+    except TrainingInterrupted as stop:  # Ctrl-C: a checkpoint was saved
+        print(f"rpo-jax train: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
