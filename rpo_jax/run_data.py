@@ -72,8 +72,8 @@ def prepare_run_data(cfg: Config) -> Config:
         seen = read_manifest(target)["fingerprint"] if (Path(target) / "manifest.json").is_file() else "no manifest"
         if seen != fingerprint:
             raise ConfigError(
-                f"{target}: process 0 tokenized the data there, but process {jax.process_index()} sees {seen!r}: "
-                "train.output_dir must be one folder that every host shares (NFS/Filestore)"
+                f"{target}: process 0 sees the data it tokenized there (fingerprint {fingerprint}), process "
+                f"{jax.process_index()} sees {seen!r}: train.output_dir must be one folder every host shares (NFS)"
             )
     return cfg
 
