@@ -20,6 +20,7 @@ from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax import distributed
 from rpo_jax.config import Config, ConfigError
+from rpo_jax.run_summary import dropped_share_note
 
 
 def check_output_dir(path: str) -> Path:
@@ -53,11 +54,14 @@ def prepare_run_data(cfg: Config) -> Config:
             eval_path=cfg.data.eval_path or (str(data_dir / "eval") if cfg.data.eval_pairs_path else ""),
         ),
     )
-    both = ((cfg.data.pairs_path, cfg.data.train_path), (cfg.data.eval_pairs_path, cfg.data.eval_path))
-    jobs = [(pairs, target) for pairs, target in both if pairs]
+    datasets = (
+        ("data.pairs_path", cfg.data.pairs_path, cfg.data.train_path),
+        ("data.eval_pairs_path", cfg.data.eval_pairs_path, cfg.data.eval_path),
+    )
+    jobs = [(setting, pairs, target) for setting, pairs, target in datasets if pairs]
     if jax.process_index() == 0:
         try:
-            fingerprints = [_tokenize(cfg, pairs, target) for pairs, target in jobs]
+            fingerprints = [_tokenize(cfg, *job) for job in jobs]
         except BaseException as e:
             if jax.process_count() > 1:
                 distributed.publish(_PREPARED_KEY, f"error: {type(e).__name__}: {e}")
@@ -68,7 +72,7 @@ def prepare_run_data(cfg: Config) -> Config:
     word = distributed.wait_for(_PREPARED_KEY)
     if word.startswith("error: "):
         raise DataPreparationError(f"process 0 could not prepare the run's data ({word[len('error: ') :]})")
-    for (_, target), fingerprint in zip(jobs, word.split(), strict=True):
+    for (_, _, target), fingerprint in zip(jobs, word.split(), strict=True):
         seen = read_manifest(target)["fingerprint"] if (Path(target) / "manifest.json").is_file() else "no manifest"
         if seen != fingerprint:
             raise ConfigError(
@@ -85,10 +89,13 @@ class DataPreparationError(UserError):
     """Process 0 failed to tokenize the run's data; the other processes stop with its message."""
 
 
-def _tokenize(cfg: Config, pairs: str, target: str) -> str:
+def _tokenize(cfg: Config, setting: str, pairs: str, target: str) -> str:
     settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
-    manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings)
+    manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings, setting=setting)
     if rebuilt:
         counts = manifest["counts"]
         print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}", flush=True)
+    note = dropped_share_note(manifest, pairs, cfg.data.max_length, cfg.data.truncation)
+    if note:
+        print(note, flush=True)
     return manifest["fingerprint"]

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from data_pipeline.errors import UserError
 from rpo_jax import distributed
 from rpo_jax.config import MESH_AXES, MeshConfig
 
@@ -30,7 +31,7 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
 BATCH_AXES = ("data", "fsdp")
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A parameter cannot be placed on the mesh as the rules ask."""
 
 

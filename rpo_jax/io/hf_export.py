@@ -80,8 +80,11 @@ def export_hf(
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 1024**3,
     tokenizer_dir: str | Path | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> list[str]:
     """Writes a HF Llama folder (config.json, safetensors, tokenizer files) atomically; returns files written.
+
+    `extra_files` ({name: content}, e.g. `hf_chat_files.chat_files`) are written last, replacing copied ones.
 
     LoRA adapters in `state` are always merged into their base weights (HF Llama has no place for them).
     Multi-host: call on every process (each tensor is gathered in turn); process 0 writes, the others return
@@ -113,7 +116,8 @@ def export_hf(
     )
 
     index_files = [INDEX_FILE] if len(shards) > 1 else []
-    written = ["config.json", *names, *index_files, *(p.name for p in tokenizer_files)]
+    copied = [p.name for p in tokenizer_files if p.name not in (extra_files or {})]
+    written = ["config.json", *names, *index_files, *copied, *(extra_files or {})]
     host = HostCopies()
 
     def produce(k: int) -> np.ndarray:
@@ -140,6 +144,8 @@ def export_hf(
     (tmp / "config.json").write_text(json.dumps(model_config_to_hf(cfg, dtype), indent=2) + "\n")
     for src in tokenizer_files:
         (tmp / src.name).write_bytes(src.read_bytes())
+    for name, content in (extra_files or {}).items():
+        (tmp / name).write_bytes(content)
     tmp.rename(output_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("rpo_jax_export_hf")
