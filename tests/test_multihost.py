@@ -140,7 +140,9 @@ def test_precomputed_reference_with_two_processes_matches_one(one_process, tmp_p
     settings = ["--set", "train.reference_mode=precomputed", "--set", "optim.warmup_ratio=0.5"]
     run_all(["train", "--config", str(TINY_RPO), "--output-dir", str(run), "--steps", "2", *settings])
     assert len(list((run / "ref_logps").glob("*.npz"))) == 2  # train and eval
-    assert_same_run(metric_lines(one_process)[:3], metric_lines(run))  # eval at step 0, steps 0 and 1
+    lines = metric_lines(run)
+    assert_same_run(metric_lines(one_process)[:3], lines[:3])  # eval at step 0, steps 0 and 1
+    assert [line["step"] for line in lines[3:]] == [2] and "eval/loss" in lines[3]  # the final model's eval
 
 
 @pytest.fixture(scope="module")
