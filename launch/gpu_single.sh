@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run `rpo-jax train` on one NVIDIA GPU of this machine.
 #
-#   launch/gpu_single.sh all    --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml --data data/pairs-tok
+#   launch/gpu_single.sh all    --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml --data data/pairs-tok/train \
+#                               --eval-data data/pairs-tok/eval
 #   launch/gpu_single.sh resume --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml   # after an interruption
 #
 # Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.
@@ -18,6 +19,10 @@ VENV="${RPO_VENV:-.venv}"
 CONFIG="${RPO_CONFIG:-configs/run/rpo_llama3_2_1b_lora_gpu.yaml}"
 OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # "" = runs/<config file name without .yaml>
 DATA="${RPO_DATA:-}"                             # dir of tokenized shards -> data.train_path; "" = config's
+EVAL_DATA="${RPO_EVAL_DATA:-}"                   # held-out shards -> data.eval_path; none = no evaluation
+# Persistent XLA compilation cache (JAX_COMPILATION_CACHE_DIR): a resumed or repeated run loads its compiled
+# steps instead of compiling them again. "" = no cache.
+COMPILATION_CACHE="${RPO_COMPILATION_CACHE-__OUTPUT_DIR__/jax_compilation_cache}"
 STEPS="${RPO_STEPS:-}"                           # "" = the config's train.steps
 GPU="${RPO_GPU:-0}"                              # CUDA device index: the only GPU JAX will see
 # JAX reserves GPU memory up front (PREALLOCATE=true) so XLA's allocator never fragments or competes with
@@ -52,6 +57,8 @@ Flags (environment variable in brackets, then the default):
   --config PATH      [RPO_CONFIG] $CONFIG
   --output-dir DIR   [RPO_OUTPUT_DIR] runs/<config name>
   --data PATH        [RPO_DATA] tokenized shards directory -> data.train_path (default: the config's)
+  --eval-data PATH   [RPO_EVAL_DATA] held-out shards -> data.eval_path (needed with --data); none = no eval
+  --compilation-cache DIR  [RPO_COMPILATION_CACHE] <output-dir>/jax_compilation_cache ("" = none)
   --steps N          [RPO_STEPS] the config's train.steps
   --set KEY=VALUE    config override passed to rpo-jax train (repeatable)
   --gpu INDEX        [RPO_GPU] $GPU (sets CUDA_VISIBLE_DEVICES)
@@ -72,6 +79,8 @@ while (($#)); do
     --config) CONFIG="$(flag_value "$@")"; shift ;;
     --output-dir) OUTPUT_DIR="$(flag_value "$@")"; shift ;;
     --data) DATA="$(flag_value "$@")"; shift ;;
+    --eval-data) EVAL_DATA="$(flag_value "$@")"; shift ;;
+    --compilation-cache) COMPILATION_CACHE="$(flag_value "$@")"; shift ;;
     --steps) STEPS="$(flag_value "$@")"; shift ;;
     --set) OVERRIDES+=("$(flag_value "$@")"); shift ;;
     --gpu) GPU="$(flag_value "$@")"; shift ;;
@@ -90,6 +99,9 @@ done
 [[ "$PREALLOCATE" == true || "$PREALLOCATE" == false ]] || die "RPO_PREALLOCATE must be true or false"
 [[ "$MEM_FRACTION" =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "RPO_MEM_FRACTION must be in (0, 1], got '$MEM_FRACTION'"
 [[ -n "$OUTPUT_DIR" ]] || OUTPUT_DIR="runs/$(basename "$CONFIG" .yaml)"
+[[ -z "$DATA" || -n "$EVAL_DATA" ]] || die "--data replaces data.train_path only: pass --eval-data too (held-out \
+shards for the step-0 and every train.eval_every evaluation), or --eval-data none to evaluate nothing"
+COMPILATION_CACHE="${COMPILATION_CACHE//__OUTPUT_DIR__/$OUTPUT_DIR}"
 
 cmd_setup() {
   if [[ "$DRY_RUN" == 1 || ! -x "$VENV/bin/python" ]]; then
@@ -106,15 +118,22 @@ cmd_train() {  # cmd_train [--resume]
   [[ -z "$STEPS" ]] || train+=(--steps "$STEPS")
   train+=("$@")
   [[ -z "$DATA" ]] || train+=(--set "data.train_path=$DATA")
+  if [[ "$EVAL_DATA" == none ]]; then
+    train+=(--set "data.eval_path=" --set "train.eval_every=0")
+  elif [[ -n "$EVAL_DATA" ]]; then
+    train+=(--set "data.eval_path=$EVAL_DATA")
+  fi
   local override
   for override in "${OVERRIDES[@]}"; do train+=(--set "$override"); done
   local xla_flags="${XLA_FLAGS:+$XLA_FLAGS }$GPU_XLA_FLAGS"
+  local cache=()
+  [[ -z "$COMPILATION_CACHE" ]] || cache=(JAX_COMPILATION_CACHE_DIR="$COMPILATION_CACHE")
   run env CUDA_VISIBLE_DEVICES="$GPU" XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" \
-    XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION" XLA_FLAGS="$xla_flags" "${train[@]}"
+    XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION" XLA_FLAGS="$xla_flags" "${cache[@]}" "${train[@]}"
 }
 
 note "gpu_single.sh $COMMAND: GPU $GPU; venv $VENV; config $CONFIG; output $OUTPUT_DIR; data ${DATA:-<config>}; \
-steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
+eval ${EVAL_DATA:-<config>}; compilation cache ${COMPILATION_CACHE:-none}; steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
 note "attention: the config's model.attention (default auto: cuDNN flash attention on this GPU in bfloat16); \
 rpo-jax train prints the implementation it chose when it starts"
 # Relative paths (config, data, output, venv) are relative to the repository root, wherever this is started.

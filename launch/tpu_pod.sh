@@ -3,13 +3,16 @@
 #
 #   launch/tpu_pod.sh all    --name rpo-8b --zone us-east5-a --accelerator-type v5p-8 \
 #                            --config configs/run/rpo_llama3_1_8b_v5p8.yaml \
-#                            --output-dir /mnt/shared/runs/rpo-8b --data gs://BUCKET/data/pairs-tok
+#                            --output-dir /mnt/shared/runs/rpo-8b --data gs://BUCKET/data/pairs-tok/train \
+#                            --eval-data gs://BUCKET/data/pairs-tok/eval
 #   launch/tpu_pod.sh resume --name rpo-8b ... (same flags)   # after a spot preemption
 #
 # Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.
 # `--dry-run` prints each command as `+ cmd` and runs nothing. See launch/README.md.
 # --output-dir (and train.init_checkpoint) are filesystem paths, the same on every worker: mount shared storage
 # (Filestore/NFS) on the workers first. URLs such as gs:// are refused there (the trainer cannot write them yet).
+# Training data is copied to (or mounted on) every worker; a config that tokenizes pairs on first use writes them
+# once, from process 0, into <output-dir>/data, which is why --output-dir must be shared.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +32,11 @@ QUEUED="${RPO_QUEUED:-0}"                        # 1 = request through queued re
 CONFIG="${RPO_CONFIG:-configs/run/rpo_llama3_1_8b_v5p8.yaml}"   # relative to the repository root
 OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # required for train; absolute, on storage every host shares
 DATA="${RPO_DATA:-}"                             # tokenized shards: gs://bucket/dir or a local dir; "" = config's
+EVAL_DATA="${RPO_EVAL_DATA:-}"                   # held-out shards, the same way -> data.eval_path; none = no eval
 DATA_MODE="${RPO_DATA_MODE:-copy}"               # copy (gsutil rsync to local disk) | gcsfuse (mount)
+# Persistent XLA compilation cache (JAX_COMPILATION_CACHE_DIR): a resumed or repeated run loads its compiled
+# steps instead of compiling them again. On the shared --output-dir, so it outlives a preempted slice.
+COMPILATION_CACHE="${RPO_COMPILATION_CACHE-__OUTPUT_DIR__/jax_compilation_cache}"   # "" = no cache
 STEPS="${RPO_STEPS:-}"                           # "" = the config's train.steps
 GIT_URL="${RPO_GIT_URL:-}"                       # "" = ship `git archive HEAD` of this checkout
 GIT_REF="${RPO_GIT_REF:-main}"                   # branch or tag cloned when GIT_URL is set
@@ -37,6 +44,7 @@ REMOTE_PYTHON="${RPO_REMOTE_PYTHON:-3.11}"       # TPU VM images ship 3.10; uv f
 REMOTE_DIR="${RPO_REMOTE_DIR:-rpo-jax}"          # all REMOTE_* paths are relative to the worker's $HOME
 REMOTE_VENV="${RPO_REMOTE_VENV:-rpo-jax-venv}"
 REMOTE_DATA_DIR="${RPO_REMOTE_DATA_DIR:-rpo-jax-data}"
+REMOTE_EVAL_DATA_DIR="${RPO_REMOTE_EVAL_DATA_DIR:-rpo-jax-eval-data}"
 REMOTE_LOG_DIR="${RPO_REMOTE_LOG_DIR:-rpo-jax-logs}"
 WORKER="${RPO_WORKER:-all}"                      # which workers `logs` reads: all | 0 | 1,3
 LOG_LINES="${RPO_LOG_LINES:-40}"
@@ -92,16 +100,19 @@ Flags (environment variable in brackets, then the default):
   --output-dir DIR          [RPO_OUTPUT_DIR] required by train/resume/all; an absolute path on storage
                             every worker mounts (Filestore/NFS), not gs://
   --data PATH               [RPO_DATA] gs://... or local dir of tokenized shards -> data.train_path
+  --eval-data PATH          [RPO_EVAL_DATA] held-out shards, the same way -> data.eval_path (needed with
+                            --data); none = evaluate nothing (train.eval_every=0)
   --data-mode MODE          [RPO_DATA_MODE] $DATA_MODE (copy | gcsfuse)
   --steps N                 [RPO_STEPS] the config's train.steps
   --set KEY=VALUE           config override passed to rpo-jax train (repeatable)
   --git-url URL             [RPO_GIT_URL] clone this on the workers instead of shipping git archive HEAD
   --git-ref REF             [RPO_GIT_REF] $GIT_REF
+  --compilation-cache DIR   [RPO_COMPILATION_CACHE] <output-dir>/jax_compilation_cache ("" = none)
   --worker W                [RPO_WORKER] $WORKER (for logs)
   --dry-run                 [RPO_DRY_RUN=1] print every command, run nothing
   -h, --help                this help
 Also: RPO_REMOTE_PYTHON ($REMOTE_PYTHON), RPO_REMOTE_DIR, RPO_REMOTE_VENV, RPO_REMOTE_DATA_DIR,
-RPO_REMOTE_LOG_DIR, RPO_LOG_LINES, RPO_LIBTPU_INIT_ARGS, TPU_STDERR_LOG_LEVEL, TPU_MIN_LOG_LEVEL.
+RPO_REMOTE_EVAL_DATA_DIR, RPO_REMOTE_LOG_DIR, RPO_LOG_LINES, RPO_LIBTPU_INIT_ARGS, TPU_STDERR_LOG_LEVEL, TPU_MIN_LOG_LEVEL.
 EOF
 }
 
@@ -120,6 +131,8 @@ while (($#)); do
     --config) CONFIG="$(flag_value "$@")"; shift ;;
     --output-dir) OUTPUT_DIR="$(flag_value "$@")"; shift ;;
     --data) DATA="$(flag_value "$@")"; shift ;;
+    --eval-data) EVAL_DATA="$(flag_value "$@")"; shift ;;
+    --compilation-cache) COMPILATION_CACHE="$(flag_value "$@")"; shift ;;
     --data-mode) DATA_MODE="$(flag_value "$@")"; shift ;;
     --steps) STEPS="$(flag_value "$@")"; shift ;;
     --set) OVERRIDES+=("$(flag_value "$@")"); shift ;;
@@ -137,9 +150,16 @@ done
 case "$DATA_MODE" in copy | gcsfuse) ;; *) die "--data-mode must be copy or gcsfuse, got '$DATA_MODE'" ;; esac
 [[ -z "$STEPS" || "$STEPS" =~ ^[0-9]+$ ]] || die "--steps must be a non-negative integer, got '$STEPS'"
 [[ "$DATA_MODE" == copy || -z "$DATA" || "$DATA" == gs://* ]] || die "--data-mode gcsfuse needs a gs:// --data"
+[[ "$DATA_MODE" == copy || -z "$EVAL_DATA" || "$EVAL_DATA" == none || "$EVAL_DATA" == gs://* ]] ||
+  die "--data-mode gcsfuse needs a gs:// --eval-data"
+COMPILATION_CACHE="${COMPILATION_CACHE//__OUTPUT_DIR__/$OUTPUT_DIR}"
 [[ "$LIBTPU_INIT_ARGS" != *[\"\'\$\`\\]* ]] || die "RPO_LIBTPU_INIT_ARGS must not contain quotes, \$, \` or \\"
 [[ "$DATA" == gs://* || ! "$DATA" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] ||
   die "--data must be gs://... (copied or mounted on the workers) or a local directory, got '$DATA'"
+[[ "$EVAL_DATA" == gs://* || ! "$EVAL_DATA" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] ||
+  die "--eval-data must be gs://... (copied or mounted on the workers) or a local directory, got '$EVAL_DATA'"
+[[ -z "$DATA" || -n "$EVAL_DATA" ]] || die "--data replaces data.train_path only: pass --eval-data too (held-out \
+shards for the step-0 and every train.eval_every evaluation), or --eval-data none to evaluate nothing"
 
 GCLOUD_SCOPE=(--zone="$ZONE")
 [[ -z "$PROJECT" ]] || GCLOUD_SCOPE+=(--project="$PROJECT")
@@ -226,25 +246,32 @@ cd $q_dir && ~/$q_venv/bin/python -m pip install -e \".[tpu]\""
 }
 
 setup_data() {
-  local q_data
-  q_data="$(printf %q "$REMOTE_DATA_DIR")"
   if [[ -z "$DATA" ]]; then
     note "no --data: the config's data.train_path must already be readable on every worker"
-  elif [[ "$DATA" == gs://* && "$DATA_MODE" == gcsfuse ]]; then
-    local bucket="${DATA#gs://}" prefix=""
+  else
+    setup_dataset "$DATA" "$REMOTE_DATA_DIR" --data
+  fi
+  [[ -z "$EVAL_DATA" || "$EVAL_DATA" == none ]] || setup_dataset "$EVAL_DATA" "$REMOTE_EVAL_DATA_DIR" --eval-data
+}
+
+# Copies (or mounts) one dataset to the same path under every worker's $HOME.
+setup_dataset() {  # setup_dataset SOURCE REMOTE_DIR FLAG
+  local source="$1" remote="$2" q_remote
+  q_remote="$(printf %q "$remote")"
+  if [[ "$source" == gs://* && "$DATA_MODE" == gcsfuse ]]; then
+    local bucket="${source#gs://}" prefix=""
     [[ "$bucket" != */* ]] || { prefix="${bucket#*/}"; bucket="${bucket%%/*}"; }
     local only_dir=""
     [[ -z "$prefix" ]] || only_dir="--only-dir $(printf %q "${prefix%/}") "
     on_workers all "command -v gcsfuse >/dev/null || { echo 'gcsfuse is not installed on this worker' >&2; \
-exit 1; }; mkdir -p $q_data && (mountpoint -q $q_data || gcsfuse --implicit-dirs $only_dir$(printf %q "$bucket") \
-$q_data)"
-  elif [[ "$DATA" == gs://* ]]; then
-    on_workers all "mkdir -p $q_data && gsutil -m rsync -r $(printf %q "$DATA") $q_data"
+exit 1; }; mkdir -p $q_remote && (mountpoint -q $q_remote || gcsfuse --implicit-dirs $only_dir$(printf %q "$bucket") \
+$q_remote)"
+  elif [[ "$source" == gs://* ]]; then
+    on_workers all "mkdir -p $q_remote && gsutil -m rsync -r $(printf %q "$source") $q_remote"
   else
-    [[ "$DRY_RUN" == 1 || -d "$DATA" ]] || die "--data $DATA: not a gs:// path and not a local directory"
-    on_workers all "rm -rf $q_data"
-    run gcloud compute tpus tpu-vm scp --recurse "$DATA" "$TPU_NAME:$REMOTE_DATA_DIR" "${GCLOUD_SCOPE[@]}" \
-      --worker=all
+    [[ "$DRY_RUN" == 1 || -d "$source" ]] || die "$3 $source: not a gs:// path and not a local directory"
+    on_workers all "rm -rf $q_remote"
+    run gcloud compute tpus tpu-vm scp --recurse "$source" "$TPU_NAME:$remote" "${GCLOUD_SCOPE[@]}" --worker=all
   fi
 }
 
@@ -259,6 +286,8 @@ checkpoints (Orbax commits a step by renaming its temporary directory): use File
 multi-host pods"
   # A relative path would live inside the project copy, which \`setup\` replaces.
   [[ "$OUTPUT_DIR" == /* ]] || die "--output-dir must be an absolute path, got '$OUTPUT_DIR'"
+  [[ -z "$COMPILATION_CACHE" || "$COMPILATION_CACHE" == /* ]] ||
+    die "--compilation-cache must be an absolute path on the workers, got '$COMPILATION_CACHE'"
   note "--output-dir $OUTPUT_DIR must be the same shared directory (Filestore/NFS mount) on every worker: a \
 worker's own disk is lost with a preempted VM, and multi-host checkpoints need one shared directory"
 }
@@ -268,11 +297,19 @@ cmd_train() {  # cmd_train [--resume]
   [[ -z "$STEPS" ]] || train+=(--steps "$STEPS")
   train+=("$@")
   [[ -z "$DATA" ]] || train+=(--set "data.train_path=__DATA__")
+  if [[ "$EVAL_DATA" == none ]]; then
+    train+=(--set "data.eval_path=" --set "train.eval_every=0")
+  elif [[ -n "$EVAL_DATA" ]]; then
+    train+=(--set "data.eval_path=__EVAL_DATA__")
+  fi
   local override
   for override in "${OVERRIDES[@]}"; do train+=(--set "$override"); done
   local args="" arg
   for arg in "${train[@]}"; do args+=" $(printf %q "$arg")"; done
   args="${args//__DATA__/\$HOME/$(printf %q "$REMOTE_DATA_DIR")}"  # expanded on the worker
+  args="${args//__EVAL_DATA__/\$HOME/$(printf %q "$REMOTE_EVAL_DATA_DIR")}"
+  local cache=""
+  [[ -z "$COMPILATION_CACHE" ]] || cache=" JAX_COMPILATION_CACHE_DIR=$(printf %q "$COMPILATION_CACHE")"
   local log_dir log pid
   log_dir="$(printf %q "$REMOTE_LOG_DIR")"
   # shellcheck disable=SC2016  # $(hostname) and $! are expanded on each worker, not here
@@ -282,7 +319,7 @@ cmd_train() {  # cmd_train [--resume]
   on_workers all "cd ~ && mkdir -p $log_dir && if [ -f $pid ] && kill -0 \"\$(cat $pid)\" 2>/dev/null; then \
 echo \"rpo-jax train is already running on \$(hostname)\" >&2; exit 1; fi; cd $(printf %q "$REMOTE_DIR") && \
 export LIBTPU_INIT_ARGS=\"$LIBTPU_INIT_ARGS\" TPU_STDERR_LOG_LEVEL=$TPU_STDERR_LOG_LEVEL \
-TPU_MIN_LOG_LEVEL=$TPU_MIN_LOG_LEVEL && { nohup ~/$(printf %q "$REMOTE_VENV")/bin/rpo-jax$args \
+TPU_MIN_LOG_LEVEL=$TPU_MIN_LOG_LEVEL$cache && { nohup ~/$(printf %q "$REMOTE_VENV")/bin/rpo-jax$args \
 > ~/$log 2>&1 < /dev/null & echo \$! > ~/$pid; }"
   note "started on every worker; follow with: launch/tpu_pod.sh logs --name $TPU_NAME --zone $ZONE"
 }
@@ -299,8 +336,9 @@ cmd_logs() {
 }
 
 note "tpu_pod.sh $COMMAND: TPU $TPU_NAME ($ACCELERATOR_TYPE, $RUNTIME_VERSION, spot=$SPOT, queued=$QUEUED) \
-in ${PROJECT:-<default project>}/$ZONE; config $CONFIG; output ${OUTPUT_DIR:-<unset>}; data ${DATA:-<config>} \
-($DATA_MODE); steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
+in ${PROJECT:-<default project>}/$ZONE; config $CONFIG; output ${OUTPUT_DIR:-<unset>}; data ${DATA:-<config>}, \
+eval ${EVAL_DATA:-<config>} ($DATA_MODE); compilation cache ${COMPILATION_CACHE:-none}; \
+steps ${STEPS:-<config>}; overrides: ${OVERRIDES[*]:-none}; dry run=$DRY_RUN"
 case "$COMMAND" in
   create) cmd_create ;;
   setup) cmd_setup ;;

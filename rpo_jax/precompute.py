@@ -10,6 +10,7 @@ never loads reference weights, and data or reference changes are never mixed up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipeline.files import write_bytes_atomic
 from data_pipeline.records.loader import dataset_fingerprint, make_loader
 from data_pipeline.records.shards import read_manifest
 from rpo_jax.batches import MODEL_FIELDS
-from rpo_jax.config import Config
+from rpo_jax.config import Config, ConfigError
 from rpo_jax.config_loading import config_to_dict
 from rpo_jax.logps import paired_logps
 from rpo_jax.policy import build_policy
@@ -68,7 +70,8 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
     manifest = read_manifest(shard_dir)
     out = np.full((manifest["num_examples"], manifest["group_size"]), np.nan, np.float32)
 
-    @jax.jit
+    # Replicated result: every process gets the whole [B, G] block (a few floats per row), multi-host included.
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, PartitionSpec()))
     def score(params, batch):
         model = policy.merged_model(params, policy.frozen)
         return paired_logps(
@@ -96,9 +99,9 @@ def precompute_reference_logps(cfg: Config, shard_dir: str, batch_size: int = 0)
         inputs = {
             k: np.concatenate([batch[k], np.repeat(batch[k][:1], batch_size - real, axis=0)]) for k in MODEL_FIELDS
         }
-        sh = batch_shardings(inputs, mesh)
-        logps = jax.device_get(score(policy.trainable, {k: jax.device_put(v, sh[k]) for k, v in inputs.items()}))
-        out[index] = np.asarray(logps)[:real]
+        sh = batch_shardings(inputs, mesh)  # every process loads the whole batch and places its own part
+        logps = score(policy.trainable, {k: jax.device_put(v, sh[k]) for k, v in inputs.items()})
+        out[index] = np.asarray(logps.addressable_data(0))[:real]
     if np.isnan(out).any():
         raise RuntimeError(f"{shard_dir}: {int(np.isnan(out).any(axis=1).sum())} examples were not scored")
     path = ref_logps_path(cfg, shard_dir)
@@ -128,6 +131,14 @@ def ensure_reference_logps(cfg: Config) -> dict[str, np.ndarray]:
         if not path:
             continue
         logps = load_reference_logps(cfg, path)
+        if jax.process_count() > 1:  # process 0 decides, so either every process computes (together) or none
+            stored = bool(multihost_utils.broadcast_one_to_all(np.int32(logps is not None)))
+            if stored and logps is None:
+                raise ConfigError(
+                    f"{ref_logps_path(cfg, path)}: process 0 reads it, process {jax.process_index()} does not: "
+                    "train.output_dir must be one folder that every host shares"
+                )
+            logps = logps if stored else None
         if logps is None:
             logps, _ = precompute_reference_logps(cfg, path)
         if jax.process_count() > 1:

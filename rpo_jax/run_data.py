@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 
 import jax
 
+from data_pipeline.errors import UserError
 from data_pipeline.records.prepare import ensure_shards
+from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax import distributed
 from rpo_jax.config import Config, ConfigError
@@ -25,7 +28,7 @@ def check_output_dir(path: str) -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_probe.{os.getpid()}"
+        probe = out / f".write_probe.{socket.gethostname()}.{os.getpid()}"  # hosts sharing the folder may share pids
         probe.write_bytes(b"rpo-jax")
         probe.unlink()
     except OSError as e:
@@ -36,7 +39,8 @@ def check_output_dir(path: str) -> Path:
 def prepare_run_data(cfg: Config) -> Config:
     """Tokenizes the pair files when needed; returns the config with train/eval shard paths filled in.
 
-    Multi-host: process 0 builds (atomically) while the others wait at a barrier, then everyone reads.
+    Multi-host: process 0 builds (atomically: a shard folder appears complete or not at all) while the others
+    wait for its word, then check that they see the same manifests: `train.output_dir` must be shared.
     """
     if not (cfg.data.pairs_path or cfg.data.eval_pairs_path):
         return cfg
@@ -50,25 +54,48 @@ def prepare_run_data(cfg: Config) -> Config:
             eval_path=cfg.data.eval_path or (str(data_dir / "eval") if cfg.data.eval_pairs_path else ""),
         ),
     )
-    settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
     datasets = (
         ("data.pairs_path", cfg.data.pairs_path, cfg.data.train_path),
         ("data.eval_pairs_path", cfg.data.eval_pairs_path, cfg.data.eval_path),
     )
-    for setting, pairs, target in datasets:
-        if pairs and jax.process_index() == 0:
-            manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings, setting=setting)
-            if rebuilt:
-                counts = manifest["counts"]
-                print(
-                    f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}",
-                    flush=True,
-                )
-            note = dropped_share_note(manifest, pairs, cfg.data.max_length, cfg.data.truncation)
-            if note:
-                print(note, flush=True)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("rpo_jax_prepare_data")
+    jobs = [(setting, pairs, target) for setting, pairs, target in datasets if pairs]
+    if jax.process_index() == 0:
+        try:
+            fingerprints = [_tokenize(cfg, *job) for job in jobs]
+        except BaseException as e:
+            if jax.process_count() > 1:
+                distributed.publish(_PREPARED_KEY, f"error: {type(e).__name__}: {e}")
+            raise
+        if jax.process_count() > 1:
+            distributed.publish(_PREPARED_KEY, " ".join(fingerprints))
+        return cfg
+    word = distributed.wait_for(_PREPARED_KEY)
+    if word.startswith("error: "):
+        raise DataPreparationError(f"process 0 could not prepare the run's data ({word[len('error: ') :]})")
+    for (_, _, target), fingerprint in zip(jobs, word.split(), strict=True):
+        seen = read_manifest(target)["fingerprint"] if (Path(target) / "manifest.json").is_file() else "no manifest"
+        if seen != fingerprint:
+            raise ConfigError(
+                f"{target}: process 0 sees the data it tokenized there (fingerprint {fingerprint}), process "
+                f"{jax.process_index()} sees {seen!r}: train.output_dir must be one folder every host shares (NFS)"
+            )
     return cfg
+
+
+_PREPARED_KEY = "prepare_run_data"
+
+
+class DataPreparationError(UserError):
+    """Process 0 failed to tokenize the run's data; the other processes stop with its message."""
+
+
+def _tokenize(cfg: Config, setting: str, pairs: str, target: str) -> str:
+    settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
+    manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings, setting=setting)
+    if rebuilt:
+        counts = manifest["counts"]
+        print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}", flush=True)
+    note = dropped_share_note(manifest, pairs, cfg.data.max_length, cfg.data.truncation)
+    if note:
+        print(note, flush=True)
+    return manifest["fingerprint"]

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from data_pipeline.errors import UserError
+from rpo_jax import distributed
 from rpo_jax.config import MESH_AXES, MeshConfig
 
 # Logical axis -> mesh axis (None = replicated). Every logical name used by a parameter must appear here.
@@ -50,7 +51,11 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the (data, fsdp, tensor) mesh; `jax.make_mesh` orders devices for the physical topology."""
+    """Builds the (data, fsdp, tensor) mesh; `jax.make_mesh` orders devices for the physical topology.
+
+    The first mesh of a command is where JAX first touches devices, so one process of several joins the others
+    here (`distributed.maybe_initialize`): every command that builds a mesh works multi-host."""
+    distributed.maybe_initialize()
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
     # Auto axes: XLA propagates shardings from the parameters/batch (GSPMD); no sharding-in-types.

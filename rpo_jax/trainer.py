@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.precompute import ensure_reference_logps
+from rpo_jax.preemption import NO_STOP, StopSignals, StopVote, stopped_early
 from rpo_jax.preflight import check_run_inputs
 from rpo_jax.resume import ResumeRequest, restore_for_resume, run_fingerprints
 from rpo_jax.run_data import check_output_dir, prepare_run_data
@@ -46,8 +46,10 @@ class TrainingStopped(UserError, RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: ResumeRequest | None = None):
+    def __init__(self, cfg: Config, *, resume: ResumeRequest | None = None, stop_signals: StopSignals | None = None):
         self.cfg = cfg
+        self.stop_signals = stop_signals or StopSignals()
+        self.stopped_by, self.stopped_at = NO_STOP, None  # set when a signal stopped fit() (see preemption)
         distributed.maybe_initialize()
         self.mesh = make_mesh(cfg.mesh)
         self.per_process_batch = per_process_batch_size(cfg, self.mesh)
@@ -85,7 +87,6 @@ class Trainer:
                 for record in self.metrics_log.read():
                     if record["step"] == self.start_step:
                         self.metrics_log.mirror.write(record)
-        self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _resume(self, request: ResumeRequest) -> None:
@@ -182,26 +183,27 @@ class Trainer:
             if abs(record["loss"] - math.log(2)) > tol + 1e-6:
                 raise RuntimeError(f"step 0: DPO loss {record['loss']:.6f} != ln 2 with policy == reference")
 
-    def _on_sigterm(self, signum, frame):
-        self._stop_requested = True
-
     def fit(self) -> list[dict]:
         cfg = self.cfg
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        votes = StopVote(self.stop_signals)
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
         pending = None  # (step, metrics future, tokens)
         if cfg.train.eval_every and self.start_step == 0:
             self._log_eval(0, progress)  # the baseline: policy == reference
         self._last_done = time.perf_counter()
+        self.stop_signals.install()
         try:
             for step in range(self.start_step, cfg.train.steps):
                 batch, tokens = self.next_batch()
                 self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference, batch)
+                votes.cast()
                 if pending is not None:
                     self._flush(pending, progress)
                 pending = (step, metrics, tokens)
                 done = step + 1
-                must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or self._stop_requested
+                self.stopped_by = votes.agreed()  # the same on every process at this step
+                stop = self.stopped_by != NO_STOP
+                must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or stop
                 # The final model is always evaluated, whether or not eval_every divides train.steps.
                 must_eval = bool(cfg.train.eval_every) and (done % cfg.train.eval_every == 0 or done == cfg.train.steps)
                 if must_save or must_eval:
@@ -210,10 +212,11 @@ class Trainer:
                 if must_eval:
                     self._log_eval(done, progress)
                 if must_save:
-                    self.save(done, force=self._stop_requested)
+                    self.save(done, force=stop)
                 if must_save or must_eval:
                     self._last_done = time.perf_counter()  # keep eval/checkpoint time out of step timings
-                if self._stop_requested:
+                if stop:
+                    self.stopped_at = done
                     break
             if pending is not None:
                 self._flush(pending, progress)
@@ -222,7 +225,7 @@ class Trainer:
             if self.metrics_log.mirror is not None:
                 self.metrics_log.mirror.close()
             self.checkpointer.wait()
-            signal.signal(signal.SIGTERM, previous)
+            self.stop_signals.restore()
         return self.metrics_log.read()
 
     def _log_eval(self, done: int, progress: Progress) -> None:
@@ -249,17 +252,15 @@ class Trainer:
         """report.png and the final HF export (LoRA merged) in `<output_dir>/hf`; returns the export folder."""
         self.checkpointer.close()
         params = self.policy.merged_params(self.state["params"], self.policy.frozen)
-        if jax.process_count() > 1:
-            # Every process must take part in the gather; only process 0 then writes.
-            params = multihost_utils.process_allgather(params, tiled=True)
-        if not self.is_main:
-            return None
-        write_report(records, self.output_dir / "report.png", title=report_title(self.cfg, self.output_dir))
         export_dir = self.output_dir / "hf"
-        if export_dir.exists():  # a re-run of a finished run replaces its export
-            shutil.rmtree(export_dir)
-        params = jax.device_get(params)
+        if self.is_main:
+            write_report(records, self.output_dir / "report.png", title=report_title(self.cfg, self.output_dir))
+            if export_dir.exists():  # a re-run of a finished run replaces its export
+                shutil.rmtree(export_dir)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("rpo_jax_old_export_removed")
         tokenizer = self.cfg.data.tokenizer_path or read_manifest(self.cfg.data.train_path)["tokenizer"]["path"]
+        # Every process takes part (one tensor at a time is gathered); process 0 writes.
         export_hf(
             params,
             self.cfg.model,
@@ -268,18 +269,22 @@ class Trainer:
             tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None,
             extra_files=run_chat_files(self.cfg),
         )
-        return export_dir
+        return export_dir if self.is_main else None
 
 
 def train(cfg: Config, *, resume: ResumeRequest | None = None, overwrite: bool = False) -> Path | None:
     """The whole run: settings, inputs and output folder checked, data tokenized when needed, trained,
-    exported, summarised; returns the HF export folder (on process 0)."""
+    exported, summarised; returns the HF export folder (on process 0). A SIGTERM / SIGINT agreed on by every
+    process (see rpo_jax.preemption) ends it after a checkpoint, exporting nothing."""
     started = time.perf_counter()
-    check_run_inputs(cfg)  # before tokenizing into it or compiling anything
-    prepare_output_dir(cfg.train.output_dir, resume=resume is not None, overwrite=overwrite)
-    cfg = prepare_run_data(cfg)
-    trainer = Trainer(cfg, resume=resume)
-    records = trainer.fit()
+    with StopSignals() as signals:  # from the start: a SIGTERM while compiling still stops at step 1 or 2
+        check_run_inputs(cfg)  # before tokenizing into it or compiling anything
+        prepare_output_dir(cfg.train.output_dir, resume=resume is not None, overwrite=overwrite)
+        cfg = prepare_run_data(cfg)
+        trainer = Trainer(cfg, resume=resume, stop_signals=signals)
+        records = trainer.fit()
+    if stopped_early(trainer.stopped_by, trainer.stopped_at, cfg.train.steps, trainer.checkpointer):
+        return None  # nothing half-done is exported
     export_dir = trainer.finish(records)
     trainer.say(
         closing_summary(

@@ -34,7 +34,7 @@ if "describe" in sys.argv:
 FAKE_RPO_JAX = """#!/usr/bin/env python3
 import json, os, sys
 keys = ["LIBTPU_INIT_ARGS", "TPU_STDERR_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES",
-        "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS"]
+        "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR"]
 with open(os.environ["FAKE_RPO_JAX_OUT"], "w") as f:
     json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, f)
 print("fake trainer ran")

@@ -31,6 +31,8 @@ TPU_ARGS = [
     "/mnt/shared/runs/rpo 8b",
     "--data",
     "gs://bkt/data/tok",
+    "--eval-data",
+    "gs://bkt/data/tok-eval",
     "--steps",
     "10",
     "--set",
@@ -119,7 +121,9 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake_env):
     remote = [_remote(c) for c in ssh]
     assert any('pip install -e ".[tpu]"' in r for r in remote)
     assert any("gsutil -m rsync -r gs://bkt/data/tok rpo-jax-data" in r for r in remote)
+    assert any("gsutil -m rsync -r gs://bkt/data/tok-eval rpo-jax-eval-data" in r for r in remote)
     (train,) = [r for r in remote if "rpo-jax train" in r]
+    assert r"JAX_COMPILATION_CACHE_DIR=/mnt/shared/runs/rpo\ 8b/jax_compilation_cache" in train
     assert "nohup ~/rpo-jax-venv/bin/rpo-jax train --config configs/run/rpo_llama3_1_8b_v5p8.yaml" in train
     assert 'LIBTPU_INIT_ARGS="--xla_tpu_enable_async_collective_fusion=true' in train
     assert "TPU_STDERR_LOG_LEVEL=2" in train
@@ -178,6 +182,7 @@ def test_tpu_queued_and_gcsfuse(fake_env):
     ] in cmds
     remote = [_remote(c) for c in cmds if "ssh" in c]
     assert any("gcsfuse --implicit-dirs --only-dir data/tok bkt rpo-jax-data" in r for r in remote)
+    assert any("gcsfuse --implicit-dirs --only-dir data/tok-eval bkt rpo-jax-eval-data" in r for r in remote)
     assert not any("gsutil" in r for r in remote)
 
 
@@ -194,6 +199,19 @@ def test_tpu_output_dir_required_absolute_and_not_a_url(command, fake_env):
         assert f"--output-dir {url}: URLs are not supported yet" in refused.stderr
         assert "Filestore/NFS" in refused.stderr and "gcsfuse renames directories non-atomically" in refused.stderr
     assert _calls(fake_env) == []
+
+
+@pytest.mark.parametrize("script", [TPU, GPU], ids=lambda p: p.name)
+def test_data_needs_eval_data_or_none(script, fake_env):
+    """--data replaces only the train shards: the config's eval_path (a placeholder in the big configs) would
+    fail the step-0 evaluation, so the held-out shards are asked for, or `none` turns evaluation off."""
+    base = ["train", "--dry-run", "--output-dir", "/mnt/shared/run", "--data", "/d/train"]
+    missing = _run(script, *base, env=fake_env)
+    assert missing.returncode != 0 and "pass --eval-data too" in missing.stderr
+    off = _run(script, *base, "--eval-data", "none", "--compilation-cache", "", env=fake_env)
+    assert off.returncode == 0, off.stderr
+    assert "--set data.eval_path= --set train.eval_every=0" in off.stdout  # in the printed train command
+    assert "JAX_COMPILATION_CACHE_DIR" not in off.stdout
 
 
 def test_tpu_data_url_must_be_gs(fake_env):
@@ -253,6 +271,8 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
         "--set",
         f"data.train_path={home}/rpo-jax-data",
         "--set",
+        f"data.eval_path={home}/rpo-jax-eval-data",
+        "--set",
         "optim.learning_rate=1e-6",
         "--set",
         "train.init_checkpoint=/mnt/shared/ckpt it's",
@@ -260,6 +280,7 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
     assert seen["cwd"] == str(home / "rpo-jax")
     assert seen["env"]["LIBTPU_INIT_ARGS"].split()[0] == "--xla_tpu_enable_async_collective_fusion=true"
     assert seen["env"]["TPU_STDERR_LOG_LEVEL"] == "2"
+    assert seen["env"]["JAX_COMPILATION_CACHE_DIR"] == "/mnt/shared/runs/rpo 8b/jax_compilation_cache"
     host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
     assert "fake trainer ran" in (home / "rpo-jax-logs" / f"train-{host}.log").read_text()
     pid_file = home / "rpo-jax-logs" / f"train-{host}.pid"

@@ -11,19 +11,21 @@ from launch_fixtures import FAKE_RPO_JAX, GPU, REPO, _executable, _printed, _run
 
 
 def test_gpu_dry_run_prints_flags_and_resume(fake_env):
-    result = _run(GPU, "all", "--dry-run", "--gpu", "1", "--data", "/data/tok", "--set", "loss.beta=0.2", env=fake_env)
+    data = ["--data", "/data/tok", "--eval-data", "/data/tok-eval"]
+    result = _run(GPU, "all", "--dry-run", "--gpu", "1", *data, "--set", "loss.beta=0.2", env=fake_env)
     assert result.returncode == 0, result.stderr
     cmds = _printed(result.stdout)
     assert ["python3.11", "-m", "venv", ".venv"] in cmds
     assert [".venv/bin/python", "-m", "pip", "install", "-e", ".[cuda]"] in cmds
     (train,) = [c for c in cmds if c[0] == "env"]
-    assert train[1:5] == [
+    assert train[1:6] == [
         "CUDA_VISIBLE_DEVICES=1",
         "XLA_PYTHON_CLIENT_PREALLOCATE=true",
         "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
         "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true",
+        "JAX_COMPILATION_CACHE_DIR=runs/rpo_llama3_2_1b_lora_gpu/jax_compilation_cache",
     ]
-    assert train[5:] == [
+    assert train[6:] == [
         ".venv/bin/rpo-jax",
         "train",
         "--config",
@@ -32,6 +34,8 @@ def test_gpu_dry_run_prints_flags_and_resume(fake_env):
         "runs/rpo_llama3_2_1b_lora_gpu",
         "--set",
         "data.train_path=/data/tok",
+        "--set",
+        "data.eval_path=/data/tok-eval",
         "--set",
         "loss.beta=0.2",
     ]
@@ -65,6 +69,7 @@ def test_gpu_train_runs_trainer_with_printed_environment(fake_env, tmp_path):
         "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
         "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.7",
         "XLA_FLAGS": "--xla_dump_to=/x --xla_gpu_enable_latency_hiding_scheduler=true",
+        "JAX_COMPILATION_CACHE_DIR": "/tmp/o/jax_compilation_cache",
     }
 
 

@@ -191,6 +191,36 @@ def test_each_batch_is_padded_to_its_bucket(shard_dir):
         make_loader(shard_dir, batch_size=2, seed=0, length_buckets=(512,))
 
 
+@pytest.mark.parametrize("remainder", ["drop", "fill", "keep"])
+def test_every_process_pads_to_the_global_batchs_bucket(shard_dir, remainder):
+    """Each process pads step k to the bucket of the whole global batch k (what one process loading all of it
+    picks), though the rows it holds alone would often fit a smaller one: the step's shapes agree everywhere."""
+    buckets, processes, steps = (96, 128, 192), 3, 3 if remainder == "drop" else 4
+
+    def loader(index: int, count: int):
+        return make_loader(
+            shard_dir,
+            batch_size=6 // count,
+            seed=1,
+            shard_index=index,
+            shard_count=count,
+            num_epochs=1,
+            length_buckets=buckets,
+            remainder=remainder,
+        )
+
+    whole = list(loader(0, 1))
+    parts = [list(loader(i, processes)) for i in range(processes)]
+    assert len(whole) == steps and all(len(p) == steps for p in parts)
+    own_choice_differs = False
+    for k, batch in enumerate(whole):
+        width = batch["tokens"].shape[-1]
+        assert [p[k]["tokens"].shape[-1] for p in parts] == [width] * processes, k
+        own = {min([b for b in buckets if b >= int(p[k]["segment_ids"].sum(-1).max())] + [MAX_LENGTH]) for p in parts}
+        own_choice_differs |= len(own) > 1
+    assert own_choice_differs  # otherwise this data would not tell global from per-process buckets
+
+
 def test_ref_logps_are_emitted_per_example(shard_dir):
     ref = -np.arange(NUM_PAIRS * 2, dtype=np.float32).reshape(NUM_PAIRS, 2) - 0.5
     with pytest.raises(ValueError, match="shape"):

@@ -1,13 +1,16 @@
 """Grain loader over tokenized pair shards: numpy batches in the trainer's [B, G, L] layout.
 
 Order of operations (all processes build the same global order from the same seed):
-  records (example order) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
+  example indices -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
   -> last partial *global* batch: dropped ("drop"), kept short ("keep"), or completed with weight-0 copies of the
      epoch's first examples ("fill", for evaluation: every example counted once, every batch the same shape)
+  -> read + decode, each record tagged with its *global* batch's padded length
   -> this process's slice [shard_index::shard_count]
-  -> decode -> batch(batch_size) with per-batch length bucketing -> optional worker processes (mp_prefetch).
+  -> batch(batch_size), padded to that length -> optional worker processes (mp_prefetch).
 Slicing after shuffle+repeat keeps every process's stream the same length (no process runs out of batches first),
-and within an epoch the processes' examples are disjoint and together cover it.
+and within an epoch the processes' examples are disjoint and together cover it. The padded length (the smallest
+length bucket that fits the global batch's longest row) comes from the shard folder's row lengths, not from the
+rows this process read, so every process gives the step the same shapes.
 
 `group_mirrors` (RPO) orders examples by two-example units so a pair and its mirror share a step (`mirrors`).
 
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.records.mirrors import MirrorUnitOrder, mirror_units
-from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.shards import decode_record, read_manifest, read_row_lengths, shard_paths
 
 
 def dataset_fingerprint(shard_dir: str | Path) -> str:
@@ -44,18 +47,19 @@ def bucket_length(longest_row: int, length_buckets: Sequence[int], max_length: i
 
 
 class CollatePairs:
-    """Pads a list of decoded records into one batch (picklable: runs inside Grain worker processes)."""
+    """Pads decoded records into one batch, to their global batch's `pad_to` (0: to max_length). Picklable: runs
+    inside Grain worker processes."""
 
-    def __init__(
-        self, length_buckets: tuple[int, ...], max_length: int, pad_token_id: int, ref_logps: np.ndarray | None
-    ):
-        self.length_buckets, self.max_length, self.pad_token_id = length_buckets, max_length, pad_token_id
+    def __init__(self, max_length: int, pad_token_id: int, ref_logps: np.ndarray | None):
+        self.max_length, self.pad_token_id = max_length, pad_token_id
         self.ref_logps = ref_logps
 
     def __call__(self, records: Sequence[dict]) -> dict[str, np.ndarray]:
         batch, group = len(records), len(records[0]["rows"])
         longest = max(len(row) for record in records for row in record["rows"])
-        length = bucket_length(longest, self.length_buckets, self.max_length)
+        length = records[0]["pad_to"] or self.max_length
+        if longest > length or any(r["pad_to"] != records[0]["pad_to"] for r in records):
+            raise ValueError(f"batch padded to {length} tokens holds a row of {longest} (row lengths file stale?)")
         tokens = np.full((batch, group, length), self.pad_token_id, dtype=np.int32)
         loss_mask = np.zeros((batch, group, length), dtype=bool)
         segment_ids = np.zeros((batch, group, length), dtype=np.int32)
@@ -82,26 +86,37 @@ class CollatePairs:
         return out
 
 
-class ReadRecord:
-    """Example index -> its raw record (picklable: runs inside Grain worker processes)."""
+class GlobalBatchLength:
+    """Stream position -> the padded length of the global batch holding it: the smallest bucket that fits that
+    batch's longest row, looked up in the row lengths (no record read). Picklable: runs in Grain workers."""
 
-    def __init__(self, source):
-        self.source = source
+    def __init__(self, order, longest_rows: np.ndarray, global_batch: int, length_buckets, max_length: int):
+        self.order, self.longest_rows, self.global_batch = order, longest_rows, global_batch
+        self.length_buckets, self.max_length = length_buckets, max_length
+        self._cached = (-1, 0)  # (global batch number, its length): a process reads a batch's rows in a row
 
-    def __call__(self, example_index: int) -> bytes:
-        return self.source[example_index]
+    def __call__(self, position: int) -> int:
+        number = position // self.global_batch
+        if self._cached[0] != number:
+            stop = min((number + 1) * self.global_batch, len(self.order))
+            indices = [self.order[p] for p in range(number * self.global_batch, stop)]
+            longest = int(self.longest_rows[indices].max())
+            self._cached = (number, bucket_length(longest, self.length_buckets, self.max_length))
+        return self._cached[1]
 
 
-class DecodeWeighted:
-    """Decodes a record and gives it weight 1, or 0 when its position in the pass is past the real examples
-    (the fill rows of `remainder="fill"`). Picklable: runs inside Grain worker processes."""
+class ReadDecode:
+    """(stream position, example index) -> the decoded record with its weight: 1, or 0 when the position is past
+    the real examples (the fill rows of `remainder="fill"`), and `pad_to`, its global batch's padded length (0 =
+    no buckets: every batch is padded to max_length). Picklable: runs inside Grain worker processes."""
 
-    def __init__(self, num_real: int | None):
-        self.num_real = num_real
+    def __init__(self, source, num_real: int | None, batch_length: GlobalBatchLength | None):
+        self.source, self.num_real, self.batch_length = source, num_real, batch_length
 
-    def __call__(self, index: int, data: bytes) -> dict:
-        record = decode_record(data)
-        record["weight"] = 0.0 if self.num_real is not None and index >= self.num_real else 1.0
+    def __call__(self, position: int, example_index: int) -> dict:
+        record = decode_record(self.source[int(example_index)])
+        record["weight"] = 0.0 if self.num_real is not None and position >= self.num_real else 1.0
+        record["pad_to"] = self.batch_length(position) if self.batch_length is not None else 0
         return record
 
 
@@ -187,9 +202,9 @@ def make_loader(
         if (batch_size * shard_count) % 2:
             raise ValueError(f"group_mirrors needs an even global batch, got {batch_size} x {shard_count} processes")
         order = MirrorUnitOrder(*mirror_units(manifest, shard_dir), seed=seed, num_epochs=num_epochs)
-        ds = grain.MapDataset.source(order).map(ReadRecord(records))
+        ds = grain.MapDataset.source(order)
     else:
-        ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat(num_epochs)
+        ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(num_epochs)
     num_batches, num_real = None, None
     if num_epochs is not None:
         num_real = total = num_examples * num_epochs
@@ -210,9 +225,14 @@ def make_loader(
                 f"{shard_dir}: {num_examples} examples x {num_epochs} epochs give no full batch of "
                 f"{batch_size} x {shard_count} processes"
             )
-    ds = ds.map_with_index(DecodeWeighted(num_real))
+    batch_length = None
+    if length_buckets:
+        longest_rows = read_row_lengths(shard_dir, manifest).max(axis=1, initial=0)
+        global_batch = batch_size * shard_count
+        batch_length = GlobalBatchLength(ds, longest_rows, global_batch, tuple(sorted(length_buckets)), max_length)
+    ds = ds.map_with_index(ReadDecode(records, num_real, batch_length))
     ds = ds[shard_index::shard_count]
-    collate = CollatePairs(tuple(sorted(length_buckets)), max_length, manifest["pad_token_id"], ref_logps)
+    collate = CollatePairs(max_length, manifest["pad_token_id"], ref_logps)
     ds = ds.batch(batch_size, drop_remainder=remainder != "keep", batch_fn=collate)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads)))
     if num_workers > 0:

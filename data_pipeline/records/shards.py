@@ -5,6 +5,9 @@ margin (int32), example index (int64); then G int32 row lengths, G int32 respons
 ids back to back. Examples are stored in example-index order and the shards split that order contiguously, so the
 global record index (shards concatenated, as Grain's ArrayRecordDataSource reads them) equals the example index.
 
+Beside the shards, `row_lengths.npy` ([N, G] int32, row i = example index i) lets a loader size a batch it has
+not read (every process pads to the same length bucket without reading the other processes' rows).
+
 A shard folder is created complete or not at all: everything is written to a temporary sibling folder that is
 renamed into place. `ref_logps.npz` ([N, G] float32 + its key) is likewise written to a temporary file and renamed.
 """
@@ -25,9 +28,10 @@ from data_pipeline.errors import DataFileError, OutputExistsError, UserError
 from data_pipeline.files import file_sha256
 from data_pipeline.records.tokenize import TokenizedExample
 
-SCHEMA_VERSION = 2  # 2: manifest lists `mirror_pairs`
+SCHEMA_VERSION = 3  # 2: manifest lists `mirror_pairs`; 3: row_lengths.npy
 FORMAT_NAME = "rpo-jax-tokenized-pairs"
 MANIFEST_NAME = "manifest.json"
+ROW_LENGTHS_NAME = "row_lengths.npy"
 RECORD_MAGIC = b"RPJ1"
 RECIPE_CODES = {"dpo": 0, "rpo": 1, "iopo": 2}
 RECIPE_NAMES = {code: name for name, code in RECIPE_CODES.items()}
@@ -178,6 +182,8 @@ class ShardWriter:
         reader.close()
         self._staging_path.unlink()
         lengths = np.asarray(self.row_lengths or [0])
+        row_lengths = np.asarray(self.row_lengths, dtype=np.int32).reshape(self.num_examples, self.group_size or 0)
+        np.save(self._tmp / ROW_LENGTHS_NAME, row_lengths, allow_pickle=False)
         full = {
             "format": FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
@@ -187,6 +193,7 @@ class ShardWriter:
             "max_row_length": int(self.max_row_length),
             "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
             "mirror_pairs": self.mirror_pairs(),
+            "row_lengths": ROW_LENGTHS_NAME,
             "shards": shards,
         }
         _write_json_atomic(self._tmp / MANIFEST_NAME, full)
@@ -223,10 +230,21 @@ def read_manifest(shard_dir: str | Path) -> dict:
             f"{manifest.get('schema_version')!r}; this code reads {FORMAT_NAME!r} version "
             f"{SCHEMA_VERSION}; re-run `rpo-jax tokenize`"
         )
-    for shard in manifest["shards"]:
-        if not (Path(shard_dir) / shard["path"]).is_file():
-            raise DataFileError(f"{path}: shard {shard['path']} is missing")
+    for name in [shard["path"] for shard in manifest["shards"]] + [manifest["row_lengths"]]:
+        if not (Path(shard_dir) / name).is_file():
+            raise DataFileError(f"{path}: {name} is missing")
     return manifest
+
+
+def read_row_lengths(shard_dir: str | Path, manifest: dict) -> np.ndarray:
+    """[num_examples, group_size] int32: the token count of every row, by example index."""
+    lengths = np.load(Path(shard_dir) / manifest["row_lengths"], allow_pickle=False)
+    if lengths.shape != (manifest["num_examples"], manifest["group_size"]):
+        raise ShardFormatError(
+            f"{shard_dir}: {manifest['row_lengths']} has shape {lengths.shape}, the manifest says "
+            f"({manifest['num_examples']}, {manifest['group_size']})"
+        )
+    return lengths
 
 
 def shard_paths(shard_dir: str | Path, manifest: dict) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import local_path_arg
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.config_loading import config_from_args
+    from rpo_jax.preemption import TrainingInterrupted
     from rpo_jax.resume import ResumeRequest
     from rpo_jax.trainer import train
 
@@ -62,5 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         step = None if args.resume == "latest" else args.resume
         resume = ResumeRequest(step, args.allow_config_change, args.allow_data_change)
-    train(config_from_args(args, *overrides), resume=resume, overwrite=args.overwrite)
+    try:
+        train(config_from_args(args, *overrides), resume=resume, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:  # Ctrl-C: a checkpoint was saved
+        print(f"rpo-jax train: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0

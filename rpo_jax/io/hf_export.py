@@ -1,6 +1,11 @@
 """Our parameter state -> a HuggingFace Llama folder (config.json, safetensors shards + index, tokenizer files),
 through the same `TENSOR_TABLE` the import reads. LoRA adapters are merged into their base weights; the folder
-is written under a temporary name and renamed when complete."""
+is written under a temporary name and renamed when complete.
+
+Tensors stream one at a time (one layer of a stacked weight at a time) to process 0's host memory and straight
+into the open safetensors file: nothing ever holds the whole model, on the host or on a chip. Multi-host, every
+process takes part in each tensor's gather (a replicated copy of that one tensor, then dropped) and process 0
+writes; the files are the same as from one process."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rpo_jax.config import LoraConfig, ModelConfig
 from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES
@@ -29,13 +36,36 @@ def _leaf(pure: dict, path: tuple[str, ...]):
     return node
 
 
-def _hf_tensor(pure: dict, t: TensorMap, layer: int | None, cfg: ModelConfig, lora_scale: float) -> np.ndarray:
-    """One HF tensor in fp32 from our state; LoRA deltas (scale·A@B, in our layout) merged when present."""
-    array = _leaf(pure, t.path)
-    w = np.asarray(jax.device_get(array if layer is None else array[layer]), np.float32)
+class HostCopies:
+    """One array (or one layer of a stacked one) in this host's memory. An array spread over other hosts' devices
+    is first gathered into a replicated copy of just that tensor (every process must make the same calls)."""
+
+    def __init__(self):
+        self._gathers: dict = {}  # (mesh, sliced) -> jitted gather, compiled once per tensor shape
+
+    def __call__(self, array, layer: int | None) -> np.ndarray:
+        if not isinstance(array, jax.Array) or array.is_fully_addressable:
+            return np.asarray(jax.device_get(array if layer is None else array[layer]))
+        key = (array.sharding.mesh, layer is not None)
+        if key not in self._gathers:
+            replicated = NamedSharding(array.sharding.mesh, PartitionSpec())
+            self._gathers[key] = jax.jit(lambda a, i: a if i is None else a[i], out_shardings=replicated)
+        return np.asarray(self._gathers[key](array, layer).addressable_data(0))
+
+
+def _tensor_parts(pure: dict, t: TensorMap, layer: int | None, host: HostCopies) -> list[np.ndarray]:
+    """The arrays one HF tensor is made of, on this host: the weight, then its LoRA factors A and B if any."""
+    parts = [host(_leaf(pure, t.path), layer)]
     if t.path[0] == "layers" and f"lora_a_{t.path[-1]}" in pure["layers"]:
-        a = np.asarray(jax.device_get(pure["layers"][f"lora_a_{t.path[-1]}"][layer]), np.float32)
-        b = np.asarray(jax.device_get(pure["layers"][f"lora_b_{t.path[-1]}"][layer]), np.float32)
+        parts += [host(pure["layers"][f"lora_{ab}_{t.path[-1]}"], layer) for ab in "ab"]
+    return parts
+
+
+def _hf_tensor(parts: list[np.ndarray], t: TensorMap, cfg: ModelConfig, lora_scale: float) -> np.ndarray:
+    """One HF tensor in fp32 from our layout; LoRA deltas (scale·A@B, in our layout) merged when present."""
+    w = np.asarray(parts[0], np.float32)
+    if len(parts) == 3:
+        a, b = (np.asarray(p, np.float32) for p in parts[1:])
         w = w + lora_scale * np.tensordot(a, b, axes=1)  # A [*in, R] @ B [R, *out] is W's own layout
     inverse = np.argsort(t.perm)
     return w.transpose(inverse).reshape(t.hf_shape(cfg))
@@ -57,7 +87,8 @@ def export_hf(
     `extra_files` ({name: content}, e.g. `hf_chat_files.chat_files`) are written last, replacing copied ones.
 
     LoRA adapters in `state` are always merged into their base weights (HF Llama has no place for them).
-    Single-process only: every tensor is gathered to this host, one at a time.
+    Multi-host: call on every process (each tensor is gathered in turn); process 0 writes, the others return
+    once the folder is complete.
     """
     from rpo_jax.io.safetensors_writer import plan_shards, write_file
 
@@ -84,10 +115,20 @@ def export_hf(
         else [f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors" for s in range(len(shards))]
     )
 
+    index_files = [INDEX_FILE] if len(shards) > 1 else []
+    copied = [p.name for p in tokenizer_files if p.name not in (extra_files or {})]
+    written = ["config.json", *names, *index_files, *copied, *(extra_files or {})]
+    host = HostCopies()
+
     def produce(k: int) -> np.ndarray:
         _, t, layer = tensors[k]
-        return _hf_tensor(pure, t, layer, cfg, lora_scale).astype(NP_DTYPES[dtype])
+        return _hf_tensor(_tensor_parts(pure, t, layer, host), t, cfg, lora_scale).astype(NP_DTYPES[dtype])
 
+    if jax.process_index() != 0:
+        for _, t, layer in tensors:  # the same gathers, in the same order, as process 0's writes
+            _tensor_parts(pure, t, layer, host)
+        multihost_utils.sync_global_devices("rpo_jax_export_hf")
+        return written
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.parent / f".{output_dir.name}.tmp-export"
     if tmp.exists():  # left by an interrupted export
@@ -100,14 +141,14 @@ def export_hf(
         weight_map = {entries[k][0]: file for file, shard in zip(names, shards) for k in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        names.append(INDEX_FILE)
     (tmp / "config.json").write_text(json.dumps(model_config_to_hf(cfg, dtype), indent=2) + "\n")
     for src in tokenizer_files:
         (tmp / src.name).write_bytes(src.read_bytes())
     for name, content in (extra_files or {}).items():
         (tmp / name).write_bytes(content)
     tmp.rename(output_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("rpo_jax_export_hf")
     if has_lora:
         log.info("merged LoRA adapters (scale %s) into %s", lora_scale, output_dir)
-    copied = [p.name for p in tokenizer_files if p.name not in (extra_files or {})]
-    return ["config.json", *names, *copied, *(extra_files or {})]
+    return written

@@ -6,7 +6,8 @@ Layout of a params checkpoint `DIR/`:
   lora_config.json    `dataclasses.asdict(LoraConfig)`; rank 0 when the state has no adapters
 
 `save_params` writes into `.DIR.tmp-params` and renames it to `DIR` once everything (Orbax's own commit
-included) is on disk, so a crash never leaves a half-written `DIR`. Single-process (one host) only.
+included) is on disk, so a crash never leaves a half-written `DIR`. Multi-host, every process calls it and
+writes its own shards of each array (nothing is gathered); process 0 writes the rest and renames.
 
 Loaders of model weights (`generate`, `eval`, `train.init_checkpoint`) also take a HuggingFace Llama folder
 (config.json + safetensors, e.g. a trained run's `<output_dir>/hf`): `is_hf_folder` tells the two apart, and
@@ -24,6 +25,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from data_pipeline.errors import DataFileError, OutputExistsError, UserError
@@ -51,22 +53,30 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
     path = Path(check_local_path(str(path), "params checkpoint")).absolute()
     if path.exists():
         raise OutputExistsError(f"{path}: already exists; refusing to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    main, several = jax.process_index() == 0, jax.process_count() > 1
     tmp = path.parent / f".{path.name}.tmp-params"
-    if tmp.exists():  # left by an interrupted save
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by an interrupted save
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    if several:
+        multihost_utils.sync_global_devices("rpo_jax_save_params_start")
     try:
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = ocp.StandardCheckpointer()  # every process writes its shards; Orbax syncs the processes
         checkpointer.save(tmp / PARAMS_DIR, nnx.to_pure_dict(state))
         checkpointer.wait_until_finished()
         checkpointer.close()
-        (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n")
-        (tmp / LORA_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(lora_cfg), indent=2) + "\n")
-        tmp.rename(path)
+        if main:
+            (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n")
+            (tmp / LORA_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(lora_cfg), indent=2) + "\n")
+            tmp.rename(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if several:
+        multihost_utils.sync_global_devices("rpo_jax_save_params_done")
     return path
 
 
