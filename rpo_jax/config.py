@@ -155,7 +155,19 @@ class DataConfig:
 
 
 # The registered losses (`rpo_jax.losses.LOSSES` implements exactly these) and those reading label_smoothing.
-LOSS_TYPES = ("sigmoid", "rpo", "iopo", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "sft")
+LOSS_TYPES = (
+    "sigmoid",
+    "rpo",
+    "iopo",
+    "iopo_no_input",
+    "iopo_no_output",
+    "ipo",
+    "hinge",
+    "robust",
+    "sigmoid_norm",
+    "simpo",
+    "sft",
+)
 LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust")
 
 

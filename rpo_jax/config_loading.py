@@ -111,19 +111,20 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(text) if text.strip() else ""
 
 
-def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """`raw` (+ `section.key=value` overrides) as the typed dataclass `cls` (the run `Config` unless told)."""
     for override in overrides:
         path, value = parse_override(override)
         update: dict = value
         for part in reversed(path):
             update = {part: update}
         raw = merge_dicts(raw, update)
-    return _build(Config, raw, "")
+    return _build(cls, raw, "")
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Loads a YAML config (with includes) and applies `a.b=value` overrides."""
-    return config_from_dict(read_yaml(Path(path)), overrides)
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """Loads a YAML config (with includes) as `cls` and applies `a.b=value` overrides."""
+    return config_from_dict(read_yaml(Path(path)), overrides, cls)
 
 
 def config_to_dict(cfg: Any) -> dict:
