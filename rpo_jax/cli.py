@@ -17,6 +17,7 @@ from data_pipeline.errors import UserError
 # name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-pairs": ("data_pipeline.pairs.cli", "build RPO / IOPO / DPO preference pairs from raw data"),
+    "build-instructions": ("data_pipeline.pairs.synthesis_cli", "synthesize multi-constraint instructions"),
     "tokenize": ("data_pipeline.records.cli", "tokenize pair JSONL into ArrayRecord shards with a manifest"),
     "train": ("rpo_jax.commands.train", "train a policy with RPO / DPO / IOPO from a YAML config"),
     "precompute-ref": ("rpo_jax.commands.precompute_ref", "compute a run's reference log-probs ahead of training"),
