@@ -33,6 +33,10 @@ class Stage:
     seconds: float
     cached: bool
 
+    def file(self, relative: str) -> Path:
+        """A file the stage wrote (summaries name files relative to the stage folder)."""
+        return self.path / relative
+
 
 def stage_key(name: str, settings: dict, inputs: tuple[Stage, ...]) -> str:
     payload = {"name": name, "settings": settings, "inputs": {s.name: s.key for s in inputs}}
@@ -40,11 +44,13 @@ def stage_key(name: str, settings: dict, inputs: tuple[Stage, ...]) -> str:
 
 
 class StageStore:
-    """The stage folders of one experiment output directory."""
+    """The stage folders of one experiment output directory. With `only` set (`--stage NAME`), stages whose name
+    does not start with it are not run: they must already be done (`require`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, only: str | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.only = only
 
     def folder(self, name: str, key: str) -> Path:
         return self.root / f"{name}-{key}"
@@ -72,6 +78,8 @@ class StageStore:
         done = self.cached(name, settings, inputs)
         if done is not None:
             return done
+        if self.only is not None and not name.startswith(self.only):
+            return self.require(name, settings, inputs)
         key = stage_key(name, settings, inputs)
         partial = self.root / f".{name}-{key}.partial"
         partial.mkdir(exist_ok=True)

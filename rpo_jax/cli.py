@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("rpo_jax.commands.generate", "sample responses with a KV-cache sampler"),
     "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / held-out pair evaluation"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
+    "experiment": ("experiments.cli", "run the staged RPO-vs-DPO experiment (instructions -> ... -> report)"),
     "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }
 
