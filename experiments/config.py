@@ -37,8 +37,11 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSection:
-    """Self-sampling: `num_samples` responses per training instruction from the base model."""
+    """Self-sampling: `num_samples` responses per training instruction from the base model. `responses_file`
+    (JSONL, or .jsonl.gz as committed with a run) reuses earlier samples instead: the training and evaluation
+    then rerun without resampling."""
 
+    responses_file: str = ""
     num_samples: int = 4
     temperature: float = 0.9
     top_p: float = 1.0
@@ -47,6 +50,7 @@ class SamplingSection:
     seed: int = 0
 
     def __post_init__(self):
+        check_local_path(self.responses_file, "sampling.responses_file")
         if self.num_samples < 2:
             raise ConfigError("sampling.num_samples must be >= 2 (pairs need two responses to one instruction)")
         if not 0.0 < self.temperature <= 2.0:

@@ -14,6 +14,7 @@ intervals and paired differences (see `experiments.report`).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from experiments.report import write_report
 from experiments.stages import Stage, StageStore
 from rpo_jax.config_loading import config_to_dict, load_config
 
-STAGES = ("model", "instructions", "samples", "pairs", "train", "select", "eval", "report")
+STAGES = ("instructions", "model", "samples", "pairs", "train", "select", "eval", "report")
 
 
 def model_dir(model: Stage) -> Path:
@@ -78,11 +79,28 @@ def samples_stage(store: StageStore, cfg: ExperimentConfig, model: Stage, instru
     )
 
     def build(folder: Path) -> dict:
+        if s.responses_file:
+            return {
+                "responses": copy_responses(Path(s.responses_file), folder / "samples.jsonl"),
+                "responses_file": s.responses_file,
+            }
         prompts = instructions.file("instructions/train_prompts.jsonl")
         hf = model_dir(model)
         return generate_responses(str(hf), hf, prompts, folder / "samples.jsonl", settings)
 
-    return store.run("samples", dataclasses.asdict(s), (model, instructions), build)
+    given = {"responses_sha256": file_sha256(s.responses_file)} if s.responses_file else {}
+    return store.run("samples", dataclasses.asdict(s) | given, (model, instructions), build)
+
+
+def copy_responses(source: Path, target: Path) -> int:
+    """Earlier samples (JSONL, gzip-compressed when named .gz) as the stage's samples.jsonl; returns the rows."""
+    if not source.is_file():
+        raise UserError(f"sampling.responses_file={source}: file not found")
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", encoding="utf-8") as src:
+        text = src.read()
+    target.write_text(text, encoding="utf-8")
+    return sum(1 for line in text.splitlines() if line.strip())
 
 
 def pairs_stage(store: StageStore, cfg: ExperimentConfig, instructions: Stage, samples: Stage) -> Stage:
@@ -113,6 +131,13 @@ def pairs_stage(store: StageStore, cfg: ExperimentConfig, instructions: Stage, s
 def run_config(cfg: ExperimentConfig, method: str, learning_rate: float, model: Stage, pairs: Stage, out: Path):
     """The training config of one method: the shared run config, the experiment's overrides, then its data."""
     recipe, loss = METHODS[method]
+    held_out = pairs.summary[recipe]["split"]["eval"]
+    # Pair metrics on the held-out pairs of the build; with too few instructions to hold any out, none.
+    evaluation = (
+        [f"data.eval_pairs_path={pairs.file(recipe) / 'eval_pairs.jsonl'}"]
+        if held_out
+        else ["data.eval_pairs_path=", "data.eval_path=", "train.eval_every=0"]
+    )
     return load_config(
         cfg.model.run_config,
         [
@@ -122,7 +147,7 @@ def run_config(cfg: ExperimentConfig, method: str, learning_rate: float, model: 
             f"loss.loss_type=[{loss}]",
             "loss.loss_weights=[1.0]",
             f"data.pairs_path={pairs.file(recipe) / 'pairs.jsonl'}",
-            f"data.eval_pairs_path={pairs.file(recipe) / 'eval_pairs.jsonl'}",
+            *evaluation,
             f"data.tokenizer_path={model_dir(model)}",
             f"train.init_checkpoint={model_dir(model)}",
             f"train.output_dir={out}",
@@ -167,22 +192,31 @@ def select_rate(
 
 
 def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, only: str | None = None) -> Path:
-    """Runs (or reuses) every stage; with `only`, just the stages of that name (the others must be done).
-    Returns the report folder (results.json, report.md, accuracy_vs_k.png)."""
+    """Runs (or reuses) every stage; with `only`, just the stages of that name (their inputs must be done), and
+    nothing after them. Returns the output folder (results.json, report.md, accuracy_vs_k.png)."""
     if only is not None and only not in STAGES:
         raise UserError(f"--stage {only!r}: must be one of {', '.join(STAGES)}")
-    store = StageStore(Path(output_dir) / "stages", only=only)
-    model = model_stage(store, cfg)
+    out = Path(output_dir)
+    store = StageStore(out / "stages", only=only)
     instructions = instructions_stage(store, cfg)
+    if only == "instructions":
+        return out
+    model = model_stage(store, cfg)
     samples = samples_stage(store, cfg, model, instructions)
     pairs = pairs_stage(store, cfg, instructions, samples)
+    if only in ("model", "samples", "pairs"):
+        return out
     kept, selection = {}, {}
     for method in cfg.train.methods:
         kept[method], selection[method] = select_rate(store, cfg, method, model, instructions, pairs)
+    if only in ("train", "select"):
+        return out
     evals = {
         name: evaluate_model(store, cfg, f"eval-{name}", stage, cfg.eval.suites, instructions, model_dir(model))
         for name, stage in {"base": model, **kept}.items()
     }
+    if only == "eval":
+        return out
     stages = {
         "model": model,
         "instructions": instructions,
