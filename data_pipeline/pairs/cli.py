@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
     arg("--seed", type=int, default=0, help="seed of the held-out split")
+    arg("--allow-empty", action="store_true", help="write an output with 0 records instead of failing")
 
 
 def _judge(args: argparse.Namespace) -> JudgeSettings | None:
@@ -72,6 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         dpo_pairing=args.dpo_pairing,
         eval_fraction=args.eval_fraction,
         seed=args.seed,
+        allow_empty=args.allow_empty,
     )
 
 

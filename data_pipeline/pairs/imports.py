@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from data_pipeline.errors import UserError
 from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows
 from data_pipeline.pairs.schema import DataError, Message, PairRecord, Sequence, validate_prompt_messages
 from data_pipeline.pairs.stats import BuildStats
@@ -194,7 +195,9 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
         if fmt == "auto":
             fmt = detect_format(row, recipe, path, line)
         if (fmt == "iopo-sharegpt") != (recipe == "iopo"):
-            raise ValueError(f"format {fmt!r} does not fit recipe {recipe!r} (iopo-sharegpt is the IOPO format)")
+            raise UserError(
+                f"build-pairs: {path} is format {fmt}, which does not fit --recipe {recipe} (iopo-sharegpt is IOPO's)"
+            )
         try:
             record = guard(
                 bad,

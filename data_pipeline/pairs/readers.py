@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from data_pipeline.errors import UserError
 from data_pipeline.pairs.instructions import Instruction
 from data_pipeline.pairs.schema import DataError, PairRecord
 
 T = TypeVar("T")
+
+
+class InputFileError(UserError, FileNotFoundError):
+    """An input file that does not exist."""
+
+
 # Messages of skipped rows kept in stats.json (the counts cover all of them).
 MAX_BAD_EXAMPLES = 50
 
@@ -62,7 +69,7 @@ def _open_text(path: str):
 def iter_json_rows(path: str, bad: BadRows | None = None) -> Iterator[tuple[int, Any]]:
     """(row number, parsed object) for each row of a JSONL file or a top-level JSON list."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
+        raise InputFileError(f"{path}: no such input file")
     with _open_text(path) as handle:
         text = handle.read()
     stripped = text.lstrip()
