@@ -179,7 +179,7 @@ def conflicting_ids() -> Mapping[str, frozenset[str]]:
     """IFEval instruction id -> the ids it must not be combined with (the registry's conflict lists, made symmetric;
     every id conflicts with itself)."""
     instruction_registry()
-    from data_pipeline.constraints.ifeval_lib import instructions_registry
+    from if_verifiable.ifeval import instructions_registry
 
     conflicts = instructions_registry.conflict_make(
         {k: set(v) for k, v in instructions_registry.INSTRUCTION_CONFLICTS.items()}
