@@ -166,10 +166,12 @@ def train_stage(
     }
 
     def build(folder: Path) -> dict:
+        from rpo_jax.resume import ResumeRequest
         from rpo_jax.trainer import train
 
-        resume = (folder / "run" / "checkpoints").is_dir()  # an interrupted earlier attempt: continue it
-        train(run_config(cfg, method, learning_rate, model, pairs, folder / "run"), resume=resume)
+        # An interrupted earlier attempt (same settings: the stage key covers them) is continued; an empty
+        # folder starts fresh.
+        train(run_config(cfg, method, learning_rate, model, pairs, folder / "run"), resume=ResumeRequest())
         return {"hf_dir": "run/hf", "method": method, "learning_rate": learning_rate}
 
     return store.run(f"train-{method}-lr{rate_index}", settings, (model, pairs), build)

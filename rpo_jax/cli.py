@@ -33,6 +33,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, except where there is no value to show (None, or an empty string or
+    collection): those options' help says itself what happens without them ("default: ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        empty = isinstance(action.default, (str, dict, list, tuple)) and not action.default
+        if action.default is None or empty or action.default == argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def package_version() -> str:
     try:
         return version("rpo-jax")
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}")
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(
-        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
     )
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])

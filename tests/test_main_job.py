@@ -51,13 +51,18 @@ def test_readme_main_job(tmp_path):
     assert evals[-1]["eval/rewards/accuracies"] > 0.65 and evals[-1]["eval/rewards/margins"] > 0.1
     assert all(r["nonfinite_total"] == 0 for r in train)
     assert train[-1]["rewards/margins"] != 0.0  # the policy moved away from the reference
+    # What the person running it reads: the length limit's toll (README: 57%), each eval, a closing summary.
+    assert "note: 57% of the pairs in" in result.stdout and "held-out at step 100: loss" in result.stdout
+    assert "run finished: 100 of 100 steps" in result.stdout and str(run / "hf") in result.stdout
 
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(run / "hf").eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "hf")
-    ids = tokenizer("Write a haiku about rivers.", return_tensors="pt")["input_ids"]
+    messages = [{"role": "user", "content": "Write a haiku about rivers."}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.shape[-1] == 32000 and torch.isfinite(logits).all()

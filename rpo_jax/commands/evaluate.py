@@ -17,23 +17,23 @@ from data_pipeline.files import local_path_arg, write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    arg = parser.add_argument
-    arg("--suite", choices=["ifeval", "ifbench", "pairs"], help="shipped IF prompts (and their rules), or pairs")
-    arg("--prompts", type=local_path_arg, help="IF: any IFEval-format prompt file (key, prompt, ids, kwargs)")
-    arg("--checkpoint", type=local_path_arg, help="params checkpoint or HF Llama folder (e.g. a run's hf/)")
-    arg("--responses", type=local_path_arg, help="IF: score these responses (prompt, response) instead of generating")
-    arg("--tokenizer", type=local_path_arg, help="IF: tokenizer folder with a chat template (generation)")
+    path, arg = local_path_arg, parser.add_argument
+    arg("--suite", choices=["ifeval", "ifbench", "pairs"], help="shipped IF prompts, or pairs (default: none)")
+    arg("--prompts", type=path, help="IF: an IFEval-format prompt file (default: the --suite's prompts)")
+    arg("--checkpoint", type=path, help="params checkpoint or HF Llama folder, e.g. a run's hf/ (default: none)")
+    arg("--responses", type=path, help="IF: score these (prompt, response) rows (default: generate them)")
+    arg("--tokenizer", type=path, help="IF: tokenizer folder with a chat template (default: none)")
     arg("--limit", type=int, default=0, help="IF: only the first N prompts")
-    arg("--per-prompt", type=local_path_arg, help="IF: write per-prompt strict/loose verdicts as JSONL")
+    arg("--per-prompt", type=path, help="IF: write per-prompt strict/loose verdicts as JSONL (default: none)")
     arg("--skip-unsupported", action="store_true", help="IF: leave out prompts whose ids lack shipped NLTK data")
     arg("--skip-bad", action="store_true", help="IF: leave out (and count) rows with unknown ids or another language")
     arg("--allow-missing", action="store_true", help="IF: prompts / responses without a match are not an error")
     arg("--max-new-tokens", type=int, default=512, help="IF: generation length")
     arg("--batch-size", type=int, default=16, help="sequences generated / pairs scored together")
-    arg("--reference", type=local_path_arg, help="pairs suite: reference params checkpoint or HF Llama folder")
-    arg("--pairs", type=local_path_arg, help="pairs suite: a `rpo-jax tokenize` output folder")
-    arg("--config", type=local_path_arg, help="pairs suite: run config whose loss/execution settings to use")
-    arg("--output", type=local_path_arg, help="write the results (with per-id summaries) as JSON")
+    arg("--reference", type=path, help="pairs suite: reference params checkpoint or HF folder (default: none)")
+    arg("--pairs", type=path, help="pairs suite: a `rpo-jax tokenize` output folder (default: none)")
+    arg("--config", type=path, help="pairs suite: run config with the loss settings to use (default: none)")
+    arg("--output", type=path, help="write the results (with per-id summaries) as JSON (default: print only)")
 
 
 def _generator(args: argparse.Namespace):
