@@ -7,6 +7,8 @@ hundreds of lines around the one that matters, `CheckpointWriteError`'s, which t
 and alone. A failed restore of a damaged checkpoint produces the same kind of noise. While installed, this
 sends exactly those records to `log_path` (best effort: the disk may be the thing that is full):
   - log records at ERROR or above emitted from Orbax's own source files,
+  - asyncio's "Task exception was never retrieved" records whose exception was raised inside Orbax (a failed
+    restore of a damaged checkpoint leaves such futures behind even though the caller got the error),
   - unraisable "Event loop is closed" errors,
   - after `failed()` was called: every asyncio log record and every unraisable exception (the interpreter is
     on its way out; they are all echoes of the failure).
@@ -22,6 +24,12 @@ from pathlib import Path
 
 _ORBAX_SOURCE = "/orbax/"
 _LOGGERS = ("absl", "asyncio")
+
+
+def _raised_in_orbax(exc_info) -> bool:
+    if not exc_info or exc_info[2] is None:
+        return False
+    return any(_ORBAX_SOURCE in frame.filename.replace("\\", "/") for frame in traceback.extract_tb(exc_info[2]))
 
 
 class OrbaxNoise(logging.Filter):
@@ -54,7 +62,8 @@ class OrbaxNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         from_orbax = _ORBAX_SOURCE in record.pathname.replace("\\", "/") and record.levelno >= logging.ERROR
-        if from_orbax or (self._failed and record.name == "asyncio"):
+        orbax_future = record.name == "asyncio" and _raised_in_orbax(record.exc_info)
+        if from_orbax or orbax_future or (self._failed and record.name == "asyncio"):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info))
