@@ -16,14 +16,14 @@ from experiments.runner import STAGES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=local_path_arg, help="experiment YAML (configs/experiment/)")
     parser.add_argument("--output-dir", required=True, type=local_path_arg, help="where stages and results go")
-    parser.add_argument("--stage", choices=STAGES, default=None, help="run only this stage (None: all)")
+    parser.add_argument("--stage", choices=STAGES, default=None, help="run only this stage (default: every stage not done yet)")
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override an experiment setting (repeatable)",
+        help="override an experiment setting (repeatable; default: none)",
     )
 
 
