@@ -16,7 +16,9 @@ from experiments.runner import STAGES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=local_path_arg, help="experiment YAML (configs/experiment/)")
     parser.add_argument("--output-dir", required=True, type=local_path_arg, help="where stages and results go")
-    parser.add_argument("--stage", choices=STAGES, default=None, help="run only this stage (default: every stage not done yet)")
+    parser.add_argument(
+        "--stage", choices=STAGES, default=None, help="run only this stage (default: every stage not done yet)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

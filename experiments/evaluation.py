@@ -16,16 +16,13 @@ from data_pipeline.files import write_jsonl_atomic
 from experiments.config import ExperimentConfig
 from experiments.stages import Stage, StageStore
 
-BENCHMARK_OF_SUITE = {"ifeval": "ifeval", "ifbench": "ifbench", "heldout": "ifeval"}
-
 
 def suite_prompts(suite: str, instructions: Stage, limit: int, folder: Path) -> tuple[Path, int]:
     """(the prompt file to generate for, prompts left out as unsupported); `limit` > 0 keeps the first N."""
     source = (
         instructions.file("instructions/heldout_ifeval.jsonl") if suite == "heldout" else scoring.SUITE_INPUTS[suite]
     )
-    benchmark = scoring.BENCHMARKS[BENCHMARK_OF_SUITE[suite]]
-    kept, skipped, _ = scoring.split_unsupported(scoring.load_input_rows(source, benchmark), benchmark, source, True)
+    kept, skipped, _ = scoring.split_unsupported(scoring.load_input_rows(source), source, True)
     lines = {row.line for row in (kept[:limit] if limit else kept)}
     rows = [
         line for number, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), 1) if number in lines
@@ -35,15 +32,16 @@ def suite_prompts(suite: str, instructions: Stage, limit: int, folder: Path) -> 
     return path, len(skipped)
 
 
-def per_prompt_verdicts(input_path: Path, responses_path: Path, benchmark: scoring.Benchmark) -> list[dict]:
-    """Strict and loose verdicts of every prompt; a prompt without a response fails all its instructions."""
-    rows = scoring.load_input_rows(input_path, benchmark)
+def per_prompt_verdicts(input_path: Path, responses_path: Path) -> list[dict]:
+    """Strict and loose verdicts of every prompt; a prompt without a response fails all its instructions (the
+    generation stage writes one for every prompt, so this only guards against a damaged responses file)."""
+    rows = scoring.load_input_rows(input_path)
     responses = scoring.load_responses(responses_path)
     matches = scoring.match_prompts(rows, responses)
     out = []
     for row in rows:
         if row.line in matches:
-            strict, loose = scoring.score_row(row, responses[matches[row.line]][0], benchmark)
+            strict, loose = scoring.score_row(row, responses[matches[row.line]][0])
         else:
             strict = loose = [False] * len(row.instruction_id_list)
         out.append(
@@ -95,7 +93,7 @@ def evaluate_model(
             prompts, unsupported = suite_prompts(suite, instructions, cfg.eval.limit, folder)
             responses = folder / f"{suite}_responses.jsonl"
             generation = generate_responses(str(hf_dir), tokenizer_dir or hf_dir, prompts, responses, settings)
-            verdicts = per_prompt_verdicts(prompts, responses, scoring.BENCHMARKS[BENCHMARK_OF_SUITE[suite]])
+            verdicts = per_prompt_verdicts(prompts, responses)
             write_jsonl_atomic(folder / f"{suite}_verdicts.jsonl", verdicts)
             summary[suite] = accuracies(verdicts) | {
                 "prompts_left_out_unsupported": unsupported,
