@@ -204,9 +204,13 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, only: str | No
     if only == "instructions":
         return out
     model = model_stage(store, cfg)
+    if only == "model":
+        return out
     samples = samples_stage(store, cfg, model, instructions)
+    if only == "samples":
+        return out
     pairs = pairs_stage(store, cfg, instructions, samples)
-    if only in ("model", "samples", "pairs"):
+    if only == "pairs":
         return out
     kept, selection = {}, {}
     for method in cfg.train.methods:

@@ -59,6 +59,10 @@ def setup(tmp_path_factory):
     result = experiment(path, tmp / "out", "--stage", "instructions")
     assert result.returncode == 0, result.stderr[-3000:]
     (instructions,) = (tmp / "out" / "stages").glob("instructions-*/instructions/train_prompts.jsonl")
+    # One stage at a time, in order: `--stage model` stops there (the samples are not asked for yet).
+    result = experiment(path, tmp / "out", "--stage", "model")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name.split("-")[0] for p in (tmp / "out" / "stages").iterdir()) == ["instructions", "model"]
     keys = [json.loads(line)["key"] for line in instructions.read_text().splitlines()]
     responses = tmp / "samples.jsonl.gz"
     with gzip.open(responses, "wt") as f:
