@@ -17,6 +17,7 @@ from data_pipeline.errors import UserError
 # name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-pairs": ("data_pipeline.pairs.cli", "build RPO / IOPO / DPO preference pairs from raw data"),
+    "build-instructions": ("data_pipeline.pairs.synthesis_cli", "synthesize multi-constraint instructions"),
     "tokenize": ("data_pipeline.records.cli", "tokenize pair JSONL into ArrayRecord shards with a manifest"),
     "train": ("rpo_jax.commands.train", "train a policy with RPO / DPO / IOPO from a YAML config"),
     "precompute-ref": ("rpo_jax.commands.precompute_ref", "compute a run's reference log-probs ahead of training"),
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rpo_jax.commands.serve", "OpenAI-compatible chat server on the KV-cache sampler (local LLM judge)"),
     "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / any prompt file / held-out pair evaluation"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
+    "experiment": ("experiments.cli", "run the staged RPO-vs-DPO experiment (instructions -> ... -> report)"),
     "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }
 

@@ -10,31 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from data_pipeline.errors import UserError
-from data_pipeline.files import url_path_problem
-from rpo_jax.config_rules import bound_problems
+from rpo_jax.config_rules import ConfigError, check_bounds, check_local_path
 
 MESH_AXES = ("data", "fsdp", "tensor")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is missing, unknown, or of the wrong type."""
-
-
-def check_bounds(section: str, settings) -> None:
-    """Raises ConfigError naming the first numeric setting of `section` outside its range (config_rules)."""
-    problems = bound_problems(section, dataclasses.asdict(settings))
-    if problems:
-        raise ConfigError(problems[0])
-
-
-def check_local_path(path: str, setting: str) -> str:
-    """Returns `path`; raises ConfigError naming `setting` (e.g. train.output_dir) when it is a URL
-    (see `data_pipeline.files`)."""
-    problem = url_path_problem(path)
-    if problem:
-        raise ConfigError(f"{setting}={problem}")
-    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +162,19 @@ class DataConfig:
 
 
 # The registered losses (`rpo_jax.losses.LOSSES` implements exactly these) and those reading label_smoothing.
-LOSS_TYPES = ("sigmoid", "rpo", "iopo", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "sft")
+LOSS_TYPES = (
+    "sigmoid",
+    "rpo",
+    "iopo",
+    "iopo_no_input",
+    "iopo_no_output",
+    "ipo",
+    "hinge",
+    "robust",
+    "sigmoid_norm",
+    "simpo",
+    "sft",
+)
 LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust")
 
 

@@ -173,21 +173,24 @@ def parse_override(override: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {override}: the value is not valid YAML ({getattr(e, 'problem', e)})") from e
 
 
-def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A Config from a nested dict and `a.b=value` overrides (relative override paths made absolute against the
-    current directory; the dict's own paths are taken as they are)."""
+def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """`raw` (+ `section.key=value` overrides) as the typed dataclass `cls` (the run `Config` unless told). Relative
+    run-config path overrides are made absolute against the current directory; the dict's own paths are taken as
+    they are."""
     for override in overrides:
         path, value = parse_override(override)
         update: dict = value
         for part in reversed(path):
             update = {part: update}
-        raw = merge_dicts(raw, absolute_paths(update, Path.cwd()))
-    return _build(Config, raw, "")
+        raw = merge_dicts(raw, absolute_paths(update, Path.cwd()) if cls is Config else update)
+    return _build(cls, raw, "")
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Loads a YAML config (with includes; its relative paths read from `REPO_ROOT`) and applies overrides."""
-    return config_from_dict(absolute_paths(read_yaml(Path(path)), config_root()), overrides)
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """Loads a YAML config (with includes) as `cls` and applies `a.b=value` overrides. A run config's relative
+    paths are read from `REPO_ROOT` (see `config_root`); other configs resolve their own paths."""
+    raw = read_yaml(Path(path))
+    return config_from_dict(absolute_paths(raw, config_root()) if cls is Config else raw, overrides, cls)
 
 
 def config_to_dict(cfg: Any) -> dict:

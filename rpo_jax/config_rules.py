@@ -11,7 +11,11 @@ mesh axis sizes (positive or -1) there too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+from data_pipeline.errors import UserError
+from data_pipeline.files import url_path_problem
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, UNIT, UNIT_OPEN = "(0, inf)", "[0, inf)", "[1, inf)", "[0, 1]", "[0, 1)"
 
@@ -105,3 +109,23 @@ def bound_problems(section: str, values: dict) -> list[str]:
         for name, rule in BOUNDS.get(section, {}).items()
         if out_of_bounds(values[name], rule)
     ]
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is missing, unknown, or of the wrong type."""
+
+
+def check_bounds(section: str, settings) -> None:
+    """Raises ConfigError naming the first numeric setting of `section` outside its range (config_rules)."""
+    problems = bound_problems(section, dataclasses.asdict(settings))
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def check_local_path(path: str, setting: str) -> str:
+    """Returns `path`; raises ConfigError naming `setting` (e.g. train.output_dir) when it is a URL
+    (see `data_pipeline.files`)."""
+    problem = url_path_problem(path)
+    if problem:
+        raise ConfigError(f"{setting}={problem}")
+    return path

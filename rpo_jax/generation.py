@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from data_pipeline.errors import UserError
 from data_pipeline.files import write_jsonl_atomic
 from rpo_jax.config import MeshConfig
@@ -192,6 +194,7 @@ def generate_responses(
 
     key = jax.random.key(settings.seed)
     out, counts, started, generated = [], {"eos": 0, "stop_string": 0, "length": 0}, time.time(), 0
+    bar = tqdm(total=len(jobs), desc="generate", unit="seq", dynamic_ncols=True)  # ETA from tqdm
     for b, start in enumerate(range(0, len(jobs), settings.batch_size)):
         batch = jobs[start : start + settings.batch_size]
         # Fill the last batch to full size with repeats so it reuses the compiled program; extras dropped.
@@ -212,9 +215,9 @@ def generate_responses(
                     "num_tokens": len(completion.tokens),
                 }
             )
-        print(
-            f"{start + len(batch)}/{len(jobs)} sequences, {generated} tokens, {time.time() - started:.0f}s", flush=True
-        )
+        bar.set_postfix(tok_s=f"{generated / max(time.time() - started, 1e-9):.0f}", refresh=False)
+        bar.update(len(batch))
+    bar.close()
     write_jsonl_atomic(output_path, out)
     seconds = time.time() - started
     return {

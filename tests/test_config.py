@@ -12,13 +12,22 @@ from rpo_jax.config import ConfigError
 from rpo_jax.config_loading import config_from_dict, config_to_dict, load_config, merge_dicts, read_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
+EXPERIMENT_DIR = ROOT / "configs" / "experiment"  # `rpo-jax experiment` configs (experiments.config)
+CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if EXPERIMENT_DIR not in p.parents)
+EXPERIMENT_FILES = sorted(EXPERIMENT_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_parses(path):
     cfg = load_config(path)
     assert isinstance(cfg, config_lib.Config)
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
+def test_every_experiment_config_parses(path):
+    from experiments.config import ExperimentConfig
+
+    assert isinstance(load_config(path, cls=ExperimentConfig), ExperimentConfig)
 
 
 def test_presets_exist():
@@ -166,11 +175,18 @@ def _redundant(values: dict, inherited: dict, prefix: str = "") -> list[str]:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*/*.yaml")), ids=lambda p: p.name)
 def test_presets_state_only_what_differs(path):
-    """A run or model config sets only values that differ from what it inherits (its includes, then defaults)."""
+    """A run, model or experiment config sets only values that differ from what it inherits (its includes, then
+    defaults)."""
+    from experiments.config import ExperimentConfig
+
     raw = yaml.safe_load(path.read_text())
     includes = raw.pop("include", [])
     inherited = {}
     for include in [includes] if isinstance(includes, str) else includes:
         inherited = merge_dicts(inherited, read_yaml(path.parent / include))
-    inherited = config_to_dict(config_from_dict(inherited))
+    if path.parent == EXPERIMENT_DIR:  # no complete default: an experiment must name its base model
+        defaults = {f.name: config_to_dict(f.default) for f in dataclasses.fields(ExperimentConfig)}
+        inherited = merge_dicts(defaults, inherited)
+    else:
+        inherited = config_to_dict(config_from_dict(inherited))
     assert _redundant(raw, inherited) == []

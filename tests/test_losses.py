@@ -262,6 +262,24 @@ def test_pair_losses_match_numpy(name, eps):
     np.testing.assert_allclose(got, numpy_losses(name, policy, ref, counts, margin, cfg), rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name,links", [("iopo_no_input", ((0, 1), (2, 3))), ("iopo_no_output", ((0, 3), (2, 1)))])
+def test_iopo_ablations_are_two_links_and_differ_from_iopo(name, links):
+    """Table 4's ablations keep one kind of preference, each with its own link (algorithms.md §2: deleting a
+    bracket inside IOPO's single sigmoid would only halve β). Step 0 (h = 0) is still ln 2."""
+    policy, ref, counts, margin = random_inputs(4, G=4)
+    cfg = LossConfig(loss_type=(name,), beta=0.1)
+    h = policy.astype(np.float64) - ref
+    want = 0.5 * sum(-log_sigmoid(cfg.beta * (h[:, a] - h[:, b])) for a, b in links)
+    got = per_example_loss(jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(counts), jnp.asarray(margin), cfg)
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    iopo = per_example_loss(
+        jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(counts), jnp.asarray(margin), LossConfig(("iopo",))
+    )
+    assert np.abs(np.asarray(got) - np.asarray(iopo)).min() > 1e-3
+    at_zero = per_example_loss(jnp.asarray(policy), jnp.asarray(policy), jnp.asarray(counts), jnp.asarray(margin), cfg)
+    np.testing.assert_allclose(at_zero, np.log(2.0), rtol=1e-6)
+
+
 def test_sft_uses_rows_0_and_2_for_iopo():
     policy, ref, counts, margin = random_inputs(3, G=4)
     cfg = LossConfig(loss_type=("sft",))
@@ -399,7 +417,19 @@ def test_weight_zero_rows_leave_metrics_unchanged(loss_type, G):
 
 
 def test_registry_and_reference_needs():
-    assert set(LOSSES) == {"sigmoid", "rpo", "iopo", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "sft"}
+    assert set(LOSSES) == {
+        "sigmoid",
+        "rpo",
+        "iopo",
+        "iopo_no_input",
+        "iopo_no_output",
+        "ipo",
+        "hinge",
+        "robust",
+        "sigmoid_norm",
+        "simpo",
+        "sft",
+    }
     assert needs_reference(LossConfig(loss_type=("sigmoid",)))
     assert not needs_reference(LossConfig(loss_type=("simpo", "sft"), loss_weights=(1.0, 1.0)))
     with pytest.raises(ValueError, match="needs ref_logps"):

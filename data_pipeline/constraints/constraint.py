@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from data_pipeline.constraints.ifeval import ifeval_check, ifeval_description
 from data_pipeline.constraints.languages import refuse_unjudged, row_language
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
-from data_pipeline.constraints.reversal import NEGATED_BASE, NEGATION_OF, render_negation
+from data_pipeline.constraints.reversal import CLEARER_WORDING, NEGATED_BASE, NEGATION_OF, render_negation
 
 __all__ = [
     "NON_REVERSIBLE_TYPES",
@@ -142,9 +142,12 @@ def reverse(c: Constraint) -> Constraint | None:
 
 
 def render(c: Constraint) -> str:
-    """Instruction text for a prompt: IFEval's own wording for its ids, ours for `rpo:*` ids."""
+    """Instruction text for a prompt: IFEval's own wording for its ids (clearer for the few in
+    `CLEARER_WORDING`), ours for `rpo:*` ids."""
     if c.type in NEGATED_BASE:
         return render_negation(c.type, c.kwargs)
+    if c.type in CLEARER_WORDING:
+        return CLEARER_WORDING[c.type](c.kwargs)
     return ifeval_description(c.type, c.kwargs)
 
 

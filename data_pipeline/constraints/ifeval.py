@@ -172,3 +172,16 @@ def ifeval_description(instruction_id: str, kwargs: Mapping[str, object]) -> str
         )
     checker = instruction_registry()[instruction_id](instruction_id)
     return checker.build_description(**_ifeval_kwargs(kwargs))
+
+
+@functools.cache
+def conflicting_ids() -> Mapping[str, frozenset[str]]:
+    """IFEval instruction id -> the ids it must not be combined with (the registry's conflict lists, made symmetric;
+    every id conflicts with itself)."""
+    instruction_registry()
+    from if_verifiable.ifeval import instructions_registry
+
+    conflicts = instructions_registry.conflict_make(
+        {k: set(v) for k, v in instructions_registry.INSTRUCTION_CONFLICTS.items()}
+    )
+    return {k: frozenset(v) for k, v in conflicts.items()}

@@ -67,7 +67,7 @@ _RENDERERS: dict[str, Callable[[Mapping[str, object]], str]] = {
         f"{kw['postscript_marker']}."
     ),
     "rpo:not_quoted": lambda kw: "Do not wrap your entire response with double quotation marks.",
-    "rpo:not_end_with": lambda kw: f"Do not finish your response with the phrase {kw['end_phrase']}.",
+    "rpo:not_end_with": lambda kw: f'Do not finish your response with the phrase "{kw["end_phrase"]}".',
     "rpo:bullet_count_not": lambda kw: (
         f"Your answer must not contain exactly {kw['num_bullets']} bullet points (markdown lines "
         "starting with * or -); use a different number."
@@ -95,3 +95,26 @@ assert set(_RENDERERS) == set(NEGATED_BASE)
 
 def render_negation(type_: str, kwargs: Mapping[str, object]) -> str:
     return _RENDERERS[type_](kwargs)
+
+
+# IFEval ids whose own description reads badly once filled in ("Do not include keywords ['very'] in the
+# response.", "... this exact phrase Any other questions?. No other words ..."): the same requirement, worded
+# like the reversals above, for the prompts we write (synthesized instructions and RPO's reversed prompts).
+# IFEval's own prompts are never re-rendered.
+CLEARER_WORDING: dict[str, Callable[[Mapping[str, object]], str]] = {
+    "keywords:existence": lambda kw: (
+        "Include the keyword"
+        + ("s " if len(kw["keywords"]) > 1 else " ")
+        + ", ".join(repr(k) for k in kw["keywords"])
+        + " in the response."
+    ),
+    "keywords:forbidden_words": lambda kw: (
+        "Do not include the word"
+        + ("s " if len(kw["forbidden_words"]) > 1 else " ")
+        + ", ".join(repr(w) for w in kw["forbidden_words"])
+        + " anywhere in the response."
+    ),
+    "startend:end_checker": lambda kw: (
+        f'Finish your response with this exact phrase: "{kw["end_phrase"]}". No other words should follow it.'
+    ),
+}

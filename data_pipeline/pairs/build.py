@@ -23,7 +23,7 @@ from pathlib import Path
 from data_pipeline.constraints.llm_judge import JudgeConfig, LLMJudge
 from data_pipeline.errors import UserError
 from data_pipeline.files import file_sha256
-from data_pipeline.pairs.dpo import dpo_baseline_pairs
+from data_pipeline.pairs.dpo import DPO_PAIRINGS, dpo_baseline_pairs
 from data_pipeline.pairs.imports import FORMATS, import_pairs
 from data_pipeline.pairs.iopo import iopo_quads
 from data_pipeline.pairs.pool import ConstraintOracle
@@ -60,6 +60,7 @@ class BuildSettings:
     skip_bad: bool = False
     format: str = "auto"  # imports: the input format
     judge: JudgeSettings | None = None
+    dpo_pairing: str = "all"  # dpo pool recipe: all pairs with different scores, or best vs worst per instruction
     eval_fraction: float = 0.0  # share of groups held out in eval_pairs.jsonl
     seed: int = 0  # of the held-out split
     allow_empty: bool = False  # write an output with no records instead of failing
@@ -76,6 +77,10 @@ class BuildSettings:
             raise UserError(f"build-pairs: --format must be auto or one of {', '.join(FORMATS)}")
         if not pool and (self.min_g is not None or self.judge is not None):
             raise UserError("build-pairs: --min-g and --judge-* apply to pool recipes only (with --responses)")
+        if self.dpo_pairing not in DPO_PAIRINGS:
+            raise UserError(f"build-pairs: --dpo-pairing must be one of {', '.join(DPO_PAIRINGS)}")
+        if self.dpo_pairing != "all" and not (pool and self.recipe == "dpo"):
+            raise UserError("build-pairs: --dpo-pairing applies to --recipe dpo with --responses only")
         if self.min_g is not None and self.min_g < 1:
             raise UserError("build-pairs: --min-g must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -114,7 +119,7 @@ def build_records(settings: BuildSettings, stats: BuildStats, bad: BadRows | Non
     elif settings.recipe == "iopo":
         records = list(iopo_quads(pools, oracle, min_g, stats))
     else:
-        records = list(dpo_baseline_pairs(pools, min_g, stats))
+        records = list(dpo_baseline_pairs(pools, min_g, stats, settings.dpo_pairing))
     if judge is not None:
         stats.judge_counts.update(judge.counts)
     return records
@@ -140,10 +145,13 @@ def split_by_group(records: list[PairRecord], fraction: float, seed: int) -> tup
     return [r for r in records if r.group_id not in held_out], [r for r in records if r.group_id in held_out]
 
 
-def write_jsonl(path: Path, records: Iterable[PairRecord]) -> None:
+def write_jsonl(path: Path, records: Iterable[PairRecord | dict]) -> None:
+    """One JSON object per line: pair records in their JSON form, plain dicts as they are."""
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps(record if isinstance(record, dict) else record.to_json(), ensure_ascii=False) + "\n"
+            )
 
 
 def write_output_atomically(output: Path, files: dict[str, object]) -> None:
@@ -191,6 +199,7 @@ def build_pairs(settings: BuildSettings) -> dict:
         "recipe": settings.recipe,
         "format": settings.format,
         "min_g": settings.effective_min_g if settings.responses else None,
+        "dpo_pairing": settings.dpo_pairing if settings.recipe == "dpo" and settings.responses else None,
         "skip_bad": settings.skip_bad,
         "eval_fraction": settings.eval_fraction,
         "seed": settings.seed,

@@ -11,6 +11,7 @@ import sys
 from data_pipeline.errors import UserError
 from data_pipeline.files import local_path_arg
 from data_pipeline.pairs.build import DEFAULT_MIN_G, BuildSettings, JudgeSettings, build_pairs
+from data_pipeline.pairs.dpo import DPO_PAIRINGS
 from data_pipeline.pairs.imports import FORMATS
 from data_pipeline.pairs.schema import RECIPES, DataError
 
@@ -40,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--judge-api-key-env", help="name of the environment variable holding the API key (default: none, no key sent)")
     arg("--judge-cache-dir", type=local_path_arg, help="judge cache (default: <output>.judge_cache beside --output)")
     arg("--judge-max-workers", type=int, default=4, help="concurrent judge requests")
+    arg(
+        "--dpo-pairing",
+        choices=DPO_PAIRINGS,
+        default="all",
+        help="dpo from a pool: all pairs with different scores, or the best vs the worst response per instruction",
+    )
     arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
     arg("--seed", type=int, default=0, help="seed of the held-out split")
     arg("--allow-empty", action="store_true", help="write an output with 0 records instead of failing")
@@ -68,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         skip_bad=args.skip_bad,
         format=args.format,
         judge=_judge(args),
+        dpo_pairing=args.dpo_pairing,
         eval_fraction=args.eval_fraction,
         seed=args.seed,
         allow_empty=args.allow_empty,

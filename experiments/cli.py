@@ -1,0 +1,39 @@
+"""`rpo-jax experiment --config configs/experiment/smollm2_rpo_vs_dpo.yaml --output-dir DIR [--stage NAME]`.
+
+Runs the stages of `experiments.runner` that are not done yet (each is cached by the hash of its settings and
+inputs, so a rerun or an interrupted run continues where it stopped); `--stage NAME` runs only the stages of that
+name, whose inputs must already be done. Results: DIR/results.json, DIR/report.md, DIR/accuracy_vs_k.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from data_pipeline.files import local_path_arg
+from experiments.runner import STAGES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=local_path_arg, help="experiment YAML (configs/experiment/)")
+    parser.add_argument("--output-dir", required=True, type=local_path_arg, help="where stages and results go")
+    parser.add_argument(
+        "--stage", choices=STAGES, default=None, help="run only this stage (default: every stage not done yet)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override an experiment setting (repeatable; default: none)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from experiments.config import ExperimentConfig
+    from experiments.runner import run_experiment
+    from rpo_jax.config_loading import load_config
+
+    out = run_experiment(load_config(args.config, args.overrides, ExperimentConfig), args.output_dir, args.stage)
+    print(f"experiment: results in {out / 'results.json'}, {out / 'report.md'}")
+    return 0

@@ -1,0 +1,128 @@
+"""Typed settings of an experiment (`configs/experiment/*.yaml`), read like run configs (includes, `--set`).
+
+Every section maps to one stage; changing a section reruns that stage and the stages after it (see `stages`).
+Paths are read from the directory the command runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from data_pipeline.pairs.synthesis import SynthesisSettings
+from rpo_jax.config import ConfigError, check_local_path
+
+# method -> (pair recipe it trains on, loss_type). One model is trained per listed method, same settings otherwise.
+METHODS = {
+    "dpo": ("dpo", "sigmoid"),
+    "rpo": ("rpo", "rpo"),
+    "iopo": ("iopo", "iopo"),
+    "iopo_no_input": ("iopo", "iopo_no_input"),
+    "iopo_no_output": ("iopo", "iopo_no_output"),
+}
+SUITES = ("ifeval", "ifbench", "heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The base model: a GGUF file (converted once) or an HF Llama folder with tokenizer and chat template."""
+
+    gguf: str = ""
+    hf_dir: str = ""
+    run_config: str = "configs/run/smollm2_lora.yaml"  # training settings shared by every method
+
+    def __post_init__(self):
+        for name in ("gguf", "hf_dir", "run_config"):
+            check_local_path(getattr(self, name), f"model.{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSection:
+    """Self-sampling: `num_samples` responses per training instruction from the base model. `responses_file`
+    (JSONL, or .jsonl.gz as committed with a run) reuses earlier samples instead: the training and evaluation
+    then rerun without resampling."""
+
+    responses_file: str = ""
+    num_samples: int = 4
+    temperature: float = 0.9
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        check_local_path(self.responses_file, "sampling.responses_file")
+        if self.num_samples < 2:
+            raise ConfigError("sampling.num_samples must be >= 2 (pairs need two responses to one instruction)")
+        if not 0.0 < self.temperature <= 2.0:
+            raise ConfigError(f"sampling.temperature must be in (0, 2], got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsSection:
+    """RPO and IOPO keep pairs with g >= min_g (the paper: 3); the DPO baseline pairs best vs worst."""
+
+    min_g: int = 3
+    dpo_min_g: int = 1
+    eval_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.min_g < 1 or self.dpo_min_g < 1:
+            raise ConfigError("pairs.min_g and pairs.dpo_min_g must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """One model per method and candidate learning rate; `steps` and `overrides` (run-config `section.key=value`)
+    apply to all of them. With several rates, each method keeps the one with the best held-out accuracy."""
+
+    methods: tuple[str, ...] = ("dpo", "rpo", "iopo")
+    steps: int = 40
+    learning_rates: tuple[float, ...] = (1.0e-4,)
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"train.methods: unknown {unknown}; known {sorted(METHODS)}")
+        if self.steps < 1:
+            raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if not self.learning_rates or any(rate <= 0 for rate in self.learning_rates):
+            raise ConfigError(f"train.learning_rates must be positive rates, got {list(self.learning_rates)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Greedy decoding on each suite: IFEval (541 prompts), IFBench (ids the checkers support), held-out."""
+
+    suites: tuple[str, ...] = SUITES
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    limit: int = 0  # first N prompts of each suite, 0 = all (a smoke test; results then say so)
+
+    def __post_init__(self):
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown or not self.suites:
+            raise ConfigError(f"eval.suites: unknown {unknown}; known {list(SUITES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    bootstrap_replicates: int = 2000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelSection = ModelSection()
+    instructions: SynthesisSettings = SynthesisSettings()
+    sampling: SamplingSection = SamplingSection()
+    pairs: PairsSection = PairsSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    report: ReportSection = ReportSection()
+
+    def __post_init__(self):
+        if bool(self.model.gguf) == bool(self.model.hf_dir):
+            raise ConfigError("model: set exactly one of model.gguf and model.hf_dir (the base model)")

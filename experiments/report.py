@@ -1,0 +1,160 @@
+"""The experiment's report: accuracies with bootstrap intervals, paired differences, accuracy vs number of
+constraints, pair statistics, cost per stage. Written as `results.json`, `report.md` and `accuracy_vs_k.png` in
+the output folder (the `report` stage keeps a copy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.files import write_json_atomic, write_text_atomic
+from experiments.config import ExperimentConfig
+from experiments.evaluation import read_verdicts
+from experiments.stages import Stage, StageStore
+from experiments.stats import accuracy_interval, paired_difference
+
+COMPARISONS = (("rpo", "dpo"), ("dpo", "base"), ("rpo", "base"), ("iopo", "base"), ("rpo", "iopo"))
+K_BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 8))
+PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
+
+
+def _passed_counts(verdicts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([sum(v["strict"]) for v in verdicts]), np.array([len(v["strict"]) for v in verdicts]))
+
+
+def suite_results(evals: dict[str, Stage], suite: str, replicates: int, seed: int) -> dict:
+    verdicts = {name: read_verdicts(stage, suite) for name, stage in evals.items()}
+    keys = {name: [v["key"] for v in rows] for name, rows in verdicts.items()}
+    if len({tuple(k) for k in keys.values()}) != 1:
+        raise RuntimeError(f"{suite}: the models were scored on different prompts; paired comparison impossible")
+    out = {"models": {}, "differences": {}}
+    for name, rows in verdicts.items():
+        out["models"][name] = evals[name].summary[suite] | {
+            "intervals": accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)
+        }
+    for better, worse in COMPARISONS:
+        if better in verdicts and worse in verdicts:
+            out["differences"][f"{better}-{worse}"] = paired_difference(
+                _passed_counts(verdicts[worse])[0], *_passed_counts(verdicts[better]), replicates=replicates, seed=seed
+            )
+    return out
+
+
+def by_constraint_count(evals: dict[str, Stage], replicates: int, seed: int) -> dict:
+    """Held-out prompt-level strict accuracy per bucket of K (the paper's accuracy-vs-constraints curve)."""
+    out = {}
+    for low, high in K_BUCKETS:
+        bucket = {}
+        for name, stage in evals.items():
+            rows = [v for v in read_verdicts(stage, "heldout") if low <= len(v["strict"]) <= high]
+            if rows:
+                bucket[name] = accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)["prompt"]
+                bucket[name]["num_prompts"] = len(rows)
+        out[f"{low}-{high}"] = bucket
+    return out
+
+
+def _plot(by_k: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = sorted({name for bucket in by_k.values() for name in bucket})
+    for offset, name in enumerate(names):
+        xs, ys, lows, highs = [], [], [], []
+        for i, bucket in enumerate(by_k.values()):
+            if name in bucket:
+                r = bucket[name]
+                xs.append(i + 0.08 * (offset - len(names) / 2))
+                ys.append(r["accuracy"])
+                lows.append(r["accuracy"] - r["low"])
+                highs.append(r["high"] - r["accuracy"])
+        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=name)
+    ax.set_xticks(range(len(by_k)), list(by_k))
+    ax.set_xlabel("constraints per held-out instruction (K)")
+    ax.set_ylabel("prompt-level strict accuracy (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _markdown(results: dict) -> str:
+    lines = [
+        f"# {results['name']}",
+        "",
+        "Prompt-level strict accuracy (95% bootstrap CI over prompts):",
+        "",
+        "| model | " + " | ".join(results["suites"]) + " |",
+        "|---|" + "---|" * len(results["suites"]),
+    ]
+    models = next(iter(results["suites"].values()))["models"]
+    for name in models:
+        cells = []
+        for suite in results["suites"].values():
+            r = suite["models"][name]["intervals"]["prompt"]
+            cells.append(f"{r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired differences, prompt-level strict (95% CI):",
+        "",
+        "| comparison | " + " | ".join(results["suites"]) + " |",
+        "|---|" + "---|" * len(results["suites"]),
+    ]
+    comparisons = next(iter(results["suites"].values()))["differences"]
+    for comparison in comparisons:
+        cells = []
+        for suite in results["suites"].values():
+            d = suite["differences"][comparison]["prompt"]
+            cells.append(f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+    lines += ["", "Wall time per stage (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    store: StageStore, cfg: ExperimentConfig, stages: dict[str, Stage], evals: dict[str, Stage], selection: dict
+) -> Path:
+    replicates, seed = cfg.report.bootstrap_replicates, cfg.report.seed
+    suites = list(cfg.eval.suites)
+
+    def build(folder: Path) -> dict:
+        results = {
+            "name": cfg.name,
+            "config": dataclasses.asdict(cfg),
+            "suites": {suite: suite_results(evals, suite, replicates, seed) for suite in suites},
+            "heldout_by_k": by_constraint_count(evals, replicates, seed) if "heldout" in suites else {},
+            "pairs": {
+                recipe: {"pairs": s["split"], "pairs_by_g": s["pairs_by_g"]}
+                for recipe, s in stages["pairs"].summary.items()
+            },
+            "instructions": stages["instructions"].summary,
+            "sampling": stages["samples"].summary,
+            "learning_rate_selection": selection,
+            "train": {name: stage.summary for name, stage in stages.items() if name.startswith("train-")},
+            "seconds": {stage.name: stage.seconds for stage in [*stages.values(), *evals.values()]},
+            "versions": {p: importlib.metadata.version(p) for p in PACKAGES},
+            "eval_limit": cfg.eval.limit,
+        }
+        write_json_atomic(folder / "results.json", results)
+        write_text_atomic(folder / "report.md", _markdown(results))
+        if results["heldout_by_k"]:
+            _plot(results["heldout_by_k"], folder / "accuracy_vs_k.png")
+        return {"files": sorted(p.name for p in folder.iterdir())}
+
+    report = store.run("report", dataclasses.asdict(cfg.report), (*stages.values(), *evals.values()), build)
+    out = store.root.parent
+    for name in report.summary["files"]:
+        if name != "stage.json":
+            shutil.copyfile(report.file(name), out / name)
+    return out

@@ -1,0 +1,70 @@
+"""Bootstrap intervals for instruction-following accuracies, and for differences between models scored on the same
+prompts (paired).
+
+Prompts are the resampling unit (a cluster bootstrap): instruction-level accuracy is recomputed from the resampled
+prompts' instruction verdicts, so the instructions of one prompt stay together. In a comparison both models see the
+same resampled prompts in each replicate, which is what makes the interval of their difference paired.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LEVELS = ("prompt", "instruction")
+
+
+def _accuracies(passed: np.ndarray, counts: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
+    """Prompt- and instruction-level accuracy per row of `index` ([R, P] prompt indices)."""
+    return {
+        "prompt": (passed[index] == counts[index]).mean(axis=1),
+        "instruction": passed[index].sum(axis=1) / counts[index].sum(axis=1),
+    }
+
+
+def _checked(*arrays) -> list[np.ndarray]:
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1 or not arrays[0].size:
+        raise ValueError(f"need non-empty 1-D arrays over the same prompts, got shapes {[a.shape for a in arrays]}")
+    if (arrays[-1] < 1).any():
+        raise ValueError("every prompt needs at least one instruction")
+    return arrays
+
+
+def _resamples(num_prompts: int, replicates: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, num_prompts, size=(replicates, num_prompts))
+
+
+def accuracy_interval(passed, counts, *, replicates: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """One model: `passed[p]` instructions followed out of `counts[p]` for prompt p."""
+    passed, counts = _checked(passed, counts)
+    point = _accuracies(passed, counts, np.arange(len(counts))[None])
+    boot = _accuracies(passed, counts, _resamples(len(counts), replicates, seed))
+    tail = (1.0 - level) / 2.0
+    return {
+        name: {
+            "accuracy": float(point[name][0]),
+            "low": float(np.quantile(boot[name], tail)),
+            "high": float(np.quantile(boot[name], 1.0 - tail)),
+        }
+        for name in LEVELS
+    }
+
+
+def paired_difference(
+    passed_a, passed_b, counts, *, replicates: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Accuracy of B minus accuracy of A on the same prompts, with a paired percentile interval."""
+    passed_a, passed_b, counts = _checked(passed_a, passed_b, counts)
+    full, index = np.arange(len(counts))[None], _resamples(len(counts), replicates, seed)
+    point_a, point_b = _accuracies(passed_a, counts, full), _accuracies(passed_b, counts, full)
+    boot_a, boot_b = _accuracies(passed_a, counts, index), _accuracies(passed_b, counts, index)
+    tail = (1.0 - level) / 2.0
+    out = {}
+    for name in LEVELS:
+        delta = boot_b[name] - boot_a[name]
+        out[name] = {
+            "delta": float(point_b[name][0] - point_a[name][0]),
+            "low": float(np.quantile(delta, tail)),
+            "high": float(np.quantile(delta, 1.0 - tail)),
+        }
+    return out | {"num_prompts": int(len(counts)), "replicates": replicates, "level": level}

@@ -1,0 +1,113 @@
+"""`rpo-jax experiment` end to end on a tiny random Llama: every stage runs, the report has intervals and paired
+differences, a rerun reuses every stage, a changed setting reruns only what depends on it, `--stage` needs its
+inputs."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from llama_hf_fixtures import params_and_hf_folder
+from trainer_fixtures import TOKENIZER
+
+from rpo_jax.config_loading import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "data_pipeline" / "assets" / "chat_templates" / "llama3.jinja"
+RESPONSES = (
+    "<<A TITLE>>\nTHIS ANSWER USES CAPITALS ON PURPOSE. IT IS SHORT. P.S. THAT IS ALL.",
+    "a plain answer, in lowercase, with commas, and very few words",
+    '"quoted answer with several words * one * two. Section 1 of it. Is there anything else I can help with?"',
+)
+
+
+def experiment(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rpo_jax.cli", "experiment", "--config", str(config), "--output-dir", str(out)]
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as on a plain CPU machine (tests set 8)
+    return subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("experiment")
+    run_cfg = load_config(ROOT / "configs" / "run" / "tiny_rpo.yaml")
+    _, hf, _ = params_and_hf_folder(run_cfg.model, tmp / "base", seed=0, tokenizer_dir=TOKENIZER)
+    shutil.copyfile(TEMPLATE, hf / "chat_template.jinja")  # the SentencePiece tokenizer has no chat template
+    config = {
+        "name": "tiny smoke",
+        "model": {"hf_dir": str(hf), "run_config": str(ROOT / "configs" / "run" / "tiny_rpo.yaml")},
+        "instructions": {"num_train": 6, "num_heldout": 4, "min_constraints": 3, "max_constraints": 4},
+        "sampling": {"num_samples": 3, "temperature": 1.0, "max_new_tokens": 16, "batch_size": 18},
+        "pairs": {"min_g": 1, "eval_fraction": 0.0},
+        "train": {
+            "methods": ["dpo", "rpo", "iopo"],
+            "steps": 2,
+            "overrides": ["data.global_batch_size=2", "checkpoint.save_every=2"],
+        },
+        "eval": {"limit": 3, "max_new_tokens": 8, "batch_size": 4},
+        "report": {"bootstrap_replicates": 200},
+    }
+    path = tmp / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # A random model's samples all get the same verdicts (no pairs), so the samples come from a file here, as a
+    # committed run's would: three responses per training instruction that differ on several constraints.
+    result = experiment(path, tmp / "out", "--stage", "instructions")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (instructions,) = (tmp / "out" / "stages").glob("instructions-*/instructions/train_prompts.jsonl")
+    # One stage at a time, in order: `--stage model` stops there (the samples are not asked for yet).
+    result = experiment(path, tmp / "out", "--stage", "model")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name.split("-")[0] for p in (tmp / "out" / "stages").iterdir()) == ["instructions", "model"]
+    keys = [json.loads(line)["key"] for line in instructions.read_text().splitlines()]
+    responses = tmp / "samples.jsonl.gz"
+    with gzip.open(responses, "wt") as f:
+        for key in keys:
+            for i, text in enumerate(RESPONSES):
+                f.write(json.dumps({"key": key, "response": text, "sample_id": i}) + "\n")
+    config["sampling"]["responses_file"] = str(responses)
+    path.write_text(yaml.safe_dump(config))
+    result = experiment(path, tmp / "out")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return path, tmp / "out"
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_the_report_has_paired_intervals(setup):
+    _, out = setup
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["suites"]) == {"ifeval", "ifbench", "heldout"}
+    for suite in results["suites"].values():
+        assert set(suite["models"]) == {"base", "dpo", "rpo", "iopo"}
+        assert {"rpo-dpo", "dpo-base", "rpo-base"} <= set(suite["differences"])
+        for model in suite["models"].values():
+            r = model["intervals"]["prompt"]
+            assert r["low"] <= r["accuracy"] <= r["high"] and model["num_prompts"] == 3
+    assert all(results["pairs"][recipe]["pairs"]["train"] > 0 for recipe in ("dpo", "rpo", "iopo"))
+    assert results["sampling"]["responses"] == 18
+    assert "rpo-dpo" in (out / "report.md").read_text() and (out / "accuracy_vs_k.png").is_file()
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_stage_and_a_change_reruns_only_downstream(setup):
+    config, out = setup
+    stages = out / "stages"
+    before = {p.name: (p / "stage.json").stat().st_mtime_ns for p in stages.iterdir()}
+    assert experiment(config, out).returncode == 0
+    assert {p.name: (p / "stage.json").stat().st_mtime_ns for p in stages.iterdir()} == before
+    result = experiment(config, out, "--set", "report.seed=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = sorted(set(p.name for p in stages.iterdir()) - set(before))
+    assert len(new) == 1 and new[0].startswith("report-")
+
+
+@pytest.mark.slow
+def test_a_single_stage_needs_its_inputs(setup, tmp_path):
+    config, _ = setup
+    result = experiment(config, tmp_path / "fresh", "--stage", "eval")
+    assert result.returncode == 2 and "stage 'instructions' has not run" in result.stderr
+    assert "Traceback" not in result.stderr
