@@ -11,21 +11,14 @@ import argparse
 
 from data_pipeline.files import local_path_arg
 from experiments.runner import STAGES
+from rpo_jax.config_loading import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=local_path_arg, help="experiment YAML (configs/experiment/)")
+    add_config_arguments(parser, "experiment YAML (configs/experiment/)")
     parser.add_argument("--output-dir", required=True, type=local_path_arg, help="where stages and results go")
     parser.add_argument(
         "--stage", choices=STAGES, default=None, help="run only this stage (default: every stage not done yet)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override an experiment setting (repeatable; default: none)",
     )
 
 

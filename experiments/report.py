@@ -88,36 +88,33 @@ def _plot(by_k: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def _suite_table(results: dict, title: str, rows: list[str], cell) -> list[str]:
+    """A markdown table: one row per name in `rows`, one column per suite, `cell(suite_results, name)`."""
+    suites = results["suites"]
+    lines = ["", title, "", "| | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
+    for name in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(suite, name) for suite in suites.values()) + " |")
+    return lines
+
+
 def _markdown(results: dict) -> str:
-    lines = [
-        f"# {results['name']}",
-        "",
-        "Prompt-level strict accuracy (95% bootstrap CI over prompts):",
-        "",
-        "| model | " + " | ".join(results["suites"]) + " |",
-        "|---|" + "---|" * len(results["suites"]),
-    ]
-    models = next(iter(results["suites"].values()))["models"]
-    for name in models:
-        cells = []
-        for suite in results["suites"].values():
-            r = suite["models"][name]["intervals"]["prompt"]
-            cells.append(f"{r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Paired differences, prompt-level strict (95% CI):",
-        "",
-        "| comparison | " + " | ".join(results["suites"]) + " |",
-        "|---|" + "---|" * len(results["suites"]),
-    ]
-    comparisons = next(iter(results["suites"].values()))["differences"]
-    for comparison in comparisons:
-        cells = []
-        for suite in results["suites"].values():
-            d = suite["differences"][comparison]["prompt"]
-            cells.append(f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
-        lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+    first = next(iter(results["suites"].values()))
+
+    def accuracy(suite: dict, name: str) -> str:
+        r = suite["models"][name]["intervals"]["prompt"]
+        return f"{r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+    def difference(suite: dict, name: str) -> str:
+        d = suite["differences"][name]["prompt"]
+        return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+    lines = [f"# {results['name']}"]
+    lines += _suite_table(
+        results, "Prompt-level strict accuracy (95% bootstrap CI over prompts):", first["models"], accuracy
+    )
+    lines += _suite_table(
+        results, "Paired differences, prompt-level strict (95% CI):", first["differences"], difference
+    )
     lines += ["", "Wall time per stage (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())]
     return "\n".join(lines) + "\n"
 

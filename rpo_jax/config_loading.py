@@ -241,9 +241,11 @@ def mesh_from_args(args: argparse.Namespace) -> MeshConfig:
     return MeshConfig(**args.mesh)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_help: str = "YAML run config (see configs/run/)"
+) -> None:
     """`--config FILE` and repeatable `--set section.key=value`, as every config-driven command takes them."""
-    parser.add_argument("--config", required=True, type=local_path_arg, help="YAML run config (see configs/run/)")
+    parser.add_argument("--config", required=True, type=local_path_arg, help=config_help)
     parser.add_argument(
         "--set",
         dest="overrides",
