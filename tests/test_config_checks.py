@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rpo_jax import config as config_lib
+from data_pipeline.errors import UserError
 from rpo_jax.config import Config, ConfigError
 from rpo_jax.config_loading import PATH_SETTINGS, REPO_ROOT, config_root, config_to_dict, load_config
 from rpo_jax.config_rules import BOUNDS, CHECKED_WITH_OTHERS, _parse
@@ -177,4 +177,4 @@ def test_precompute_ref_is_in_the_readme_command_table():
 def test_base_yaml_header_states_the_path_rule():
     header = BASE.read_text().split("\nmodel:")[0]
     assert "read from the repository root" in header and "current directory" in header
-    assert issubclass(ConfigError, config_lib.UserError)
+    assert issubclass(ConfigError, UserError)
