@@ -1,0 +1,197 @@
+"""Packed rows (`data.packing`): plan (groups never split, mirrors together), exact log-probs and gradients against
+the unpacked batch on real tokenized default pairs (truncated ones included) and IOPO quadruples, loader resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from data_pipeline.files import ASSETS_DIR
+from data_pipeline.records.build import build_shards
+from data_pipeline.records.loader import CollatePairs
+from data_pipeline.records.packed_loader import make_packed_loader
+from data_pipeline.records.packing import first_fit_decreasing, layout_row, packed_length, plan_rows
+from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
+from data_pipeline.records.truncation import TruncationSettings
+from rpo_jax.config import ModelConfig
+from rpo_jax.logps import paired_logps
+from rpo_jax.model import Llama
+from rpo_jax.packed_logps import packed_logps
+
+MAX_LENGTH = 192  # short enough that keep_start truncates some default pairs
+MODEL = ModelConfig(
+    vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, initializer_range=0.3,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    pairs = tmp_path_factory.mktemp("packing") / "pairs.jsonl"
+    lines = (ASSETS_DIR / "default_pairs" / "pairs.jsonl").read_text().splitlines()[:120]
+    pairs.write_text("\n".join(lines) + "\n")
+    out = pairs.parent / "shards"
+    build_shards(pairs, DEFAULT_TOKENIZER_DIR, out, TruncationSettings(MAX_LENGTH, "keep_start"), num_shards=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(shard_dir) -> list[dict]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    out = []
+    for path in shard_paths(shard_dir, read_manifest(shard_dir)):
+        reader = ArrayRecordReader(path)
+        out.extend(decode_record(r) | {"weight": 1.0} for r in reader.read_all())
+        reader.close()
+    return out
+
+
+def test_first_fit_decreasing_is_deterministic_and_fills_first_rows():
+    assert first_fit_decreasing([5, 3, 4, 2, 6], 8) == [[4, 3], [0, 1], [2]]
+    with pytest.raises(ValueError, match="does not fit rows of 8"):
+        first_fit_decreasing([9], 8)
+
+
+def test_plan_keeps_units_whole_and_covers_every_example(shard_dir, records):
+    lengths = np.asarray([packed_length(r, True) for r in records])
+    units = [(i, i + 1) for i in range(0, 40, 2)] + [(i,) for i in range(40, len(records))]
+    rows = plan_rows(units, lengths, 4 * MAX_LENGTH)
+    flat = [e for row in rows for e in row]
+    assert sorted(flat) == list(range(len(records)))
+    for row in rows:
+        assert sum(lengths[e] for e in row) <= 4 * MAX_LENGTH
+        for a, b in units[:20]:
+            assert (a in row) == (b in row)
+    assert rows == plan_rows(units, lengths, 4 * MAX_LENGTH)
+    manifest = read_manifest(shard_dir)
+    packed = manifest["packing"]
+    assert packed["none"]["fill"] < packed["packed"]["fill"] <= 1.0
+    assert packed["packed_shared_prompt"]["sequence_tokens_per_position"] > packed["packed"]["fill"]
+
+
+def _model(attention="blockwise"):
+    return Llama(dataclasses.replace(MODEL, attention=attention), rngs=nnx.Rngs(0))
+
+
+def _unpacked(records):
+    return CollatePairs((), MAX_LENGTH, 2, None)(records)
+
+
+def _packed(records, shared, rows_of):
+    """Rows holding `rows_of[r]` consecutive records each, slots = the largest row."""
+    slots, out, start = max(rows_of), [], 0
+    for n in rows_of:
+        capacity = len(records[0]["rows"]) * MAX_LENGTH * max(rows_of)
+        out.append(layout_row(records[start : start + n], capacity, slots, 2, shared))
+        start += n
+    batch = {k: np.stack([row[k] for row in out]) for k in out[0]}
+    if not shared:
+        del batch["prefix_ids"]
+    return batch, slots
+
+
+def _slot_order(rows_of, slots):
+    """Flat slot index (r·J + j) of each record, in record order."""
+    return [r * slots + j for r, n in enumerate(rows_of) for j in range(n)]
+
+
+def _check_equal(records, shared, impl, rows_of):
+    model = _model(impl)
+    chunk = dict(logits_chunk_size=256)
+    ref = paired_logps(model, jax.tree.map(jnp.asarray, _unpacked(records)), **chunk)
+    batch, slots = _packed(records, shared, rows_of)
+    got = packed_logps(model, jax.tree.map(jnp.asarray, batch), **chunk)
+    order = _slot_order(rows_of, slots)
+    np.testing.assert_allclose(np.asarray(got.logps)[order], np.asarray(ref.logps), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got.counts)[order], np.asarray(ref.counts))
+    empty = np.setdiff1d(np.arange(len(rows_of) * slots), order)
+    assert not np.asarray(got.logps)[empty].any()
+    return model, batch, order
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["packed", "shared_prompt"])
+@pytest.mark.parametrize("impl", ["xla", "blockwise"])
+def test_packed_logps_equal_unpacked(records, shared, impl):
+    truncated = [i for i, r in enumerate(records) if max(len(row) for row in r["rows"]) == MAX_LENGTH]
+    assert truncated, "no truncated pair among the first records"
+    picked = [records[i] for i in sorted({*truncated[:2], 0, 1, 2, 3, 4})]
+    _check_equal(picked, shared, impl, rows_of=[3, len(picked) - 3])
+
+
+def test_packed_gradients_equal_unpacked(records):
+    picked = records[:5]
+    rows_of = [2, 3]
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)), jnp.float32)
+    graphdef, params = nnx.split(_model())
+
+    def unpacked_loss(p):
+        scores = paired_logps(nnx.merge(graphdef, p), jax.tree.map(jnp.asarray, _unpacked(picked)), logits_chunk_size=64)
+        return jnp.sum(scores.logps * weights)
+
+    batch, slots = _packed(picked, True, rows_of)
+    order = jnp.asarray(_slot_order(rows_of, slots))
+
+    def packed_loss(p):
+        scores = packed_logps(nnx.merge(graphdef, p), jax.tree.map(jnp.asarray, batch), logits_chunk_size=64)
+        return jnp.sum(scores.logps[order] * weights)
+
+    ref, got = jax.grad(unpacked_loss)(params), jax.grad(packed_loss)(params)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+
+
+def _iopo(a: dict, b: dict) -> dict:
+    """An IOPO quadruple (x1,y1), (x1,y2), (x2,y2), (x2,y1) from two tokenized pairs' prompts and responses."""
+    x1, x2 = a["rows"][0][: a["response_starts"][0]], b["rows"][0][: b["response_starts"][0]]
+    y1, y2 = a["rows"][0][a["response_starts"][0] :][:40], a["rows"][1][a["response_starts"][1] :][:40]
+    rows = [np.concatenate(p) for p in ((x1, y1), (x1, y2), (x2, y2), (x2, y1))]
+    starts = np.asarray([len(x1), len(x1), len(x2), len(x2)], np.int32)
+    return {**a, "rows": rows, "response_starts": starts, "recipe": "iopo"}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["packed", "shared_prompt"])
+def test_iopo_quadruples_packed_equal_unpacked(records, shared):
+    quads = [_iopo(records[i], records[i + 1]) for i in (0, 2, 4)]
+    assert packed_length(quads[0], True) < packed_length(quads[0], False)
+    _check_equal(quads, shared, "blockwise", rows_of=[2, 1])
+
+
+def test_loader_resumes_mid_epoch_exactly(shard_dir):
+    def loader():
+        return make_packed_loader(shard_dir, rows_per_batch=2, seed=3, shared_prompt=True, group_mirrors=True)
+
+    first = loader()
+    for _ in range(3):
+        next(first)
+    state = first.get_state_bytes()
+    expected = [next(first) for _ in range(4)]
+    resumed = loader()
+    resumed.set_state_bytes(state)
+    for want in expected:
+        got = next(resumed)
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert first.packing["fill"] > read_manifest(shard_dir)["packing"]["none"]["fill"]
+
+
+def test_loader_batches_hold_every_example_once_per_epoch(shard_dir):
+    manifest = read_manifest(shard_dir)
+    ref = np.arange(manifest["num_examples"] * 2, dtype=np.float32).reshape(-1, 2) * -1.0
+    it = make_packed_loader(shard_dir, rows_per_batch=1, seed=0, shared_prompt=False, num_epochs=1, ref_logps=ref)
+    seen = []
+    for batch in it:
+        live = batch["example_index"] >= 0
+        np.testing.assert_array_equal(batch["example_weight"], live.astype(np.float32))
+        np.testing.assert_array_equal(batch["ref_logps"][live], ref[batch["example_index"][live]])
+        assert "prefix_ids" not in batch
+        seen.extend(batch["example_index"][live].tolist())
+    assert sorted(seen) == list(range(manifest["num_examples"]))
+    assert it.num_batches == it.packing["rows"]
