@@ -13,8 +13,8 @@ key/value heads, so K/V are never repeated. Scores, softmax statistics and accum
 block matmuls read q/k/v (and the probabilities, cast like `jax.nn.dot_product_attention` does) in their dtype.
 
 Mask semantics equal `attention.attention_mask`: query t sees key s iff s <= t and both carry the same segment
-id, or s's segment is t's prefix segment (shared prompts); padding (id 0) sees earlier padding, so no row is empty. Rows are padded internally to whole blocks with id
--1, which only padding rows added here carry.
+id, or s's segment is t's prefix segment (shared prompts); padding (id 0) sees earlier padding, so no row is
+empty. Rows are padded internally to whole blocks with id -1, which only padding rows added here carry.
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ class DataConfig:
     num_workers: int = 0
     length_buckets: tuple[int, ...] = ()
     group_mirrors: bool = False
+    packing: str = "none"
 
     def __post_init__(self):
         for name in ("train_path", "eval_path", "pairs_path", "eval_pairs_path", "tokenizer_path"):
@@ -160,6 +161,13 @@ class DataConfig:
             raise ConfigError(f"data.truncation must be drop, keep_start or split, got {self.truncation!r}")
         if self.global_batch_size < 1:
             raise ConfigError(f"data.global_batch_size must be >= 1, got {self.global_batch_size}")
+        if self.packing not in ("none", "packed", "packed_shared_prompt"):
+            raise ConfigError(f"data.packing must be none, packed or packed_shared_prompt, got {self.packing!r}")
+        if self.packing != "none" and self.length_buckets:
+            raise ConfigError(
+                f"data.length_buckets pad unpacked batches; with data.packing={self.packing} every row is "
+                "G x data.max_length tokens: leave length_buckets empty"
+            )
 
 
 # The registered losses (`rpo_jax.losses.LOSSES` implements exactly these) and those reading label_smoothing.

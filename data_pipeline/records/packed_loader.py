@@ -10,8 +10,9 @@ continues exactly. The number of examples per batch varies; the batch has `slots
 any planned row holds), empty ones with weight 0, so every batch has the same shapes.
 
 Batch (numpy), R = rows_per_batch, J = slots, G = group size: tokens, loss_mask, segment_ids, positions,
-sequence_ids, and prefix_ids (shared prompts only) [R, L] (see `packing`); margin [R, J] int32, example_index [R, J] int64 (-1 empty),
-example_weight [R, J] float32, scored_tokens [R, J, G] int32, and ref_logps [R, J, G] float32 (0 in empty slots) when `ref_logps` is given.
+sequence_ids, and prefix_ids (shared prompts only) [R, L] (see `packing`); margin [R, J] int32, example_index
+[R, J] int64 (-1 empty), example_weight [R, J] float32, scored_tokens [R, J, G] int32, and ref_logps [R, J, G]
+float32 (0 in empty slots) when `ref_logps` is given.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def make_packed_loader(
     manifest = read_manifest(shard_dir)
     max_length = manifest["max_length"] if max_length is None else max_length
     if rows_per_batch < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"need rows_per_batch >= 1 and 0 <= shard_index < shard_count, got {rows_per_batch}, "
-                         f"{shard_index} of {shard_count}")
+        raise ValueError(
+            f"need rows_per_batch >= 1 and 0 <= shard_index < shard_count, got {rows_per_batch}, "
+            f"{shard_index} of {shard_count}"
+        )
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1 or None (repeat forever), got {num_epochs}")
     if manifest["max_row_length"] > max_length:

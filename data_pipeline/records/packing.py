@@ -45,7 +45,8 @@ def packed_length(record: dict, shared_prompt: bool) -> int:
         return sum(lengths)
     starts = record["response_starts"]
     # Each prompt group: one prefix of start-1 tokens, then per member its prompt's last token + its response.
-    return sum(int(starts[gs[0]]) - 1 + sum(lengths[g] - int(starts[g]) + 1 for g in gs) for gs in _prompt_groups(record))
+    groups = _prompt_groups(record)
+    return sum(int(starts[gs[0]]) - 1 + sum(lengths[g] - int(starts[g]) + 1 for g in gs) for gs in groups)
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -98,7 +99,7 @@ def efficiency_summary(
     num_sequences: int, sequence_tokens: int, lengths: dict[str, Sequence[int]], max_length: int, group_size: int
 ) -> dict[str, dict]:
     """Per `data.packing` mode (one example per unit): `none` = one sequence per padded row of `max_length`, packed
-    modes = rows of `packed_row_length` tokens; from each example's packed length per mode (`lengths["packed"]`, `lengths["packed_shared_prompt"]`):
+    modes = rows of `packed_row_length` tokens; from each example's packed length per mode (`lengths[mode]`):
     rows, `fill` (share of row positions holding a token) and `sequence_tokens_per_position` (tokens of the
     unpacked sequences per row position; above `fill` when shared prompts are stored once). The manifest records it."""
     fill = packing_efficiency([sequence_tokens], num_sequences, max_length)

@@ -192,7 +192,9 @@ class ShardWriter:
             "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
             "mirror_pairs": self.mirror_pairs(),
             "packing": efficiency_summary(
-                len(self.row_lengths), int(sum(self.row_lengths)), self.packed_lengths,
+                len(self.row_lengths),
+                int(sum(self.row_lengths)),
+                self.packed_lengths,
                 manifest.get("max_length") or max(self.max_row_length, 1),
                 self.group_size or 1,
             ),
