@@ -9,6 +9,7 @@ from jax.sharding import Mesh
 
 from data_pipeline.records.loader import PairBatchIterator, make_loader
 from data_pipeline.records.packed_loader import make_packed_loader
+from rpo_jax.attention import platform_of, resolve_attention, shared_prompt_attention
 from rpo_jax.batch_checks import validate_batch, validate_packed_batch
 from rpo_jax.config import Config, ConfigError
 from rpo_jax.packed_logps import PACKED_MODEL_FIELDS
@@ -42,7 +43,17 @@ def per_process_batch_size(cfg: Config, mesh: Mesh) -> int:
         raise ConfigError(
             f"data.global_batch_size={cfg.data.global_batch_size} does not divide over {jax.process_count()} processes"
         )
+    check_packing_attention(cfg, mesh)
     return cfg.data.global_batch_size // jax.process_count()
+
+
+def check_packing_attention(cfg: Config, mesh: Mesh) -> None:
+    """Shared-prompt rows need a mask cudnn and splash cannot express: an explicit choice of either raises now
+    (not at trace time); `auto` runs blockwise for them instead (`model.Llama`)."""
+    if cfg.data.packing == "packed_shared_prompt" and cfg.model.attention != "auto":
+        impl, _ = resolve_attention(cfg.model, platform_of(mesh))
+        if shared_prompt_attention(impl):
+            raise ConfigError(shared_prompt_attention(impl))
 
 
 def open_loader(

@@ -46,10 +46,12 @@ def _from_blocks(x_n):
 def _live_pairs(seg_q_nBb2, seg_k_nBb2):
     """[nq, nk] bool: some row of the batch has a (query, key) pair the mask allows in this block pair: equal
     segment ids, or the key's segment is the query's prefix. Conservative (range overlap of min..max per row), so a
-    skipped block is certainly fully masked."""
+    skipped block is certainly fully masked. Ids without the trailing (segment, prefix) axis are segment ids."""
+    if seg_q_nBb2.ndim == 3:
+        seg_q_nBb2, seg_k_nBb2 = seg_q_nBb2[..., None], seg_k_nBb2[..., None]
     k_lo, k_hi = seg_k_nBb2[..., 0].min(-1), seg_k_nBb2[..., 0].max(-1)  # [nk, B]
     live = False
-    for field in (0, 1):  # the query's own segment id, then its prefix id
+    for field in range(seg_q_nBb2.shape[-1]):  # the query's own segment id, then its prefix id
         q_lo, q_hi = seg_q_nBb2[..., field].min(-1), seg_q_nBb2[..., field].max(-1)  # [nq, B]
         live = live | ((q_lo[:, None] <= k_hi[None]) & (k_lo[None] <= q_hi[:, None]))  # [nq, nk, B]
     return live.any(-1)
