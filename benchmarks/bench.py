@@ -206,6 +206,7 @@ def run(args) -> int:
 
         result = packing_bench.run(args)
         print(packing_bench.summary(result))
+        packing_bench.plot(result, Path(args.plot_dir) / (args.plot_name or "bench_packing.png"))
         if args.output:
             _write_json(args.output, result)
         return 0

@@ -136,9 +136,12 @@ def validate_packed_batch(
         r, j, g = (int(i) for i in np.argwhere(live & (scored == 0))[0])
         raise BatchError(f"batch.scored_tokens: row {r}, slot {j}, sequence {g} ({ROW_NAMES[G][g]}) scores no token")
     seq, mask = np.asarray(batch["sequence_ids"]), np.asarray(batch["loss_mask"]) != 0
+    disagree = "batch.loss_mask / sequence_ids: scored tokens disagree with scored_tokens per sequence"
+    if (mask & (seq < 0)).any():
+        raise BatchError(disagree)
     counted = np.stack([np.bincount(s[m], minlength=J * G) for s, m in zip(seq, mask, strict=True)])
-    if (mask & (seq < 0)).any() or not np.array_equal(counted.reshape(R, J, G), scored):
-        raise BatchError("batch.loss_mask / sequence_ids: scored tokens disagree with scored_tokens per sequence")
+    if not np.array_equal(counted.reshape(R, J, G), scored):
+        raise BatchError(disagree)
     if mask[:, 0].any():
         raise BatchError("batch.loss_mask: a row scores position 0, which no logit predicts")
     if "ref_logps" in batch:

@@ -234,3 +234,30 @@ def test_packed_train_step_equals_unpacked(shared=True):
         assert records_out[0][key] == pytest.approx(ref_records[0][key], rel=1e-5), key
     assert records_out[0]["grad_norm"] == pytest.approx(ref_records[0]["grad_norm"], rel=1e-5)
     assert_trees_close(params, ref_params, atol=1e-6)
+
+
+def test_packed_batch_checks_name_the_problem():
+    from rpo_jax.batch_checks import BatchError, validate_packed_batch
+    from rpo_jax.config import LossConfig
+
+    records = _synthetic_records(3, 97, seed=2)
+    batch = layout_row(records, 64, 4, 0, True)
+    batch = {k: v[None] for k, v in batch.items() if k != "example_index"}
+    validate_packed_batch(batch, LossConfig())
+    bad = {**batch, "example_weight": np.ones_like(batch["example_weight"])}  # slot 3 is empty
+    with pytest.raises(BatchError, match="slot 3, sequence 0 .chosen. scores no token"):
+        validate_packed_batch(bad, LossConfig())
+    bad = {**batch, "loss_mask": np.roll(batch["loss_mask"], 1, axis=1)}
+    with pytest.raises(BatchError, match="disagree"):
+        validate_packed_batch(bad, LossConfig())
+
+
+@pytest.mark.parametrize("impl", ["cudnn", "splash"])
+def test_shared_prompt_mask_is_refused_by_kernels_that_cannot_express_it(impl):
+    from rpo_jax.attention import AttentionMask, attend
+    from rpo_jax.config import ConfigError
+
+    q = jnp.zeros((1, 8, 2, 8))
+    seg = jnp.ones((1, 8), jnp.int32)
+    with pytest.raises(ConfigError, match=f"model.attention={impl} cannot express"):
+        attend(impl, q, q, q, AttentionMask(seg, 1, seg), scale=1.0)
