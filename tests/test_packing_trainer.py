@@ -9,7 +9,7 @@ from trainer_fixtures import run_train, write_config
 
 pytestmark = pytest.mark.slow
 
-PACKED = {"packing": "packed_shared_prompt", "group_mirrors": True, "global_batch_size": 4}
+PACKED = {"packing": "packed_shared_prompt", "group_mirrors": True, "global_batch_size": 8}
 
 
 def metric_lines(run_dir):
@@ -27,7 +27,7 @@ def test_packed_run_resumes_exactly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     records = metric_lines(tmp_path / "full" / "run")
     assert [r["step"] for r in records] == [0, 1, 2, 3]
-    # Packed rows of 2 x 256 tokens hold more than one pair each: more pairs per step than the 4 rows.
+    # Packed rows of 2 x 256 tokens hold more than one pair each: more pairs per step than the 8 rows.
     assert all(r["num_tokens"] > 0 and r["loss"] > 0 for r in records)
 
     split = write_config(tmp_path / "split", steps=2, save_every=2, data_dir=data, **sections)
