@@ -32,9 +32,11 @@ REFERENCE_MODES = ("separate", "precomputed", "lora_base")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model (a preset or YAML, optionally with inline dimensions overriding it)")
-    m.add_argument("--model", default="tiny", help="preset name in configs/model/ or a YAML path (default tiny)")
+    m.add_argument("--model", default="tiny", help="preset name in configs/model/ or a YAML path")
     for flag in workload.INLINE_DIMS:
-        m.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None)
+        m.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None, help="override (default: the preset's)"
+        )
     m.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
@@ -43,23 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--remat", default="none", help="model.remat_policy (none, minimal, full, ...)")
     w = parser.add_argument_group("workload")
-    w.add_argument("--seq-len", type=int, default=256)
+    w.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     w.add_argument("--batch", type=int, default=4, help="preference groups per step (rows = batch·G)")
     w.add_argument("--loss", choices=tuple(workload.LOSS_TYPES), default="dpo", help="dpo/rpo: G=2, iopo: G=4")
-    w.add_argument("--reference", choices=REFERENCE_MODES, default="separate")
+    w.add_argument("--reference", choices=REFERENCE_MODES, default="separate", help="train.reference_mode")
     w.add_argument("--lora-rank", type=int, default=16, help="LoRA rank for --reference lora_base")
-    w.add_argument("--logits-chunk-size", type=int, default=1024)
-    w.add_argument("--vocab-chunk-size", type=int, default=0)
+    w.add_argument("--logits-chunk-size", type=int, default=1024, help="loss.logits_chunk_size")
+    w.add_argument("--vocab-chunk-size", type=int, default=0, help="loss.vocab_chunk_size (0 = whole vocabulary)")
     w.add_argument("--steps", type=int, default=5, help="timed steps (>= 5)")
     w.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic batch")
     w.add_argument(
         "--num-devices",
         type=int,
         default=0,
         help="devices in the mesh (default: 1 on CPU, where fake devices share the same cores; else all)",
     )
-    w.add_argument("--matmul-size", type=int, default=0, help="peak-FLOPs matmul size (default 2048 CPU, 8192 else)")
+    w.add_argument("--matmul-size", type=int, default=0, help="peak-FLOPs matmul size (0: 2048 on CPU, 8192 else)")
     parser.add_argument(
         "--compare",
         action="append",
@@ -67,19 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes; "
         "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py); "
-        "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py)",
+        "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py) (default: none)",
     )
     parser.add_argument("--pairs", default="", help="--compare packing: the pair JSONL to tokenize and train on")
     parser.add_argument(
         "--sweep",
         choices=("seq", "vocab", "size", "attention"),
         default=None,
-        help="run a scaling sweep instead (benchmarks/sweep.py)",
+        help="run a scaling sweep instead (benchmarks/sweep.py; default: one measurement)",
     )
-    parser.add_argument("--sweep-points", default="", help="comma-separated sweep values overriding the defaults")
+    parser.add_argument("--sweep-points", default="", help="comma-separated sweep values (default: the sweep's own)")
     parser.add_argument("--plot-dir", default=str(workload.REPO / "docs"), help="where sweep PNGs go")
-    parser.add_argument("--plot-name", default="", help="sweep PNG file name (default bench_sweep_<kind>.png)")
-    parser.add_argument("--output", default="", help="write the results as JSON here")
+    parser.add_argument("--plot-name", default="", help="sweep PNG file name (default: bench_sweep_<kind>.png)")
+    parser.add_argument("--output", default="", help="write the results as JSON here (default: print only)")
     parser.add_argument(
         "--run-budget-gb",
         type=float,

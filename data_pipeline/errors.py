@@ -8,3 +8,11 @@ bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input that the user can fix; the message names the file, line, setting or flag."""
+
+
+class DataFileError(UserError, FileNotFoundError):
+    """An input file or folder named by a setting or flag does not exist or cannot be read as what it should be."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output path named by a flag or setting already exists and is not replaced without being asked to."""

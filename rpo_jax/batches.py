@@ -43,13 +43,16 @@ def per_process_batch_size(cfg: Config, mesh: Mesh) -> int:
         raise ConfigError(
             f"data.global_batch_size={cfg.data.global_batch_size} does not divide over {jax.process_count()} processes"
         )
-    check_packing_attention(cfg, mesh)
+    check_packing_settings(cfg, mesh)
     return cfg.data.global_batch_size // jax.process_count()
 
 
-def check_packing_attention(cfg: Config, mesh: Mesh) -> None:
-    """Shared-prompt rows need a mask cudnn and splash cannot express: an explicit choice of either raises now
-    (not at trace time); `auto` runs blockwise for them instead (`model.Llama`)."""
+def check_packing_settings(cfg: Config, mesh: Mesh) -> None:
+    """Packed rows are G x max_length tokens, so length buckets have nothing to do; shared-prompt rows need a mask
+    cudnn and splash cannot express: an explicit choice of either raises now (not at trace time), `auto` runs
+    blockwise for them instead (`model.Llama`)."""
+    if cfg.data.packing != "none" and cfg.data.length_buckets:
+        raise ConfigError(f"data.length_buckets must be [] with data.packing={cfg.data.packing} (rows are not padded)")
     if cfg.data.packing == "packed_shared_prompt" and cfg.model.attention != "auto":
         impl, _ = resolve_attention(cfg.model, platform_of(mesh))
         if shared_prompt_attention(impl):

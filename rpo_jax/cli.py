@@ -24,10 +24,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("rpo_jax.commands.export_hf", "export a params checkpoint as a HuggingFace Llama folder"),
     "import-gguf": ("rpo_jax.commands.import_gguf", "convert a GGUF Llama file into a params checkpoint"),
     "generate": ("rpo_jax.commands.generate", "sample responses with a KV-cache sampler"),
-    "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / held-out pair evaluation"),
+    "serve": ("rpo_jax.commands.serve", "OpenAI-compatible chat server on the KV-cache sampler (local LLM judge)"),
+    "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / any prompt file / held-out pair evaluation"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
     "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, except where there is no value to show (None, or an empty string or
+    collection): those options' help says itself what happens without them ("default: ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        empty = isinstance(action.default, (str, dict, list, tuple)) and not action.default
+        if action.default is None or empty or action.default == argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def package_version() -> str:
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}")
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(
-        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
     )
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])

@@ -8,15 +8,24 @@ is `rpo_jax.config_loading`'s job.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import url_path_problem
+from rpo_jax.config_rules import PACKING_CHOICES, bound_problems
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
 class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown, or of the wrong type."""
+
+
+def check_bounds(section: str, settings) -> None:
+    """Raises ConfigError naming the first numeric setting of `section` outside its range (config_rules)."""
+    problems = bound_problems(section, dataclasses.asdict(settings))
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def check_local_path(path: str, setting: str) -> str:
@@ -42,6 +51,12 @@ class RopeConfig:
     def __post_init__(self):
         if self.rope_type not in ("default", "llama3"):
             raise ConfigError(f"model.rope_parameters.rope_type: unsupported {self.rope_type!r}")
+        check_bounds("model.rope_parameters", self)
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ConfigError(
+                f"model.rope_parameters.high_freq_factor ({self.high_freq_factor}) must be greater than "
+                f"low_freq_factor ({self.low_freq_factor}): llama3 scaling divides by their difference"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +86,12 @@ class ModelConfig:
     mlp_chunk_size: int = 0
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        check_bounds("model", self)
+        for name in ("bos_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)} is not a token id of a {self.vocab_size}-token vocabulary"
+                )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"model.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -84,8 +102,6 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be float32 or bfloat16, got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICY_NAMES:
             raise ConfigError(f"model.remat_policy must be one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}")
-        if self.mlp_chunk_size < 0:
-            raise ConfigError(f"model.mlp_chunk_size must be >= 0 (0 = whole rows), got {self.mlp_chunk_size}")
         if self.attention not in ATTENTION_NAMES:
             raise ConfigError(f"model.attention must be one of {ATTENTION_NAMES}, got {self.attention!r}")
 
@@ -110,10 +126,9 @@ class LoraConfig:
         bad = set(self.target_modules) - allowed
         if bad:
             raise ConfigError(f"lora.target_modules: unknown {sorted(bad)}; allowed {sorted(allowed)}")
-        if self.rank < 0:
-            raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        check_bounds("lora", self)
+        if self.rank > 0 and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty but lora.rank > 0: no layer would get adapters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +146,7 @@ class MeshConfig:
             raise ConfigError("mesh: at most one of data/fsdp/tensor may be -1")
         if any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+        check_bounds("mesh", self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,16 +173,15 @@ class DataConfig:
             check_local_path(getattr(self, name), f"data.{name}")
         if (self.pairs_path or self.eval_pairs_path) and not self.tokenizer_path:
             raise ConfigError("data.pairs_path / data.eval_pairs_path need data.tokenizer_path")
-        if self.truncation not in ("drop", "keep_start", "split"):
-            raise ConfigError(f"data.truncation must be drop, keep_start or split, got {self.truncation!r}")
-        if self.global_batch_size < 1:
-            raise ConfigError(f"data.global_batch_size must be >= 1, got {self.global_batch_size}")
-        if self.packing not in ("none", "packed", "packed_shared_prompt"):
-            raise ConfigError(f"data.packing must be none, packed or packed_shared_prompt, got {self.packing!r}")
-        if self.packing != "none" and self.length_buckets:
+        for name, allowed in (("truncation", ("drop", "keep_start", "split")), ("packing", PACKING_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_bounds("data", self)
+        bad_buckets = [b for b in self.length_buckets if not 1 <= b <= self.max_length]
+        if bad_buckets:
             raise ConfigError(
-                f"data.length_buckets pad unpacked batches; with data.packing={self.packing} every row is "
-                "G x data.max_length tokens: leave length_buckets empty"
+                f"data.length_buckets: {bad_buckets} not in [1, data.max_length={self.max_length}] (a bucket pads "
+                "a batch to its length; rows are at most max_length tokens)"
             )
 
 
@@ -192,6 +207,7 @@ class LossConfig:
     def __post_init__(self):
         if self.beta <= 0:
             raise ConfigError(f"loss.beta must be > 0, got {self.beta} (β = 0 leaves the loss stuck at ln 2)")
+        check_bounds("loss", self)
         if not self.loss_type:
             raise ConfigError("loss.loss_type is empty")
         unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
@@ -208,10 +224,9 @@ class LossConfig:
             )
         if self.rpo_margin_mode not in ("inside", "outside"):
             raise ConfigError(f"loss.rpo_margin_mode must be inside or outside, got {self.rpo_margin_mode!r}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.logits_chunk_size <= 0:
-            raise ConfigError(f"loss.logits_chunk_size must be positive, got {self.logits_chunk_size}")
+        weights = self.loss_weights
+        if any(not w >= 0 or math.isinf(w) for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"loss.loss_weights must be finite, >= 0 and not all 0, got {list(weights)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +248,7 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.moments_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"optim.moments_dtype must be float32 or bfloat16, got {self.moments_dtype!r}")
+        check_bounds("optim", self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,10 +273,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.reference_mode must be separate, lora_base, precomputed or none, got {self.reference_mode!r}"
             )
-        if self.grad_accum_steps < 1:
-            raise ConfigError(f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
-        if self.log_every < 1:
-            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        check_bounds("train", self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +283,9 @@ class CheckpointConfig:
     save_every: int = 50
     keep_last: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        check_bounds("checkpoint", self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,13 @@
 """Reading a `Config`: YAML files with `include:`, `section.key=value` overrides, and the shared config flags.
 
 Every value is checked against its dataclass field type while it is read; an unknown key or a wrong type raises
-`ConfigError` naming the dotted key. `config_to_dict` is the inverse (what checkpoints store).
+`ConfigError` naming the dotted key (a YAML syntax error names the file and line). `config_to_dict` is the
+inverse (what checkpoints store).
+
+Relative paths, one rule: a path setting (`PATH_SETTINGS`) written in a config file is read from the repository
+root (`REPO_ROOT`, the folder holding configs/, rpo_jax/ and data_pipeline/), wherever the command runs; a path
+given on the command line (`--set`, `--output-dir`) is read from the current directory, as a shell would. Both
+are stored absolute. `include:` names files relative to the including file.
 """
 
 from __future__ import annotations
@@ -15,8 +21,48 @@ from typing import Any
 
 import yaml
 
-from data_pipeline.files import local_path_arg
+from data_pipeline.files import local_path_arg, url_path_problem
 from rpo_jax.config import MESH_AXES, Config, ConfigError, MeshConfig
+
+# The settings holding a filesystem path, as (section, key).
+PATH_SETTINGS = (
+    ("data", "train_path"),
+    ("data", "eval_path"),
+    ("data", "pairs_path"),
+    ("data", "eval_pairs_path"),
+    ("data", "tokenizer_path"),
+    ("train", "output_dir"),
+    ("train", "init_checkpoint"),
+)
+
+
+# The source checkout this package runs from (configs/ beside rpo_jax/).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_root() -> Path:
+    """Where relative paths in config files are read from: `REPO_ROOT`; an installed copy without a checkout
+    has no repository (and no configs/), and then the current directory is used."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "configs").is_dir() else Path.cwd()
+
+
+def path_rule() -> str:
+    """The relative-path rule, for messages about a path that was not found."""
+    return (
+        f"relative paths in config files are read from the repository root {config_root()}, "
+        "those given with --set or --output-dir from the current directory"
+    )
+
+
+def absolute_paths(raw: dict, base: Path) -> dict:
+    """`raw` with each relative path setting made absolute against `base` ('' and URLs are left alone: '' means
+    unset, and a URL is refused by the config with its own message)."""
+    out = dict(raw)
+    for section, key in PATH_SETTINGS:
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and value and not url_path_problem(value) and not Path(value).is_absolute():
+            out[section] = {**out[section], key: str(base / value)}
+    return out
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -91,7 +137,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: include cycle")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _parse_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     includes = raw.pop("include", [])
@@ -103,27 +149,45 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge_dicts(merged, raw)
 
 
+def _parse_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte {e.object[e.start]:#04x})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p) or e
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from e
+
+
 def parse_override(override: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], value parsed as YAML so numbers/bools/lists get their types)."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like section.key=value")
     key, text = override.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(text) if text.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {override}: the value is not valid YAML ({getattr(e, 'problem', e)})") from e
 
 
 def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A Config from a nested dict and `a.b=value` overrides (relative override paths made absolute against the
+    current directory; the dict's own paths are taken as they are)."""
     for override in overrides:
         path, value = parse_override(override)
         update: dict = value
         for part in reversed(path):
             update = {part: update}
-        raw = merge_dicts(raw, update)
+        raw = merge_dicts(raw, absolute_paths(update, Path.cwd()))
     return _build(Config, raw, "")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Loads a YAML config (with includes) and applies `a.b=value` overrides."""
-    return config_from_dict(read_yaml(Path(path)), overrides)
+    """Loads a YAML config (with includes; its relative paths read from `REPO_ROOT`) and applies overrides."""
+    return config_from_dict(absolute_paths(read_yaml(Path(path)), config_root()), overrides)
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -183,7 +247,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config value (repeatable; unknown keys are errors)",
+        help="override a config value (repeatable; unknown keys are errors; default: none)",
     )
 
 

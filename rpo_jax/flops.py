@@ -10,9 +10,12 @@ Full fine-tune: policy forward+backward 3F, inline reference forward +1F. LoRA: 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rpo_jax.config import ModelConfig
+from rpo_jax.model import layer_weight_shapes
 
 # Published dense bf16 peaks (TFLOP/s per chip), algorithms.md §7; matched against `device.device_kind`.
 CHIP_PEAK_BF16_TFLOPS = {
@@ -29,15 +32,8 @@ CHIP_PEAK_BF16_TFLOPS = {
 
 def matmul_params(cfg: ModelConfig) -> int:
     """N: every matmul weight of the decoder plus the LM head (tied or not); embedding lookups are not matmuls."""
-    D, H, K, Dh, F = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-    )
-    per_layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
-    return cfg.num_hidden_layers * per_layer + D * cfg.vocab_size
+    per_layer = sum(math.prod(shape) for shape in layer_weight_shapes(cfg).values())
+    return cfg.num_hidden_layers * per_layer + cfg.hidden_size * cfg.vocab_size
 
 
 def forward_flops(cfg: ModelConfig, row_lengths: np.ndarray) -> float:

@@ -43,6 +43,8 @@ class GenerationSettings:
 
 
 def read_prompts(path: str | Path, raw: bool) -> list[dict]:
+    if not Path(path).is_file():
+        raise PromptFileError(f"{path}: no such prompts file (--prompts)")
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -112,6 +114,51 @@ def _prompt_ids(tokenizer, row: dict, settings: GenerationSettings, max_position
     return list(ids)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint ready to sample from, with its tokenizer and stop ids."""
+
+    tokenizer: object
+    model_config: object  # rpo_jax.config.ModelConfig
+    sampler: object  # rpo_jax.sampler.Sampler
+    eos_ids: tuple[int, ...]
+    pad_id: int
+
+
+def load_for_sampling(
+    checkpoint: str | Path,
+    tokenizer_dir: str | Path,
+    mesh_cfg: MeshConfig | None = None,
+    use_lora: bool = True,
+    raw_prompt: bool = False,
+) -> LoadedModel:
+    """Loads a params checkpoint or HF folder onto a mesh and its tokenizer (which must have a chat template
+    unless `raw_prompt`), for `generate_responses` and `rpo-jax serve`."""
+    from flax import nnx
+    from transformers import AutoTokenizer
+
+    from rpo_jax.io.params import load_checkpoint
+    from rpo_jax.model import Llama
+    from rpo_jax.sampler import Sampler
+    from rpo_jax.sharding import make_mesh
+
+    tokenizer_dir = Path(tokenizer_dir)
+    if not Path(checkpoint).exists():
+        raise UserError(f"{checkpoint}: no such checkpoint or HF folder (--checkpoint / --model)")
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"{tokenizer_dir}: no such tokenizer folder (--tokenizer)")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if not raw_prompt and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{tokenizer_dir}: tokenizer has no chat template; pass --raw-prompt to use prompts as-is")
+    mesh = make_mesh(mesh_cfg or MeshConfig())
+    cfg, lora, state = load_checkpoint(checkpoint, mesh)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(cfg, lora, rngs=nnx.Rngs(0))))
+    sampler = Sampler(nnx.merge(graphdef, state), mesh, use_lora=use_lora)
+    eos_ids = stop_token_ids(tokenizer, tokenizer_dir, cfg.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    return LoadedModel(tokenizer, cfg, sampler, eos_ids, int(pad_id))
+
+
 def generate_responses(
     checkpoint: str,
     tokenizer_dir: str | Path,
@@ -123,29 +170,16 @@ def generate_responses(
     """Samples `settings.num_samples` responses per prompt and writes them to `output_path`; returns a summary
     (responses, generated tokens, finish reasons, seconds, tokens/s)."""
     import jax
-    from flax import nnx
-    from transformers import AutoTokenizer
 
-    from rpo_jax.io.params import load_checkpoint
-    from rpo_jax.model import Llama
-    from rpo_jax.sampler import Sampler, SamplingParams, truncate_at_stop
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.sampler import SamplingParams, truncate_at_stop
 
     rows = read_prompts(prompts_path, settings.raw_prompt)
-    tokenizer_dir = Path(tokenizer_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    if not settings.raw_prompt and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{tokenizer_dir}: tokenizer has no chat template; pass --raw-prompt to use prompts as-is")
-    mesh = make_mesh(mesh_cfg or MeshConfig())
-    cfg, lora, state = load_checkpoint(checkpoint, mesh)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(cfg, lora, rngs=nnx.Rngs(0))))
-    sampler = Sampler(nnx.merge(graphdef, state), mesh, use_lora=settings.use_lora)
-    eos_ids = stop_token_ids(tokenizer, tokenizer_dir, cfg.eos_token_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    loaded = load_for_sampling(checkpoint, tokenizer_dir, mesh_cfg, settings.use_lora, settings.raw_prompt)
+    tokenizer, cfg, sampler = loaded.tokenizer, loaded.model_config, loaded.sampler
     params = SamplingParams(
         max_new_tokens=settings.max_new_tokens,
-        eos_ids=eos_ids,
-        pad_id=int(pad_id),
+        eos_ids=loaded.eos_ids,
+        pad_id=loaded.pad_id,
         temperature=settings.temperature,
         top_k=settings.top_k,
         top_p=settings.top_p,

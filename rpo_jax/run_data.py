@@ -17,6 +17,7 @@ from data_pipeline.records.prepare import ensure_shards
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax import distributed
 from rpo_jax.config import Config, ConfigError
+from rpo_jax.run_summary import dropped_share_note
 
 
 def check_output_dir(path: str) -> Path:
@@ -50,15 +51,22 @@ def prepare_run_data(cfg: Config) -> Config:
         ),
     )
     settings = TruncationSettings(max_length=cfg.data.max_length, mode=cfg.data.truncation)
-    for pairs, target in ((cfg.data.pairs_path, cfg.data.train_path), (cfg.data.eval_pairs_path, cfg.data.eval_path)):
+    datasets = (
+        ("data.pairs_path", cfg.data.pairs_path, cfg.data.train_path),
+        ("data.eval_pairs_path", cfg.data.eval_pairs_path, cfg.data.eval_path),
+    )
+    for setting, pairs, target in datasets:
         if pairs and jax.process_index() == 0:
-            manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings)
+            manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings, setting=setting)
             if rebuilt:
                 counts = manifest["counts"]
                 print(
                     f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}",
                     flush=True,
                 )
+            note = dropped_share_note(manifest, pairs, cfg.data.max_length, cfg.data.truncation)
+            if note:
+                print(note, flush=True)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

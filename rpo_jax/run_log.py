@@ -1,4 +1,5 @@
-"""Run outputs on process 0: metrics.jsonl (append-only, truncated back on resume), progress bar, report.png."""
+"""Run outputs on process 0: metrics.jsonl (append-only, truncated back on resume), progress bar, report.png
+(titled with run, model and loss; raw and smoothed training curves, held-out points, the learning rate)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-REPORT_PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+REPORT_PANELS = (
+    ("loss", "loss"),
+    ("rewards/accuracies", "reward accuracy"),
+    ("rewards/margins", "reward margin"),
+    ("learning_rate", "learning rate"),
+)
+# Weight of the exponential moving average drawn over the raw training curves (TensorBoard's default 0.6 is too
+# little for per-step preference metrics of small batches).
+SMOOTHING = 0.9
 
 
 class TensorBoardLog:
@@ -111,30 +120,74 @@ class Progress:
         )
         self.bar.update(1)
 
+    def write(self, text: str) -> None:
+        """A line above the bar (the bar is redrawn below it)."""
+        self.bar.write(text)
+
     def close(self) -> None:
         self.bar.close()
 
 
-def write_report(records: list[dict], path: str | Path) -> None:
-    """report.png: loss, reward accuracy and margins against step, train and held-out eval."""
+def smoothed(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard draws it): the first points are not pulled to 0."""
+    out, average, norm = [], 0.0, 0.0
+    for value in values:
+        average = weight * average + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        out.append(average / norm)
+    return out
+
+
+def report_title(cfg, output_dir: str | Path) -> str:
+    """'<run folder> | <model> | loss rpo (beta 0.1)' for the top of report.png."""
+    m = cfg.model
+    model = Path(cfg.train.init_checkpoint).name if cfg.train.init_checkpoint else "random init"
+    shape = f"Llama {m.num_hidden_layers}x{m.hidden_size}, {m.vocab_size} vocab"
+    lora = f", LoRA rank {cfg.lora.rank}" if cfg.lora.rank else ""
+    losses = " + ".join(
+        name if weight == 1 else f"{weight:g}*{name}" for name, weight in zip(cfg.loss.loss_type, cfg.loss.loss_weights)
+    )
+    return f"{Path(output_dir).name} | {model} ({shape}{lora}) | loss {losses} (beta {cfg.loss.beta:g})"
+
+
+def write_report(records: list[dict], path: str | Path, *, title: str = "") -> None:
+    """report.png (written atomically) of `report_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(records, title)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report_figure(records: list[dict], title: str = ""):
+    """Loss, reward accuracy, margins (train raw and smoothed, held-out) and learning rate against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(REPORT_PANELS), figsize=(5 * len(REPORT_PANELS), 3.6))
-    for ax, (key, title) in zip(axes, REPORT_PANELS):
-        for prefix, style in (("", "-"), ("eval/", "o-")):
-            points = [(r["step"], r[prefix + key]) for r in records if prefix + key in r]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, style, label="held-out" if prefix else "train", markersize=3)
-        ax.set_title(title)
+    fig, axes = plt.subplots(1, len(REPORT_PANELS), figsize=(4.6 * len(REPORT_PANELS), 3.8))
+    for ax, (key, name) in zip(axes, REPORT_PANELS):
+        train = [(r["step"], r[key]) for r in records if key in r]
+        if train:
+            steps, values = zip(*train)
+            if key == "learning_rate":
+                ax.plot(steps, values, "-", color="C2", label="train")
+            else:
+                ax.plot(steps, values, "-", color="C0", alpha=0.3, linewidth=1, label="train (raw)")
+                ax.plot(steps, smoothed(list(values)), "-", color="C0", label=f"train (EMA {SMOOTHING})")
+        held_out = [(r["step"], r["eval/" + key]) for r in records if "eval/" + key in r]
+        if held_out:
+            steps, values = zip(*held_out)
+            ax.plot(steps, values, "o-", color="C1", markersize=3, label="held-out")
+        ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if train or held_out:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from data_pipeline.errors import UserError
 from rpo_jax.config import MESH_AXES, MeshConfig
 
 # Logical axis -> mesh axis (None = replicated). Every logical name used by a parameter must appear here.
@@ -29,7 +30,7 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
 BATCH_AXES = ("data", "fsdp")
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A parameter cannot be placed on the mesh as the rules ask."""
 
 

@@ -16,54 +16,44 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipeline.records.loader import dataset_fingerprint
+from data_pipeline.errors import UserError
 from data_pipeline.records.shards import read_manifest
 from rpo_jax import distributed
 from rpo_jax.attention import describe_attention
 from rpo_jax.batches import model_inputs, open_loader, per_process_batch_size, to_global
-from rpo_jax.config import Config, ConfigError
+from rpo_jax.config import Config
 from rpo_jax.config_loading import config_to_dict
 from rpo_jax.evaluation import pair_metrics
-from rpo_jax.io.checkpoints import StepCheckpointer, abstract_like, check_resume_compatible
+from rpo_jax.io.checkpoints import StepCheckpointer, abstract_like
+from rpo_jax.io.hf_chat_files import run_chat_files
 from rpo_jax.io.hf_export import export_hf
 from rpo_jax.losses import finalize_metrics
 from rpo_jax.optim import make_optimizer
 from rpo_jax.policy import build_policy
 from rpo_jax.precompute import ensure_reference_logps
+from rpo_jax.preflight import check_run_inputs
+from rpo_jax.resume import ResumeRequest, restore_for_resume, run_fingerprints
 from rpo_jax.run_data import check_output_dir, prepare_run_data
-from rpo_jax.run_log import MetricsLog, Progress, TensorBoardLog, require_tensorboard, write_report
+from rpo_jax.run_dir import prepare_output_dir
+from rpo_jax.run_log import MetricsLog, Progress, TensorBoardLog, report_title, write_report
+from rpo_jax.run_summary import closing_summary, eval_line
 from rpo_jax.sharding import batch_shardings, make_mesh
 from rpo_jax.train_step import init_train_state, make_eval_step, make_train_step
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(UserError, RuntimeError):
     """Too many consecutive non-finite steps; the last good checkpoint is intact."""
 
 
-def _check_data_settings(cfg: Config) -> None:
-    """Data paths and the settings that need them, before anything compiles."""
-    if not cfg.data.train_path:
-        raise ConfigError("data.train_path is empty: point it at a directory written by `rpo-jax tokenize`")
-    if not (Path(cfg.data.train_path) / "manifest.json").is_file():
-        raise ConfigError(f"data.train_path={cfg.data.train_path}: no manifest.json (not a tokenized dataset)")
-    if cfg.train.tensorboard:
-        require_tensorboard()
-    if cfg.train.eval_every and not cfg.data.eval_path:
-        raise ConfigError("train.eval_every > 0 needs data.eval_path")
-
-
 class Trainer:
-    def __init__(
-        self, cfg: Config, *, resume: bool = False, allow_config_change: bool = False, allow_data_change: bool = False
-    ):
+    def __init__(self, cfg: Config, *, resume: ResumeRequest | None = None):
         self.cfg = cfg
         distributed.maybe_initialize()
         self.mesh = make_mesh(cfg.mesh)
-        _check_data_settings(cfg)
         self.per_process_batch = per_process_batch_size(cfg, self.mesh)
         self.is_main = jax.process_index() == 0
         self.output_dir = check_output_dir(cfg.train.output_dir)
-        self.data_fingerprint = dataset_fingerprint(cfg.data.train_path)
+        self.fingerprints = run_fingerprints(cfg)
         self.ref_logps = ensure_reference_logps(cfg) if cfg.train.reference_mode == "precomputed" else {}
         self.loader = open_loader(
             cfg,
@@ -85,38 +75,39 @@ class Trainer:
         self._step_fns: dict = {}
         self._eval_fn = None
         self.start_step = 0
-        if resume:
-            self._resume(allow_config_change, allow_data_change)
+        if resume is not None:
+            self._resume(resume)
         if cfg.train.tensorboard and self.is_main:
             self.metrics_log.mirror = TensorBoardLog(
-                self.output_dir / "tensorboard", purge_step=self.start_step if resume else None
+                self.output_dir / "tensorboard", purge_step=self.start_step if resume is not None else None
             )
-            if resume:  # evals at the resume step survive in the JSON lines, but the purge hides them
+            if resume is not None:  # evals at the resume step survive in the JSON lines, but the purge hides them
                 for record in self.metrics_log.read():
                     if record["step"] == self.start_step:
                         self.metrics_log.mirror.write(record)
         self._stop_requested = False
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def _resume(self, allow_config_change: bool, allow_data_change: bool) -> None:
-        step = self.checkpointer.latest_step()
-        if step is None:
+    def _resume(self, request: ResumeRequest) -> None:
+        """Continues from a verified checkpoint (see rpo_jax.resume); with none, starts fresh."""
+        abstract = abstract_like(self.state)
+        restore = lambda step: self.checkpointer.restore(step, abstract)
+        found = restore_for_resume(self.checkpointer, restore, request, self.config_dict, self.fingerprints, self.say)
+        if found is None:
+            self.metrics_log.truncate_to(0)  # lines of an attempt killed before its first checkpoint
             return
-        meta = self.checkpointer.read_meta(step)
-        check_resume_compatible(
-            meta,
-            self.config_dict,
-            self.data_fingerprint,
-            allow_config_change=allow_config_change,
-            allow_data_change=allow_data_change,
-        )
-        self.state, iter_state, _ = self.checkpointer.restore(step, abstract_like(self.state))
+        step, (self.state, iter_state, _) = found
         self.loader.set_state(iter_state)
         self.start_step = step
         self.metrics_log.truncate_to(step)
+        self.say(f"resumed from step {step} of {self.cfg.train.steps}")
+
+    def say(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
 
     def save(self, step: int, *, force: bool = False) -> None:
-        meta = {"config": self.config_dict, "data_fingerprint": self.data_fingerprint, "step": step}
+        meta = {"config": self.config_dict, **self.fingerprints, "step": step}
         self.checkpointer.save(step, self.state, self.loader.get_state(), meta, force=force)
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -200,7 +191,7 @@ class Trainer:
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
         pending = None  # (step, metrics future, tokens)
         if cfg.train.eval_every and self.start_step == 0:
-            self.metrics_log.write({"step": 0, **self.evaluate()})  # the baseline: policy == reference
+            self._log_eval(0, progress)  # the baseline: policy == reference
         self._last_done = time.perf_counter()
         try:
             for step in range(self.start_step, cfg.train.steps):
@@ -211,12 +202,13 @@ class Trainer:
                 pending = (step, metrics, tokens)
                 done = step + 1
                 must_save = done % cfg.checkpoint.save_every == 0 or done == cfg.train.steps or self._stop_requested
-                must_eval = bool(cfg.train.eval_every) and done % cfg.train.eval_every == 0
+                # The final model is always evaluated, whether or not eval_every divides train.steps.
+                must_eval = bool(cfg.train.eval_every) and (done % cfg.train.eval_every == 0 or done == cfg.train.steps)
                 if must_save or must_eval:
                     self._flush(pending, progress)
                     pending = None
                 if must_eval:
-                    self.metrics_log.write({"step": done, **self.evaluate()})
+                    self._log_eval(done, progress)
                 if must_save:
                     self.save(done, force=self._stop_requested)
                 if must_save or must_eval:
@@ -232,6 +224,12 @@ class Trainer:
             self.checkpointer.wait()
             signal.signal(signal.SIGTERM, previous)
         return self.metrics_log.read()
+
+    def _log_eval(self, done: int, progress: Progress) -> None:
+        record = {"step": done, **self.evaluate()}
+        self.metrics_log.write(record)
+        if self.is_main:
+            progress.write(eval_line(record))
 
     def _flush(self, pending, progress: Progress) -> None:
         """Pulls a step's metrics (blocking until it finished); its time is since the previous step finished."""
@@ -256,7 +254,7 @@ class Trainer:
             params = multihost_utils.process_allgather(params, tiled=True)
         if not self.is_main:
             return None
-        write_report(records, self.output_dir / "report.png")
+        write_report(records, self.output_dir / "report.png", title=report_title(self.cfg, self.output_dir))
         export_dir = self.output_dir / "hf"
         if export_dir.exists():  # a re-run of a finished run replaces its export
             shutil.rmtree(export_dir)
@@ -268,16 +266,29 @@ class Trainer:
             self.cfg.lora,
             export_dir,
             tokenizer_dir=tokenizer if Path(tokenizer).is_dir() else None,
+            extra_files=run_chat_files(self.cfg),
         )
         return export_dir
 
 
-def train(
-    cfg: Config, *, resume: bool = False, allow_config_change: bool = False, allow_data_change: bool = False
-) -> Path | None:
-    """The whole run: output folder checked, data tokenized when needed, trained, exported; returns the HF
-    export folder (on process 0)."""
-    check_output_dir(cfg.train.output_dir)  # before tokenizing into it or compiling anything
+def train(cfg: Config, *, resume: ResumeRequest | None = None, overwrite: bool = False) -> Path | None:
+    """The whole run: settings, inputs and output folder checked, data tokenized when needed, trained,
+    exported, summarised; returns the HF export folder (on process 0)."""
+    started = time.perf_counter()
+    check_run_inputs(cfg)  # before tokenizing into it or compiling anything
+    prepare_output_dir(cfg.train.output_dir, resume=resume is not None, overwrite=overwrite)
     cfg = prepare_run_data(cfg)
-    trainer = Trainer(cfg, resume=resume, allow_config_change=allow_config_change, allow_data_change=allow_data_change)
-    return trainer.finish(trainer.fit())
+    trainer = Trainer(cfg, resume=resume)
+    records = trainer.fit()
+    export_dir = trainer.finish(records)
+    trainer.say(
+        closing_summary(
+            records,
+            total_steps=cfg.train.steps,
+            output_dir=trainer.output_dir,
+            seconds=time.perf_counter() - started,
+            latest_checkpoint=trainer.checkpointer.latest_step(),
+            export_dir=export_dir,
+        )
+    )
+    return export_dir

@@ -98,7 +98,10 @@ def test_bad_input_names_file_line_field_or_is_counted(tmp_path, capsys, reason)
     assert _cli(*args, "--output", str(tmp_path / "out")) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    assert _cli(*args, "--output", str(tmp_path / "out"), "--skip-bad") == 0
+    # One good instruction with one response makes no pair: an error naming why, unless --allow-empty.
+    assert _cli(*args, "--output", str(tmp_path / "out"), "--skip-bad") == 2
+    assert "0 rpo records" in capsys.readouterr().err
+    assert _cli(*args, "--output", str(tmp_path / "out"), "--skip-bad", "--allow-empty") == 0
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["bad_input"]["by_reason"] == {reason: 1}
     outcomes = stats["responses"]["by_outcome"]
@@ -141,3 +144,49 @@ def test_crash_mid_write_leaves_no_dataset_and_keeps_the_old_one(tmp_path, pool,
         _cli(*args, "--output", str(tmp_path / "out"), "--overwrite", "--min-g", "1")
     assert (tmp_path / "out" / "pairs.jsonl").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_zero_pairs_is_an_error_naming_the_main_drop_reason(tmp_path, capsys):
+    # IFEval prompts with 1-2 constraints can never differ on 3: at the default --min-g 3 nothing is emitted.
+    instructions, responses, _ = write_ifeval_pool(tmp_path, min_constraints=1, limit=6)
+    rows = [json.loads(line) for line in instructions.read_text().splitlines()]
+    instructions.write_text("".join(json.dumps(r) + "\n" for r in rows if len(r["instruction_id_list"]) <= 2))
+    args = ["--recipe", "rpo", "--input", str(instructions), "--responses", str(responses)]
+    assert _cli(*args, "--output", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "(--min-g 3)" in err and "--allow-empty" in err
+    assert "'pair_hamming_below_min_g'" in err
+    assert not (tmp_path / "out").exists()
+    assert _cli(*args, "--output", str(tmp_path / "out"), "--allow-empty") == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["emitted_records"] == 0 and stats["settings"]["allow_empty"] is True
+
+
+def test_missing_input_and_unconfigured_judge_are_one_line_errors(tmp_path, capsys):
+    free_form = {
+        "id": "f",
+        "turns": [{"role": "user", "content": "Write."}],
+        "constraints": [{"id": "a", "type": "free_form", "text": "Be kind."}],
+    }
+    (tmp_path / "ins.jsonl").write_text(json.dumps(free_form) + "\n")
+    (tmp_path / "resp.jsonl").write_text(json.dumps({"key": "f", "response": "Hello."}) + "\n")
+    base = ["--recipe", "rpo", "--output", str(tmp_path / "out")]
+    for args, message in (
+        (["--input", str(tmp_path / "nope.jsonl"), "--responses", str(tmp_path / "resp.jsonl")], "no such input file"),
+        (["--input", str(tmp_path / "ins.jsonl"), "--responses", str(tmp_path / "resp.jsonl")], "--judge-base-url"),
+    ):
+        assert _cli(*base, *args) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_held_out_split_is_stable_when_a_group_comes_or_goes():
+    from types import SimpleNamespace
+
+    records = [SimpleNamespace(group_id=f"g{i}") for i in range(200) for _ in range(2)]
+    _, held_out = build_pairs.split_by_group(records, 0.1, seed=0)
+    before = {r.group_id for r in held_out}
+    assert len(before) == 20
+    for change in (records + [SimpleNamespace(group_id="new")], [r for r in records if r.group_id != "g7"]):
+        _, held_out = build_pairs.split_by_group(change, 0.1, seed=0)
+        assert len(before ^ {r.group_id for r in held_out}) <= 2  # at most one group in, one out

@@ -180,7 +180,7 @@ def test_render_is_deterministic_and_names_parameters():
 
 
 def test_constrained_response_options_match_ifeval():
-    from data_pipeline.constraints.ifeval_lib import instructions
+    from if_verifiable.ifeval import instructions
 
     assert CONSTRAINED_RESPONSE_OPTIONS == instructions._CONSTRAINED_RESPONSE_OPTIONS
 

@@ -1,5 +1,6 @@
-"""`rpo-jax eval`: IF suites on given responses, the ifbench refusal of uncheckable ids, and the pairs suite on a
-tiny model given as params checkpoints or as HF folders."""
+"""`rpo-jax eval`: IF suites and any prompt file on given responses (per-prompt verdicts, summaries, missing rows,
+language scope, one-line errors), the ifbench refusal of uncheckable ids, and the pairs suite on a tiny model
+given as params checkpoints or as HF folders."""
 
 import json
 import re
@@ -17,23 +18,85 @@ ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 
 
 def test_ifeval_on_given_responses_reproduces_gpt4(tmp_path, capsys):
-    out = tmp_path / "results.json"
-    code = main(
-        [
-            "eval",
-            "--suite",
-            "ifeval",
-            "--responses",
-            str(ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl"),
-            "--output",
-            str(out),
-        ]
-    )
-    assert code == 0
+    out, per_prompt = tmp_path / "results.json", tmp_path / "verdicts.jsonl"
+    gpt4 = str(ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl")
+    argv = ["eval", "--suite", "ifeval", "--responses", gpt4, "--output", str(out), "--per-prompt", str(per_prompt)]
+    # One prompt has no response and one response has no prompt: an error until allowed.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "[2785]" in err and "--allow-missing" in err
+    assert main([*argv, "--allow-missing"]) == 0
     results = json.loads(out.read_text())
-    assert results["prompt_level_strict_acc"] == pytest.approx(0.7722, abs=0.005)
-    assert results["prompt_level_loose_acc"] == pytest.approx(0.7981, abs=0.005)
-    assert "prompt_level_strict_acc" in capsys.readouterr().out
+    assert results["prompt_level_strict_acc"] == pytest.approx(0.7722, abs=0.002)
+    assert results["prompt_level_loose_acc"] == pytest.approx(0.7981, abs=0.002)
+    assert results["by_instruction_id"]["punctuation:no_comma"]["instructions"] > 0
+    assert set(results["by_num_constraints"]) == {"1", "2", "3"}
+    printed = capsys.readouterr().out
+    assert (
+        "prompt_level_strict_acc" in printed
+        and "by instruction id:" in printed
+        and "by number of constraints:" in printed
+    )
+    lines = [json.loads(line) for line in per_prompt.read_text().splitlines()]
+    assert len(lines) == 541 and [row for row in lines if not row["has_response"]][0]["key"] == 2785
+    first = lines[0]
+    assert first["key"] == 1000 and [i["id"] for i in first["instructions"]][0] == "punctuation:no_comma"
+    assert first["instructions"][0]["strict"] in (True, False) and "loose" in first["instructions"][0]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_any_prompt_file_with_languages_and_skip_bad(tmp_path, capsys):
+    prompts = _write_rows(
+        tmp_path / "mine.jsonl",
+        [
+            {"key": "a", "prompt": "Say hi.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+            {"key": "b", "prompt": "Di hola.", "instruction_id_list": ["es:punctuation:no_comma"], "kwargs": [{}]},
+            {
+                "key": "c",
+                "prompt": "挨拶して",
+                "language": "ja",
+                "instruction_id_list": ["punctuation:no_comma"],
+                "kwargs": [{}],
+            },
+        ],
+    )
+    responses = _write_rows(
+        tmp_path / "r.jsonl",
+        [
+            {"prompt": "Say hi.", "response": "Hi there."},
+            {"prompt": "Di hola.", "response": "Hola, amigo."},
+            {"prompt": "挨拶して", "response": "こんにちは、元気です。"},
+        ],
+    )
+    argv = ["eval", "--prompts", str(prompts), "--responses", str(responses)]
+    assert main(argv) == 2  # the Japanese row is refused, not judged by the ASCII-comma rule
+    err = capsys.readouterr().err
+    assert "mine.jsonl:3: field 'instruction_id_list[0]'" in err and "'ja'" in err and "--skip-bad" in err
+    out = tmp_path / "out.json"
+    assert main([*argv, "--skip-bad", "--allow-missing", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["num_prompts_scored"] == 2 and results["prompt_level_strict_acc"] == 0.5
+    assert results["prompts_skipped_bad_by_reason"] == {"unsupported_language": 1}
+    assert results["prompt_keys_skipped_bad"] == ["c"] and results["response_lines_without_prompt"] == [3]
+    assert "skipped 1 bad prompt(s) (unsupported_language: 1)" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"key": 1,\n')
+    for argv in (
+        ["eval", "--prompts", str(tmp_path / "nope.jsonl"), "--responses", str(bad_json)],
+        ["eval", "--prompts", str(bad_json), "--responses", str(bad_json)],
+        ["eval", "--responses", str(bad_json)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "--prompts" in err or "--suite" in err
 
 
 def test_ifbench_names_the_ids_it_cannot_check(tmp_path, capsys):

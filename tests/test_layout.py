@@ -25,8 +25,6 @@ ALLOWED = {
     "rpo_jax.commands": {"rpo_jax", "data_pipeline"},
     "rpo_jax": {"rpo_jax", "data_pipeline.records", *BASE},
 }
-# Third-party checker code carried until the registry package replaces it (issue 16); not our modules.
-VENDORED = ("data_pipeline/constraints/ifeval_lib/", "data_pipeline/constraints/ifbench_lib/")
 MAX_MODULE_LINES = 300
 MAX_COMMAND_LINES = 80
 
@@ -35,8 +33,6 @@ def modules(package: str) -> list[tuple[str, Path]]:
     out = []
     for path in sorted((REPO / package).rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if rel.startswith(VENDORED):
-            continue
         name = rel[:-3].replace("/", ".").removesuffix(".__init__")
         out.append((name, path))
     return out

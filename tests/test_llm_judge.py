@@ -200,3 +200,53 @@ def test_build_pairs_with_free_form_constraints(tmp_path):
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["responses"]["by_outcome"]["in_pair"] == 3 and stats["judge"]["parse_errors"] == 0
     assert stats["constraint_types"]["free_form"] == {"seen": 4, "reversed_in_prompts": 6, "non_reversible_skipped": 0}
+
+
+def test_connection_refused_fails_at_once_and_timeouts_are_retried(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sleeps: list[float] = []
+    judge = LLMJudge(JudgeConfig(f"http://127.0.0.1:{port}/v1", "m", tmp_path / "c"), sleep=sleeps.append)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match="connection refused") as err:
+        judge.judge("Q", "R", ["x"])
+    assert time.monotonic() - start < 5 and sleeps == [] and judge.counts["requests"] == 1
+    assert "rpo-jax serve" in str(err.value)
+
+    def slow(index, body):
+        if index == 0:
+            time.sleep(0.5)  # longer than the client's timeout
+        return 200, '{"judgements": [true]}'
+
+    with FakeServer(slow) as server:
+        judge = _judge(server, tmp_path / "t", timeout_s=0.2, sleeps=sleeps)
+        assert judge.judge("Q", "R", ["x"]) == [True]
+        assert judge.counts["retries"] == 1 and sleeps == [0.01]
+
+
+def test_judge_errors_are_one_line_user_errors(tmp_path, capsys, monkeypatch):
+    from rpo_jax.cli import main
+
+    instruction = {
+        "id": "f",
+        "turns": [{"role": "user", "content": "Write."}],
+        "constraints": [{"id": "a", "type": "free_form", "text": "Be kind."}],
+    }
+    (tmp_path / "ins.jsonl").write_text(json.dumps(instruction) + "\n")
+    (tmp_path / "resp.jsonl").write_text(json.dumps({"key": "f", "response": "Hello."}) + "\n")
+    base = ["build-pairs", "--recipe", "rpo", "--input", str(tmp_path / "ins.jsonl")]
+    base += ["--responses", str(tmp_path / "resp.jsonl"), "--output", str(tmp_path / "out")]
+    monkeypatch.delenv("RPO_ABSENT_KEY", raising=False)
+    for extra, message in (
+        (["--judge-base-url", "localhost:1/v1", "--judge-model", "m"], "must start with http://"),
+        (["--judge-base-url", "http://127.0.0.1:1/v1", "--judge-model", "m", "--judge-max-workers", "0"], ">= 1"),
+        (["--judge-base-url", "http://x/v1", "--judge-model", "m", "--judge-api-key-env", "RPO_ABSENT_KEY"], "not set"),
+        (["--judge-base-url", "http://127.0.0.1:1/v1", "--judge-model", "m"], "connection refused"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, err

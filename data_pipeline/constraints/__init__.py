@@ -1,9 +1,11 @@
 """Verifiable constraints: what a response must satisfy, how to check it, how to reverse it, how to score it.
 
 `constraint` (the `Constraint` type with `check` / `reverse` / `render`, re-exported here), `params` (parameter
-schemas), `reversal` (the `rpo:*` reversed ids), `ifeval` / `ifbench` (checker adapters), `scoring` (IFEval and
-IFBench accuracies of a responses file) and `llm_judge` (free-form constraints through an OpenAI-compatible
-endpoint). The bottom wing: imports nothing else from data_pipeline but `files` and `errors`.
+schemas), `reversal` (the `rpo:*` reversed ids), `ifeval` / `ifbench` (adapters of the `if-verifiable` registry
+package's checkers), `languages` (which languages each checker judges), `prompt_files` / `scoring` /
+`score_report` / `if_eval` (accuracies of a responses file on any IFEval-format prompt file) and `llm_judge`
+(free-form constraints through an OpenAI-compatible endpoint). The bottom wing: imports nothing else from
+data_pipeline but `files` and `errors`.
 """
 
 from data_pipeline.constraints.constraint import (
@@ -18,6 +20,7 @@ from data_pipeline.constraints.constraint import (
     render,
     reverse,
 )
+from data_pipeline.constraints.languages import UnsupportedLanguageError
 
 __all__ = [
     "NON_REVERSIBLE_TYPES",
@@ -30,4 +33,5 @@ __all__ = [
     "is_reversible",
     "render",
     "reverse",
+    "UnsupportedLanguageError",
 ]

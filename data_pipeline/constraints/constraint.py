@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from data_pipeline.constraints.ifeval import ifeval_check, ifeval_description
+from data_pipeline.constraints.languages import refuse_unjudged, row_language
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
 from data_pipeline.constraints.reversal import NEGATED_BASE, NEGATION_OF, render_negation
 
@@ -153,11 +154,12 @@ def is_reversible(type: str) -> bool:  # noqa: A002 - the published API names it
     return type in REVERSIBLE_TYPES
 
 
-def ifeval_row_entries(row: dict, source: str, line: int) -> list[tuple[str, dict]]:
-    """(instruction id, kwargs) pairs of an IFEval/IFBench-format row, shape-checked; None kwargs dropped.
+def ifeval_row_entries(row: dict, source: str, line: int) -> tuple[str, list[tuple[str, dict]]]:
+    """(the row's language, its (instruction id, kwargs) pairs), shape-checked; None kwargs dropped.
 
-    kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None).
-    The ids and parameters themselves are validated by the caller.
+    kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None). A
+    language prefix on an id (`es:keywords:existence`) is taken off the id and gives the row's language, as a
+    `language` field does (`languages.row_language`). The ids and parameters are validated by the caller.
     """
     ids = row.get("instruction_id_list")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -168,12 +170,13 @@ def ifeval_row_entries(row: dict, source: str, line: int) -> list[tuple[str, dic
             f"{where(source, line, 'kwargs')}: must be a list with one dict per "
             f"instruction id ({len(ids)}), got {kwargs_list!r}"
         )
+    language, ids = row_language(row, ids, source, line)
     entries = []
     for index, (type_, raw_kwargs) in enumerate(zip(ids, kwargs_list, strict=True)):
         if not isinstance(raw_kwargs, dict):
             raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: must be a dict, got {raw_kwargs!r}")
         entries.append((type_, {name: value for name, value in raw_kwargs.items() if value is not None}))
-    return entries
+    return language, entries
 
 
 def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Constraint]:
@@ -181,10 +184,12 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
 
     kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None).
     Multi-keyword `keywords:existence` / `keywords:forbidden_words` are split into one constraint per keyword
-    (duplicates dropped), which keeps the row's overall verdict and makes each part reversible.
+    (duplicates dropped), which keeps the row's overall verdict and makes each part reversible. A constraint
+    whose checker does not judge the row's language raises `UnsupportedLanguageError`.
     """
     constraints: list[Constraint] = []
-    for index, (type_, kwargs) in enumerate(ifeval_row_entries(row, source, line)):
+    language, entries = ifeval_row_entries(row, source, line)
+    for index, (type_, kwargs) in enumerate(entries):
         validate_constraint(
             type_,
             kwargs,
@@ -193,6 +198,7 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
             type_field=f"instruction_id_list[{index}]",
             field_prefix=f"kwargs[{index}]",
         )
+        refuse_unjudged(type_, language, source, line, f"instruction_id_list[{index}]")
         if type_ in SINGLE_ITEM_PARAM:
             name = SINGLE_ITEM_PARAM[type_]
             for keyword in dict.fromkeys(kwargs[name]):

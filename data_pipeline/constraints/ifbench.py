@@ -1,10 +1,11 @@
-"""Access to the vendored IFBench checkers (`data_pipeline/ifbench_lib`, allenai/IFBench's 58 OOD ids),
-set up for offline, repeatable use.
+"""IFBench's checkers (AllenAI's 58 OOD instruction ids) from the registry package `if-verifiable`
+(`if_verifiable.ifbench`), set up for offline, repeatable use.
 
-Like IFEval's, the checkers read NLTK's punkt_tab model from `data_pipeline/assets/nltk_data`, put first on
-`nltk.data.path` before they are imported; nothing is downloaded. Two checkers need NLTK data the repo does not
-ship (see `NLTK_DATA_NEEDED`); they are reported as unsupported rather than run, because NLTK would otherwise
-look for that data wherever the machine happens to have it and a verdict would depend on the machine.
+Like IFEval's, the checkers read NLTK's punkt_tab model from `data_pipeline/assets/nltk_data`; the package's
+import-time `nltk.download` calls are refused (`ifeval.offline_nltk`), so nothing is downloaded. Two checkers
+need NLTK data the repo does not ship, because nltk_data states no licence for it (see `NLTK_DATA_NEEDED`);
+they are reported as unsupported rather than run, because NLTK would otherwise look for that data wherever the
+machine happens to have it and a verdict would depend on the machine.
 
 Every named parameter of a checker must be given: upstream's `build_description` silently draws a random value
 for a missing one, and a random constraint cannot be scored repeatably.
@@ -16,7 +17,7 @@ import functools
 import inspect
 from collections.abc import Mapping
 
-from data_pipeline.constraints.ifeval import NLTK_DATA_DIR, checker_verdict, make_checker, use_bundled_nltk_data
+from data_pipeline.constraints.ifeval import NLTK_DATA_DIR, checker_verdict, make_checker, offline_nltk
 from data_pipeline.constraints.params import ConstraintError, where
 
 # IFBench id -> the NLTK data package its checker loads (path under an NLTK data directory).
@@ -29,9 +30,8 @@ NLTK_DATA_NEEDED = {
 @functools.cache
 def ifbench_registry() -> Mapping[str, type]:
     """IFBench instruction id -> checker class (the 58 ids of IFBench_test)."""
-    use_bundled_nltk_data()
-    from data_pipeline.constraints.ifbench_lib import instructions_registry
-
+    with offline_nltk():
+        from if_verifiable.ifbench import instructions_registry
     return instructions_registry.INSTRUCTION_DICT
 
 
@@ -55,13 +55,8 @@ def _named_parameters(checker_class: type) -> list[str]:
 def validate_ifbench_entry(
     instruction_id: str, kwargs: Mapping[str, object], source: str, line: int, index: int
 ) -> None:
-    """Reject an unknown id, unknown or missing parameters, and values the checker cannot be built from."""
+    """Reject unknown or missing parameters of an IFBench id, and values its checker cannot be built from."""
     registry = ifbench_registry()
-    if instruction_id not in registry:
-        raise ConstraintError(
-            f"{where(source, line, f'instruction_id_list[{index}]')}: instruction id "
-            f"{instruction_id!r} is not an IFBench id (IFEval ids are scored by the ifeval suite)"
-        )
     # `prompt` comes from the row itself (see make_checker), never from kwargs.
     expected = [name for name in _named_parameters(registry[instruction_id]) if name != "prompt"]
     for name in kwargs:

@@ -1,29 +1,62 @@
-"""Access to the vendored IFEval checkers (`data_pipeline/ifeval_lib`), set up for offline, repeatable use.
+"""IFEval's checkers from the registry package `if-verifiable` (its `if_verifiable.ifeval` is Google's
+`instruction_following_eval` code), set up for offline, repeatable use, with three rules fixed.
 
-The checkers need NLTK's punkt_tab English model; it ships with the repo under
-`data_pipeline/assets/nltk_data` and is put first on `nltk.data.path` before the checker modules are imported,
-so nothing is ever downloaded. `langdetect` (used by the language and case checkers) is randomised unless
-seeded; we seed it so a response always gets the same verdict.
+Offline: the checkers need NLTK's punkt_tab English model; it ships with the repo under
+`data_pipeline/assets/nltk_data`, put first on `nltk.data.path`, and `nltk.download` is switched off while the
+package is imported (`if_verifiable.ifbench` calls it at import time for data it may not find). Repeatable:
+`langdetect` is randomised unless seeded; we seed it so a response always gets the same verdict.
+
+Fixed rules (algorithms.md §5: the reversal of a wrong check is a pair with a wrong label):
+- `detectable_content:postscript` with a marker other than IFEval's own `P.S.` / `P.P.S`: IFEval puts the marker
+  into a regular expression unescaped and unbounded, so "P.D." matches "pedir" and "Nota" matches "notable".
+  We match the marker literally, as a whole word at the start of a line (after any markup such as `**`): where a
+  postscript starts, and what the reversal `rpo:no_postscript` tells the model to avoid.
+- `change_case:english_capital`: IFEval asks langdetect about the text as written, and langdetect misreads
+  upper-case text (upper-case Spanish comes out as English, Portuguese or Catalan). We ask about the lower-cased
+  text; the case test itself is IFEval's. (`english_lowercase` asks about lower-case text already.)
+- `keywords:letter_frequency` with a `letter` that is not an ASCII letter: IFEval draws a random letter instead
+  (two IFEval prompts ask for '#' and '!'); we count the character the prompt names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 
 from data_pipeline.files import ASSETS_DIR
 
 NLTK_DATA_DIR = ASSETS_DIR / "nltk_data"
 # Seed used for langdetect's sampling; any fixed value makes verdicts repeatable.
 LANGDETECT_SEED = 0
+# Markers whose patterns IFEval spells out itself (tolerant spacing); any other marker is matched literally.
+IFEVAL_POSTSCRIPT_MARKERS = ("P.S.", "P.P.S")
 
 
-def use_bundled_nltk_data() -> None:
-    """Put the repo's NLTK data first on NLTK's search path (before any checker module is imported)."""
+@contextlib.contextmanager
+def offline_nltk() -> Iterator[list[str]]:
+    """The repo's NLTK data first on NLTK's path, and `nltk.download` refused while the block runs.
+
+    Yields the names of the packages something asked to download (they stay missing: the checkers that need
+    them are reported as unsupported, see `ifbench.NLTK_DATA_NEEDED`).
+    """
     import nltk
 
     if str(NLTK_DATA_DIR) not in nltk.data.path:
         nltk.data.path.insert(0, str(NLTK_DATA_DIR))
+    requested: list[str] = []
+    real_download = nltk.download
+
+    def refuse_download(info_or_id=None, *args, **kwargs) -> bool:
+        requested.append(str(info_or_id))
+        return False
+
+    nltk.download = refuse_download
+    try:
+        yield requested
+    finally:
+        nltk.download = real_download
 
 
 @functools.cache
@@ -31,11 +64,9 @@ def instruction_registry() -> Mapping[str, type]:
     """IFEval instruction id -> checker class (Google's 25 ids)."""
     import langdetect
 
-    use_bundled_nltk_data()
     langdetect.DetectorFactory.seed = LANGDETECT_SEED
-
-    from data_pipeline.constraints.ifeval_lib import instructions_registry
-
+    with offline_nltk():
+        from if_verifiable.ifeval import instructions_registry
     return instructions_registry.INSTRUCTION_DICT
 
 
@@ -43,7 +74,7 @@ def instruction_registry() -> Mapping[str, type]:
 def language_codes() -> Mapping[str, str]:
     """ISO 639-1 code -> language name accepted by `language:response_language`."""
     instruction_registry()
-    from data_pipeline.constraints.ifeval_lib import instructions_util
+    from if_verifiable.ifeval import instructions_util
 
     return instructions_util.LANGUAGE_CODES
 
@@ -83,9 +114,6 @@ def _is_ascii_letter(char: str) -> bool:
     return "a" <= char.lower() <= "z"
 
 
-# IFEval's letter_frequency checker replaces a `letter` that is not an ASCII letter by a random letter,
-# and two IFEval prompts (keys 1122 and 1129 ask for '#' and '!') hit that. We count the character the
-# prompt names instead, so the verdict is deterministic; for ASCII letters this is exactly IFEval's count.
 def _other_char_frequency(kwargs: Mapping[str, object], response: str) -> bool:
     count = response.lower().count(str(kwargs["letter"]).lower())
     if kwargs["let_relation"] == "less than":
@@ -93,22 +121,51 @@ def _other_char_frequency(kwargs: Mapping[str, object], response: str) -> bool:
     return count >= kwargs["let_frequency"]
 
 
-def _needs_other_char(instruction_id: str, kwargs: Mapping[str, object]) -> bool:
-    return instruction_id == "keywords:letter_frequency" and not _is_ascii_letter(str(kwargs["letter"]))
+def postscript_pattern(marker: str) -> re.Pattern:
+    """`marker` literally, as a whole word opening a line (IFEval's checker is used for its own two markers)."""
+    pattern = r"^[^\w\n]*" + re.escape(marker.strip().lower())
+    if re.match(r"\w", marker.strip()[-1]):
+        pattern += r"(?!\w)"
+    return re.compile(pattern, flags=re.MULTILINE)
+
+
+def _is_english(text: str) -> bool:
+    import langdetect
+
+    instruction_registry()  # seeds langdetect
+    try:
+        return langdetect.detect(text.lower()) == "en"
+    except langdetect.LangDetectException:
+        return True  # IFEval's rule: a text langdetect cannot read passes the language part
+
+
+# IFEval ids whose rule we replace (see the module docstring): id -> (applies to these kwargs?, verdict).
+_FIXED_RULES = {
+    "keywords:letter_frequency": (
+        lambda kw: not _is_ascii_letter(str(kw["letter"])),
+        _other_char_frequency,
+    ),
+    "detectable_content:postscript": (
+        lambda kw: str(kw["postscript_marker"]).strip() not in IFEVAL_POSTSCRIPT_MARKERS,
+        lambda kw, y: postscript_pattern(str(kw["postscript_marker"])).search(y.lower()) is not None,
+    ),
+    "change_case:english_capital": (lambda kw: True, lambda kw, y: y.isupper() and _is_english(y)),
+}
 
 
 def ifeval_check(instruction_id: str, kwargs: Mapping[str, object], response: str, prompt: str | None = None) -> bool:
-    """IFEval's strict verdict; an empty response fails, as in IFEval's own evaluation."""
+    """IFEval's strict verdict (with the fixed rules above); an empty response fails, as in IFEval."""
     if not response.strip():
         return False
-    if _needs_other_char(instruction_id, kwargs):
-        return _other_char_frequency(kwargs, response)
+    applies, verdict = _FIXED_RULES.get(instruction_id, (lambda kw: False, None))
+    if applies(kwargs):
+        return bool(verdict(kwargs, response))
     checker, _ = build_checker(instruction_id, kwargs, prompt)
     return checker_verdict(checker, response)
 
 
 def ifeval_description(instruction_id: str, kwargs: Mapping[str, object]) -> str:
-    if _needs_other_char(instruction_id, kwargs):
+    if instruction_id == "keywords:letter_frequency" and not _is_ascii_letter(str(kwargs["letter"])):
         return (
             f"In your response, the character {kwargs['letter']} should appear {kwargs['let_relation']} "
             f"{kwargs['let_frequency']} times."

@@ -6,7 +6,9 @@ constraint text (what the official RPO pipeline asks gpt-4o-mini for, algorithms
 - Standard library only (urllib). The API key is read from the environment variable named in the config.
 - Disk cache: one file per request, named by the sha256 of the canonical request JSON, written atomically; the
   raw answer is cached, so a changed parser re-reads old answers without new calls.
-- Retries with exponential backoff on HTTP 429 / 5xx, timeouts and connection errors; other HTTP errors raise.
+- Retries with exponential backoff on HTTP 429 / 5xx and timeouts only. Anything else fails at once with one line
+  naming the URL (a `JudgeError`, which the CLI prints without a traceback): a refused connection means nothing
+  listens there, and waiting will not change that.
 - `*_many` run requests on a thread pool of `max_workers`, the bound on concurrent requests.
 """
 
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -27,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline.errors import UserError
+
 JUDGE_SYSTEM = (
     "You are a strict grader of instruction following. You judge each constraint on its own, "
     "literally, and answer with JSON only."
@@ -34,8 +39,8 @@ JUDGE_SYSTEM = (
 REVERSE_SYSTEM = "You rewrite constraints of writing tasks into their exact opposite. You answer with JSON only."
 
 
-class JudgeError(RuntimeError):
-    """The endpoint failed (after retries, or with a non-retryable status)."""
+class JudgeError(UserError, RuntimeError):
+    """The judge is misconfigured or its endpoint failed (after retries, or with a non-retryable error)."""
 
 
 class JudgeParseError(ValueError):
@@ -55,8 +60,12 @@ class JudgeConfig:
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_workers < 1 or self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ValueError(f"bad judge settings: {self}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise JudgeError(f"--judge-base-url must start with http:// or https://, got {self.base_url!r}")
+        if self.max_workers < 1:
+            raise JudgeError(f"--judge-max-workers must be >= 1, got {self.max_workers}")
+        if self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise JudgeError(f"judge settings out of range: {self}")
 
 
 def judge_messages(prompt: str, response: str, constraint_texts: Sequence[str]) -> list[dict]:
@@ -161,16 +170,23 @@ class LLMJudge:
             try:
                 request = urllib.request.Request(url, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.config.timeout_s) as reply:
-                    payload = json.loads(reply.read().decode("utf-8"))
+                    raw = reply.read().decode("utf-8", errors="replace")
+                try:
+                    payload = json.loads(raw)
+                except json.JSONDecodeError as err:
+                    raise JudgeError(f"judge {url}: the reply is not JSON: {raw!r:.200}") from err
                 return _assistant_text(payload, url)
             except urllib.error.HTTPError as err:
                 if err.code != 429 and err.code < 500:
-                    raise JudgeError(f"{url}: HTTP {err.code} {err.reason} (not retried)") from err
+                    raise JudgeError(f"judge {url}: HTTP {err.code} {err.reason} (not retried)") from err
                 failure = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                failure = f"{type(err).__name__}: {err}"
+            except (urllib.error.URLError, OSError) as err:
+                reason = err.reason if isinstance(err, urllib.error.URLError) else err
+                if not isinstance(reason, TimeoutError | socket.timeout):
+                    raise JudgeError(f"judge {url} unreachable: {_describe(reason)} (not retried)") from err
+                failure = f"timed out after {self.config.timeout_s:g} s"
             if attempt == self.config.max_retries:
-                raise JudgeError(f"{url}: gave up after {attempt + 1} attempts, last: {failure}")
+                raise JudgeError(f"judge {url}: gave up after {attempt + 1} attempts, last: {failure}")
             self._count("retries")
             self._sleep(min(self.config.backoff_s * 2**attempt, self.config.backoff_max_s))
         raise AssertionError("unreachable")
@@ -210,11 +226,19 @@ class LLMJudge:
         return self._map(self.reverse, [(t,) for t in texts])
 
 
+def _describe(reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is the server running? `rpo-jax serve` runs one locally)"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host ({reason})"
+    return f"{type(reason).__name__}: {reason}"
+
+
 def _assistant_text(payload: object, url: str) -> str:
     try:
         content = payload["choices"][0]["message"]["content"]  # type: ignore[index]
     except (KeyError, IndexError, TypeError) as err:
-        raise JudgeError(f"{url}: reply is not a chat completion: {payload!r:.200}") from err
+        raise JudgeError(f"judge {url}: reply is not a chat completion: {payload!r:.200}") from err
     if not isinstance(content, str):
-        raise JudgeError(f"{url}: reply content is not text: {content!r:.200}")
+        raise JudgeError(f"judge {url}: reply content is not text: {content!r:.200}")
     return content

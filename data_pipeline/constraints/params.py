@@ -70,7 +70,7 @@ def _regex_list(value: object) -> str | None:
 
 
 def _letter(value: object) -> str | None:
-    # Not only ASCII letters: IFEval's own data asks for '#' and '!' (see ifeval_checkers).
+    # Not only ASCII letters: IFEval's own data asks for '#' and '!' (see constraints/ifeval.py).
     if not isinstance(value, str) or len(value) != 1 or value.isspace():
         return f"must be a single non-space character, got {value!r}"
     return None

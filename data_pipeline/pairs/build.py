@@ -12,9 +12,9 @@ build never leaves a folder that looks complete.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -62,6 +62,7 @@ class BuildSettings:
     judge: JudgeSettings | None = None
     eval_fraction: float = 0.0  # share of groups held out in eval_pairs.jsonl
     seed: int = 0  # of the held-out split
+    allow_empty: bool = False  # write an output with no records instead of failing
 
     def __post_init__(self):
         pool = self.responses is not None
@@ -119,12 +120,19 @@ def build_records(settings: BuildSettings, stats: BuildStats, bad: BadRows | Non
     return records
 
 
+def _group_rank(seed: int, group_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{group_id}".encode()).hexdigest()
+
+
 def split_by_group(records: list[PairRecord], fraction: float, seed: int) -> tuple[list[PairRecord], list[PairRecord]]:
-    """(train, eval): whole groups (instructions) go to eval, so no instruction is in both."""
+    """(train, eval): whole groups (instructions) go to eval, so no instruction is in both.
+
+    Groups are ranked by a hash of (seed, group id), not shuffled as a list: a group that comes or goes (a checker
+    fix, one more prompt) moves at most one group across the split instead of reshuffling the held-out set.
+    """
     if fraction == 0.0:
         return records, []
-    groups = sorted({r.group_id for r in records})
-    random.Random(seed).shuffle(groups)
+    groups = sorted({r.group_id for r in records}, key=lambda g: _group_rank(seed, g))
     n_eval = round(fraction * len(groups))
     if n_eval == 0 and len(groups) >= 2:
         n_eval = 1  # a fraction was asked for: hold out at least one group
@@ -168,6 +176,12 @@ def build_pairs(settings: BuildSettings) -> dict:
         raise UserError(f"build-pairs: {output} already exists; pass --overwrite to replace it")
     stats = BuildStats(settings.recipe, "responses" if settings.responses else "rows")
     records = build_records(settings, stats, stats.bad if settings.skip_bad else None)
+    if not records and not settings.allow_empty:
+        min_g = f" (--min-g {settings.effective_min_g})" if settings.responses else ""
+        raise UserError(
+            f"build-pairs: 0 {settings.recipe} records from {settings.input}{min_g}; main drop reason: "
+            f"{stats.main_drop_reason()}. Pass --allow-empty to write an empty output."
+        )
     train, held_out = split_by_group(records, settings.eval_fraction, settings.seed)
     stats.emitted = len(records)
     stats.split = {"train": len(train), "eval": len(held_out)}
@@ -180,6 +194,7 @@ def build_pairs(settings: BuildSettings) -> dict:
         "skip_bad": settings.skip_bad,
         "eval_fraction": settings.eval_fraction,
         "seed": settings.seed,
+        "allow_empty": settings.allow_empty,
         "judge": {"base_url": settings.judge.base_url, "model": settings.judge.model} if settings.judge else None,
     }
     files: dict[str, object] = {"pairs.jsonl": train}

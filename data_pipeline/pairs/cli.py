@@ -24,19 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=local_path_arg,
         help="instructions (IFEval rows or our schema), or a preference file to import when --responses is not given",
     )
-    arg("--responses", type=local_path_arg, help="responses jsonl (key|prompt, response, optional sample_id)")
+    arg(
+        "--responses",
+        type=local_path_arg,
+        help="responses jsonl (key|prompt, response, optional sample_id); default: none, --input is a preference "
+        "file to import",
+    )
     arg("--output", required=True, type=local_path_arg, help="output folder (must not exist unless --overwrite)")
     arg("--overwrite", action="store_true", help="replace an existing output folder")
-    arg("--min-g", type=int, default=None, help=f"pool recipes: least g kept (None: {DEFAULT_MIN_G})")
+    arg("--min-g", type=int, default=None, help=f"pool recipes: least g kept (default: {DEFAULT_MIN_G})")
     arg("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
     arg("--format", choices=("auto", *FORMATS), default="auto", help="imports: input format")
-    arg("--judge-base-url", help="OpenAI-compatible endpoint for free_form constraints")
-    arg("--judge-model", help="model name sent to the judge endpoint")
-    arg("--judge-api-key-env", help="name of the environment variable holding the API key")
-    arg("--judge-cache-dir", type=local_path_arg, help="judge cache (None: <output>.judge_cache beside --output)")
+    arg("--judge-base-url", help="OpenAI-compatible endpoint judging free_form constraints (default: none)")
+    arg("--judge-model", help="model name sent to the judge endpoint (default: none; needed with --judge-base-url)")
+    arg("--judge-api-key-env", help="name of the environment variable holding the API key (default: none, no key sent)")
+    arg("--judge-cache-dir", type=local_path_arg, help="judge cache (default: <output>.judge_cache beside --output)")
     arg("--judge-max-workers", type=int, default=4, help="concurrent judge requests")
     arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
     arg("--seed", type=int, default=0, help="seed of the held-out split")
+    arg("--allow-empty", action="store_true", help="write an output with 0 records instead of failing")
 
 
 def _judge(args: argparse.Namespace) -> JudgeSettings | None:
@@ -64,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
         judge=_judge(args),
         eval_fraction=args.eval_fraction,
         seed=args.seed,
+        allow_empty=args.allow_empty,
     )
 
 

@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows
+from data_pipeline.errors import UserError
+from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows, unparsed_count
 from data_pipeline.pairs.schema import DataError, Message, PairRecord, Sequence, validate_prompt_messages
 from data_pipeline.pairs.stats import BuildStats
 
@@ -187,14 +188,16 @@ PARSERS = {"trl": parse_trl, "sharegpt": parse_sharegpt, "hh-rlhf": parse_hh, "i
 def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRows | None) -> Iterator[PairRecord]:
     """Pair records from a preference file; every row ends in one outcome in `stats.outcomes`."""
     bad_before = bad.total if bad is not None else 0
-    malformed_before = bad.counts["malformed_json"] if bad is not None else 0
+    unparsed_before = unparsed_count(bad)
     seen: set[str] = set()
     for line, row in iter_json_rows(path, bad):
         stats.inputs["pair_rows"] += 1
         if fmt == "auto":
             fmt = detect_format(row, recipe, path, line)
         if (fmt == "iopo-sharegpt") != (recipe == "iopo"):
-            raise ValueError(f"format {fmt!r} does not fit recipe {recipe!r} (iopo-sharegpt is the IOPO format)")
+            raise UserError(
+                f"build-pairs: {path} is format {fmt}, which does not fit --recipe {recipe} (iopo-sharegpt is IOPO's)"
+            )
         try:
             record = guard(
                 bad,
@@ -212,6 +215,6 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
         stats.outcomes["emitted"] += 1
         yield record
     if bad is not None:
-        # Malformed lines are never yielded as rows, but they are rows of the input.
-        stats.inputs["pair_rows"] += bad.counts["malformed_json"] - malformed_before
+        # Lines that are not UTF-8 or not JSON are never yielded as rows, but they are rows of the input.
+        stats.inputs["pair_rows"] += unparsed_count(bad) - unparsed_before
         stats.outcomes["bad_input"] += bad.total - bad_before

@@ -12,10 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_pipeline import constraints as cons
+from data_pipeline.constraints import languages as cons_languages
 from data_pipeline.pairs.schema import DataError, Message, require_field, validate_prompt_messages
 
 # Constraint type for requirements that no checker can verify; judged and reversed by the LLM judge.
 FREE_FORM = "free_form"
+
+
+def _reason(err: cons.ConstraintError) -> str:
+    """The `--skip-bad` stats key of a constraint error."""
+    if isinstance(err, cons.UnsupportedLanguageError):
+        return "unsupported_language"
+    return "unknown_constraint_type" if "unknown constraint type" in str(err) else "bad_params"
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,7 @@ class ConstraintSpec:
         try:
             c = cons.Constraint(type_, tuple(params.items()))
         except cons.ConstraintError as err:
-            reason = "unknown_constraint_type" if "unknown constraint type" in str(err) else "bad_params"
-            raise DataError(source, line, f"{prefix}type/params", str(err), reason=reason) from err
+            raise DataError(source, line, f"{prefix}type/params", str(err), reason=_reason(err)) from err
         text = obj.get("text") or cons.render(c)
         return cls(constraint_id, c.type, c.params, text)
 
@@ -120,6 +127,7 @@ class Instruction:
         for name, value in (("system", system), ("task", task)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise DataError(source, line, name, f"must be a non-empty string or null, got {value!r:.80}")
+        _refuse_unjudged_language(obj, specs, source, line)
         return cls(str(instruction_id), turns, specs, system, task, source, line)
 
     @classmethod
@@ -132,12 +140,27 @@ class Instruction:
         try:
             parsed = cons.constraints_from_ifeval_row(obj, source, line)
         except cons.ConstraintError as err:
-            reason = "unknown_constraint_type" if "unknown constraint type" in str(err) else "bad_params"
-            raise DataError(source, line, "instruction_id_list/kwargs", str(err), reason=reason) from err
+            raise DataError(source, line, "instruction_id_list/kwargs", str(err), reason=_reason(err)) from err
         if not parsed:
             raise DataError(source, line, "instruction_id_list", "is empty")
         specs = tuple(ConstraintSpec.from_constraint(f"c{i}", c) for i, c in enumerate(parsed))
         return cls(str(key), (Message("user", prompt),), specs, None, None, source, line)
+
+
+def _refuse_unjudged_language(obj: dict, specs: tuple[ConstraintSpec, ...], source: str, line: int) -> None:
+    """An instruction's optional `language` must be one that each of its checkable constraints judges
+    (free-form constraints are judged by the LLM, in any language)."""
+    language = obj.get("language", cons_languages.DEFAULT_LANGUAGE)
+    if not isinstance(language, str) or not language.strip():
+        raise DataError(source, line, "language", f"must be a language code like 'en', got {language!r:.80}")
+    for index, spec in enumerate(specs):
+        if spec.checkable and not cons_languages.judges(spec.type, language):
+            languages = ", ".join(sorted(cons_languages.checker_languages(spec.type)))
+            message = (
+                f"{spec.type} is checked by rules for {languages} only, and this instruction is in {language!r}; "
+                "it is not judged by another language's rules (skip such rows with --skip-bad)"
+            )
+            raise DataError(source, line, f"constraints[{index}].type", message, reason="unsupported_language")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from data_pipeline import constraints as cons
 from data_pipeline.constraints.llm_judge import JudgeParseError, LLMJudge
+from data_pipeline.errors import UserError
 from data_pipeline.pairs.instructions import FREE_FORM, ConstraintSpec, Instruction, ResponseRecord
 from data_pipeline.pairs.schema import Message
 from data_pipeline.pairs.stats import BuildStats
@@ -23,6 +24,10 @@ OVERRIDE_HEADER = (
     "Your response must satisfy all of them:"
 )
 TASK_HEADER = "Requirements:"
+
+
+class JudgeNotConfiguredError(UserError):
+    """Free-form constraints and no LLM judge to judge them."""
 
 
 class PairInvariantError(RuntimeError):
@@ -57,9 +62,9 @@ class ConstraintOracle:
 
     def _require_judge(self, instruction: Instruction) -> LLMJudge:
         if self.judge is None:
-            raise ValueError(
+            raise JudgeNotConfiguredError(
                 f"{instruction.source}:{instruction.line}: instruction {instruction.id!r} has free_form "
-                "constraints; configure the LLM judge (--judge-base-url, --judge-model)"
+                "constraints; configure the LLM judge (--judge-base-url, --judge-model; `rpo-jax serve` runs one)"
             )
         return self.judge
 

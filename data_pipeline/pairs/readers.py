@@ -1,7 +1,8 @@
 """Readers for the raw inputs of `build-pairs`: JSON / JSONL (optionally gzip), instructions and responses.
 
 Rows are numbered from 1: the line of a JSONL file, or the item of a top-level JSON list. Bad rows raise
-`DataError`; with a `BadRows` collector (`--skip-bad`) they are recorded and skipped instead.
+`DataError`; with a `BadRows` collector (`--skip-bad`) they are recorded and skipped instead. A JSONL line that is
+not UTF-8 or not JSON is such a row (reasons in `UNPARSED_REASONS`: counted, never yielded).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from data_pipeline.errors import DataFileError
 from data_pipeline.pairs.instructions import Instruction
 from data_pipeline.pairs.schema import DataError, PairRecord
 
 T = TypeVar("T")
+# Reasons of JSONL lines that never become a row (callers count them as input rows themselves).
+UNPARSED_REASONS = ("not_utf8", "malformed_json")
 # Messages of skipped rows kept in stats.json (the counts cover all of them).
 MAX_BAD_EXAMPLES = 50
 
@@ -53,27 +57,43 @@ def guard(bad: BadRows | None, fn: Callable[[], T]) -> T | None:
         return None
 
 
-def _open_text(path: str):
+def _read_bytes(path: str) -> bytes:
     if str(path).endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    return Path(path).read_bytes()
+
+
+def _not_utf8(path: str, line_no: int, err: UnicodeDecodeError) -> DataError:
+    return DataError(
+        path,
+        line_no,
+        "<text>",
+        f"not UTF-8: byte {err.object[err.start]:#04x} at column {err.start + 1}",
+        reason="not_utf8",
+    )
 
 
 def iter_json_rows(path: str, bad: BadRows | None = None) -> Iterator[tuple[int, Any]]:
     """(row number, parsed object) for each row of a JSONL file or a top-level JSON list."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
-    with _open_text(path) as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+        raise DataFileError(f"{path}: no such input file")
+    data = _read_bytes(path)
+    if data.lstrip().startswith(b"["):
         try:
-            items = json.loads(text)
+            items = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, data[: err.start].count(b"\n") + 1, err) from err
         except json.JSONDecodeError as err:
             raise DataError(path, err.lineno, "<json>", f"malformed JSON: {err.msg}", reason="malformed_json") from err
         yield from enumerate(items, start=1)
         return
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            guard(bad, lambda err=err, n=line_no: _raise(_not_utf8(path, n, err)))
+            continue
         if not line.strip():
             continue
         try:
@@ -193,15 +213,19 @@ def parse_response(obj: Any, source: str, line: int) -> RawResponse:
 def read_responses(path: str, bad: BadRows | None = None) -> tuple[list[RawResponse], int]:
     """(valid responses, number of rows read); rows that fail are raised or recorded in `bad`."""
     responses, rows = [], 0
-    # Malformed JSON lines never reach this loop, but they are input rows to account for.
-    malformed_before = bad.counts["malformed_json"] if bad is not None else 0
+    # Lines that are not UTF-8 or not JSON never reach this loop, but they are input rows to account for.
+    unparsed_before = unparsed_count(bad)
     for line, obj in iter_json_rows(path, bad):
         rows += 1
         parsed = guard(bad, lambda obj=obj, line=line: parse_response(obj, path, line))
         if parsed is not None:
             responses.append(parsed)
-    malformed = (bad.counts["malformed_json"] - malformed_before) if bad is not None else 0
-    return responses, rows + malformed
+    return responses, rows + unparsed_count(bad) - unparsed_before
+
+
+def unparsed_count(bad: BadRows | None) -> int:
+    """How many lines `bad` recorded as never becoming a row (see UNPARSED_REASONS)."""
+    return sum(bad.counts[reason] for reason in UNPARSED_REASONS) if bad is not None else 0
 
 
 def read_pairs(path: str) -> list[PairRecord]:

@@ -156,6 +156,16 @@ class PairRecord:
 
     @classmethod
     def from_json(cls, obj: Any, source: str, line: int) -> PairRecord:
+        if isinstance(obj, dict) and "sequences" not in obj and {"chosen", "rejected"} <= set(obj):
+            raise DataError(
+                source,
+                line,
+                "<row>",
+                "is a preference row in TRL's {prompt, chosen, rejected} format, not an rpo-jax pair record; "
+                f"convert the file with `rpo-jax build-pairs --recipe dpo --input {source} --output DIR` and use "
+                "DIR/pairs.jsonl",
+                reason="trl_format",
+            )
         pid = require_field(obj, "id", str, source, line)
         recipe = require_field(obj, "recipe", str, source, line)
         raw = require_field(obj, "sequences", list, source, line)

@@ -42,6 +42,30 @@ class BuildStats:
                 f"read {self.total_units()} ({dict(self.outcomes)})"
             )
 
+    def main_drop_reason(self) -> str:
+        """Why a build emitted nothing, in words: the commonest drop of a candidate pair when there were any,
+        else the commonest reason why input rows never became candidates."""
+        if self.candidate_drops:
+            drop, n = self.candidate_drops.most_common(1)[0]
+            return f"{n} of {sum(self.candidate_drops.values())} candidate pair(s) dropped as {drop!r}"
+        no_response = self.instructions_without_responses
+        causes = [
+            *(
+                (n, f"{n} input row(s) were bad ({reason}; see stats.json bad_input)")
+                for reason, n in self.bad.counts.items()
+            ),
+            *(
+                (n, f"{n} {self.unit} ended as {outcome!r}")
+                for outcome, n in self.outcomes.items()
+                if outcome not in ("in_pair", "emitted", "bad_input")
+            ),
+            (no_response, f"{no_response} instruction(s) had no response"),
+        ]
+        count, text = max(causes, key=lambda cause: cause[0])
+        if count == 0:
+            return f"no candidate pair ({self.total_units()} {self.unit} read; a pair needs two per instruction)"
+        return text
+
     def to_json(self) -> dict:
         self.check_accounting()
         return {

@@ -1,8 +1,10 @@
 """A pair file (from `build-pairs`) -> a tokenized shard folder: ArrayRecord shards + manifest.json.
 
 Bad rows raise a `DataError` naming file, line and field; with `skip_bad` they are counted per reason in the
-manifest instead. Rows removed by the truncation policy are always counted (`counts.dropped`). The manifest's
-fingerprint covers everything the tokens depend on (`SourceFingerprint`), so a stale folder is recognised.
+manifest instead. A pair whose sequences tokenize identically (chosen == rejected, before or after
+truncation) is such a row (`identical_sequences`): its preference is 0 - 0, no gradient, it only dilutes a batch.
+Rows removed by the truncation policy are always counted (`counts.dropped`). The manifest's fingerprint covers
+everything the tokens depend on (`SourceFingerprint`), so a stale folder is recognised.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from collections import Counter
 from pathlib import Path
 
 from data_pipeline.files import file_sha256
-from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows
+from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows, unparsed_count
 from data_pipeline.pairs.schema import DataError, PairRecord
 from data_pipeline.records.shards import ShardWriter, compute_fingerprint, tokenizer_file_hashes
-from data_pipeline.records.tokenize import Dropped, PairTokenizer, load_tokenizer, resolve_chat_template
+from data_pipeline.records.tokenize import (
+    Dropped,
+    PairTokenizer,
+    TokenizedExample,
+    load_tokenizer,
+    resolve_chat_template,
+)
 from data_pipeline.records.truncation import TruncationSettings
 
 
@@ -76,7 +84,7 @@ def build_shards(
             truncated["prompt_cut"] += result.prompt_cut
             truncated["response_cut"] += result.response_cut
         if bad is not None:
-            input_rows += bad.counts["malformed_json"]  # unparsable lines never reach the loop body
+            input_rows += unparsed_count(bad)  # lines that are not UTF-8 or not JSON never reach the loop body
             dropped.update({f"bad_row:{reason}": n for reason, n in bad.counts.items()})
         if writer.num_examples == 0:
             raise DataError(
@@ -126,4 +134,24 @@ def _tokenize_row(pair_tokenizer: PairTokenizer, writer: ShardWriter, obj, sourc
             f"{writer.group_size}; one shard folder holds one group size (tokenize iopo separately)",
             reason="group_size_mismatch",
         )
-    return pair_tokenizer.tokenize(record, source, line)
+    result = pair_tokenizer.tokenize(record, source, line)
+    if isinstance(result, TokenizedExample):
+        _check_sequences_differ(result, source, line)
+    return result
+
+
+def _check_sequences_differ(example: TokenizedExample, source: str, line: int) -> None:
+    """Every sequence of a group must differ from the others: a DPO/RPO pair whose chosen equals its rejected
+    (or an IOPO group with a repeated sequence) contributes a zero preference and no gradient."""
+    rows = [row.tobytes() for row in example.rows]
+    for later in range(1, len(rows)):
+        if rows[later] in rows[:later]:
+            first = rows.index(rows[later])
+            raise DataError(
+                source,
+                line,
+                f"sequences[{later}]",
+                f"tokenizes to the same tokens as sequences[{first}] (chosen == rejected after the chat template "
+                "and truncation): the pair carries no preference",
+                reason="identical_sequences",
+            )

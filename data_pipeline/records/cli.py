@@ -34,14 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--truncation",
         choices=TRUNCATION_MODES,
         default="drop",
-        help="drop (default) over-long pairs, keep_start (TRL v1: cut the response tail), or "
+        help="drop over-long pairs, keep_start (TRL v1: cut the response tail), or "
         "split (TRL <= 0.28: prompt from the left, responses from the right)",
     )
     parser.add_argument(
         "--max-prompt-length",
         type=int,
         default=None,
-        help="prompt budget for --truncation split (default max-length // 2)",
+        help="prompt budget for --truncation split (default: max-length // 2)",
     )
     parser.add_argument(
         "--chat-template",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_pipeline.errors import DataFileError
 from data_pipeline.records.build import SourceFingerprint, build_shards
 from data_pipeline.records.shards import (
     ShardFormatError,
@@ -19,12 +20,17 @@ from data_pipeline.records.truncation import TruncationSettings
 
 
 def ensure_shards(
-    pairs_path: str | Path, tokenizer_dir: str | Path, output_dir: str | Path, settings: TruncationSettings
+    pairs_path: str | Path,
+    tokenizer_dir: str | Path,
+    output_dir: str | Path,
+    settings: TruncationSettings,
+    *,
+    setting: str = "data.pairs_path",
 ) -> tuple[dict, bool]:
-    """Returns (manifest, rebuilt)."""
+    """Returns (manifest, rebuilt). `setting` names the pair file in errors (data.pairs_path, data.eval_pairs_path)."""
     pairs_path, output_dir = Path(pairs_path), Path(output_dir)
     if not pairs_path.is_file():
-        raise FileNotFoundError(f"data.pairs_path: {pairs_path} not found")
+        raise DataFileError(f"{setting}={pairs_path}: no such file")
     chat_template, _ = resolve_chat_template(load_tokenizer(tokenizer_dir), None)
     expected = SourceFingerprint.of(pairs_path, tokenizer_dir, chat_template, settings).fingerprint
     if (output_dir / "manifest.json").is_file():

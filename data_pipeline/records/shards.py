@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.errors import DataFileError, OutputExistsError, UserError
 from data_pipeline.files import file_sha256
 from data_pipeline.records.packing import efficiency_summary, packed_length
 from data_pipeline.records.tokenize import TokenizedExample
@@ -38,7 +39,7 @@ _WRITER_OPTIONS = "group_size:1"
 _TOKENIZER_SUFFIXES = (".model", ".json", ".txt", ".jinja", ".tiktoken")
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(UserError, ValueError):
     """A shard folder or record that does not match this schema version."""
 
 
@@ -104,10 +105,10 @@ class ShardWriter:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+            raise UserError(f"--num-shards must be >= 1, got {num_shards}")
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not overwrite:
-            raise FileExistsError(f"{self.output_dir} already exists; remove it or pass --overwrite")
+            raise OutputExistsError(f"{self.output_dir} already exists; remove it or pass --overwrite")
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self.num_shards, self.overwrite = num_shards, overwrite
         self._tmp: Path | None = Path(
@@ -226,7 +227,7 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 def read_manifest(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; is {shard_dir} a folder written by `rpo-jax tokenize`?")
+        raise DataFileError(f"{path}: no manifest; is {shard_dir} a folder written by `rpo-jax tokenize`?")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT_NAME or manifest.get("schema_version") != SCHEMA_VERSION:
         raise ShardFormatError(
@@ -236,7 +237,7 @@ def read_manifest(shard_dir: str | Path) -> dict:
         )
     for shard in manifest["shards"]:
         if not (Path(shard_dir) / shard["path"]).is_file():
-            raise FileNotFoundError(f"{path}: shard {shard['path']} is missing")
+            raise DataFileError(f"{path}: shard {shard['path']} is missing")
     return manifest
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.errors import DataFileError, UserError
 from data_pipeline.files import ASSETS_DIR
 from data_pipeline.pairs.schema import DataError, Message, PairRecord
 from data_pipeline.records.truncation import TruncatedGroup, TruncationSettings, truncate_group
@@ -31,16 +32,24 @@ END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 TURN_START_TOKENS = ("<|im_start|>",)
 
 
+class TokenizerError(UserError, ValueError):
+    """A tokenizer folder or chat template that cannot be used."""
+
+
 def load_tokenizer(path: str | Path):
     """A local HF tokenizer folder (no hub access). transformers is imported here, not at module import."""
     import transformers
 
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: tokenizer folder not found")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        raise DataFileError(f"{path}: tokenizer folder not found")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise TokenizerError(f"{path}: not a tokenizer folder transformers can load ({reason})") from e
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{path}: tokenizer has no eos_token; rpo-jax needs it to end a turn or pad")
+        raise TokenizerError(f"{path}: tokenizer has no eos_token; rpo-jax needs it to end a turn or pad")
     return tokenizer
 
 
@@ -49,13 +58,13 @@ def resolve_chat_template(tokenizer, template_path: str | Path | None) -> tuple[
     if template_path is not None:
         path = Path(template_path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: chat template file not found")
+            raise DataFileError(f"{path}: chat template file not found")
         return path.read_text(encoding="utf-8"), str(path)
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, str) and own:
         return own, "tokenizer"
     if own:  # a dict of named templates (transformers allows it): ambiguous which one training should use
-        raise ValueError("tokenizer has several named chat templates; pass --chat-template FILE")
+        raise TokenizerError("tokenizer has several named chat templates; pass --chat-template FILE")
     return DEFAULT_CHAT_TEMPLATE.read_text(encoding="utf-8"), f"rpo-jax:{DEFAULT_CHAT_TEMPLATE.name}"
 
 

@@ -1,78 +1,63 @@
-"""`rpo-jax eval`: instruction-following accuracy (IFEval, IFBench) or preference metrics on held-out pairs.
+"""`rpo-jax eval`: instruction-following accuracy (IFEval, IFBench, any IFEval-format prompt file) or preference
+metrics on held-out pairs.
 
-IF suites score `--responses FILE` or greedy responses generated from `--checkpoint` (`rpo_jax.generation`) on
-the shipped prompts (`data_pipeline.constraints.scoring`); the pairs suite scores `--checkpoint` against
-`--reference` on tokenized held-out pairs with a run config's loss settings (`rpo_jax.evaluation`).
+IF evaluation scores `--responses FILE`, or greedy responses generated from `--checkpoint` (`rpo_jax.generation`),
+on `--prompts FILE` or a suite's shipped prompts (`data_pipeline.constraints.if_eval`); the pairs suite scores
+`--checkpoint` against `--reference` on tokenized held-out pairs with a run config's loss settings
+(`rpo_jax.evaluation`).
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from data_pipeline.constraints import scoring
+from data_pipeline.constraints.if_eval import IFEvalSettings, run_if_eval
 from data_pipeline.errors import UserError
 from data_pipeline.files import local_path_arg, write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    arg = parser.add_argument
-    arg("--suite", required=True, choices=["ifeval", "ifbench", "pairs"], help="what to evaluate")
-    arg("--checkpoint", type=local_path_arg, help="params checkpoint or HF Llama folder (e.g. a run's hf/)")
-    arg("--responses", type=local_path_arg, help="IF suites: score these responses instead of generating")
-    arg("--tokenizer", type=local_path_arg, help="IF suites: tokenizer folder with a chat template (generation)")
-    arg("--limit", type=int, default=0, help="IF suites: only the first N prompts")
-    arg(
-        "--skip-unsupported",
-        action="store_true",
-        help="IF suites: leave out (and list) prompts whose instruction ids cannot be checked here",
-    )
-    arg("--max-new-tokens", type=int, default=512, help="IF suites: generation length")
+    path, arg = local_path_arg, parser.add_argument
+    arg("--suite", choices=["ifeval", "ifbench", "pairs"], help="shipped IF prompts, or pairs (default: none)")
+    arg("--prompts", type=path, help="IF: an IFEval-format prompt file (default: the --suite's prompts)")
+    arg("--checkpoint", type=path, help="params checkpoint or HF Llama folder, e.g. a run's hf/ (default: none)")
+    arg("--responses", type=path, help="IF: score these (prompt, response) rows (default: generate them)")
+    arg("--tokenizer", type=path, help="IF: tokenizer folder with a chat template (default: none)")
+    arg("--limit", type=int, default=0, help="IF: only the first N prompts")
+    arg("--per-prompt", type=path, help="IF: write per-prompt strict/loose verdicts as JSONL (default: none)")
+    arg("--skip-unsupported", action="store_true", help="IF: leave out prompts whose ids lack shipped NLTK data")
+    arg("--skip-bad", action="store_true", help="IF: leave out (and count) rows with unknown ids or another language")
+    arg("--allow-missing", action="store_true", help="IF: prompts / responses without a match are not an error")
+    arg("--max-new-tokens", type=int, default=512, help="IF: generation length")
     arg("--batch-size", type=int, default=16, help="sequences generated / pairs scored together")
-    arg("--reference", type=local_path_arg, help="pairs suite: reference params checkpoint or HF Llama folder")
-    arg("--pairs", type=local_path_arg, help="pairs suite: a `rpo-jax tokenize` output folder")
-    arg("--config", type=local_path_arg, help="pairs suite: run config whose loss/execution settings to use")
-    arg("--output", type=local_path_arg, help="write the results as JSON")
+    arg("--reference", type=path, help="pairs suite: reference params checkpoint or HF folder (default: none)")
+    arg("--pairs", type=path, help="pairs suite: a `rpo-jax tokenize` output folder (default: none)")
+    arg("--config", type=path, help="pairs suite: run config with the loss settings to use (default: none)")
+    arg("--output", type=path, help="write the results (with per-id summaries) as JSON (default: print only)")
 
 
-def _if_suite(args: argparse.Namespace, scratch: Path) -> dict:
-    benchmark = scoring.BENCHMARKS[args.suite]
-    input_path = scoring.suite_input(args.suite, args.limit, scratch)
-    scoring.refuse_unsupported(input_path, benchmark, args.skip_unsupported)  # before spending time generating
-    responses = args.responses
-    if not responses:
-        if not (args.checkpoint and args.tokenizer):
-            raise UserError(
-                "rpo-jax eval: generating responses needs --checkpoint and --tokenizer (or pass --responses)"
-            )
-        from rpo_jax.generation import GenerationSettings, generate_responses
+def _generator(args: argparse.Namespace):
+    if not (args.checkpoint and args.tokenizer):
+        return None
+    from rpo_jax.generation import GenerationSettings, generate_responses
 
-        responses = scratch / "responses.jsonl"
-        generate_responses(
-            args.checkpoint,
-            args.tokenizer,
-            input_path,
-            responses,
-            GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-        )
-    results = scoring.score(input_path, responses, benchmark, skip_unsupported=args.skip_unsupported)
-    print(scoring.format_results(results))
-    return results
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    return lambda prompts, out: generate_responses(args.checkpoint, args.tokenizer, prompts, out, settings)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite == "pairs":
-        if not (args.checkpoint and args.pairs and args.config):
-            raise UserError("rpo-jax eval --suite pairs needs --checkpoint, --pairs and --config")
-        from rpo_jax.config_loading import load_config
-        from rpo_jax.evaluation import evaluate_pairs
+    if args.suite != "pairs":
+        names = ("suite", "prompts", "responses", "limit", "skip_unsupported", "skip_bad", "allow_missing")
+        names += ("per_prompt", "output")
+        run_if_eval(IFEvalSettings(**{n: getattr(args, n) for n in names}), _generator(args))
+        return 0
+    if not (args.checkpoint and args.pairs and args.config):
+        raise UserError("rpo-jax eval --suite pairs needs --checkpoint, --pairs and --config")
+    from rpo_jax.config_loading import load_config
+    from rpo_jax.evaluation import evaluate_pairs
 
-        results = evaluate_pairs(load_config(args.config), args.checkpoint, args.reference, args.pairs, args.batch_size)
-        print("\n".join(f"{key:<24}  {value:.4f}" for key, value in sorted(results.items())))
-    else:
-        with tempfile.TemporaryDirectory() as scratch:
-            results = _if_suite(args, Path(scratch))
+    results = evaluate_pairs(load_config(args.config), args.checkpoint, args.reference, args.pairs, args.batch_size)
+    print("\n".join(f"{key:<24}  {value:.4f}" for key, value in sorted(results.items())))
     if args.output:
         write_json_atomic(args.output, results)
     return 0

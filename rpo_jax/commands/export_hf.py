@@ -1,4 +1,4 @@
-"""`rpo-jax export-hf`: params checkpoint -> HuggingFace Llama folder (LoRA adapters merged if present)."""
+"""`rpo-jax export-hf`: params checkpoint or training step checkpoint -> HuggingFace Llama folder (LoRA merged)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,19 @@ def parse_size(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", required=True, type=local_path_arg, help="params checkpoint folder (from import-hf or training)"
+        "--checkpoint",
+        required=True,
+        type=local_path_arg,
+        help="params checkpoint folder (import-hf, import-gguf) or a training step checkpoint "
+        "(<output_dir>/checkpoints/<step>)",
     )
     parser.add_argument("--output", required=True, type=local_path_arg, help="new HF folder (must not exist)")
     parser.add_argument(
-        "--tokenizer", default=None, type=local_path_arg, help="folder whose tokenizer/generation files are copied"
+        "--tokenizer",
+        default=None,
+        type=local_path_arg,
+        help="folder whose tokenizer/generation files are copied (default: none for a params checkpoint; the "
+        "run's tokenizer, chat template and generation config for a step checkpoint)",
     )
     parser.add_argument(
         "--dtype",
@@ -40,22 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-shard-size",
         type=parse_size,
         default=parse_size("5GB"),
-        help="largest safetensors file; more than one adds model.safetensors.index.json",
+        help="largest safetensors file (e.g. 5GB, 500MiB); more than one adds model.safetensors.index.json",
     )
     add_mesh_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.io.hf_export import export_hf
-    from rpo_jax.io.params import load_params_checkpoint
+    from rpo_jax.io.checkpoint_export import export_checkpoint
     from rpo_jax.sharding import make_mesh
 
-    cfg, lora_cfg, state = load_params_checkpoint(args.checkpoint, make_mesh(mesh_from_args(args)))
-    files = export_hf(
-        state,
-        cfg,
-        lora_cfg,
+    files, lora_cfg = export_checkpoint(
+        args.checkpoint,
         args.output,
+        make_mesh(mesh_from_args(args)),
         dtype=args.dtype,
         max_shard_bytes=args.max_shard_size,
         tokenizer_dir=args.tokenizer,

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens generated per response")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences decoded together")
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable), cut on the host")
+    parser.add_argument(
+        "--stop", action="append", default=[], help="stop string (repeatable), cut on the host (default: none)"
+    )
     parser.add_argument("--raw-prompt", action="store_true", help="tokenize `prompt` without the chat template")
     parser.add_argument("--no-lora", action="store_true", help="sample from the base weights of a LoRA checkpoint")
     add_mesh_argument(parser)

@@ -22,13 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hf-output",
         default=None,
         type=local_path_arg,
-        help="also keep the converted HF folder (config, fp32 safetensors, tokenizer) here",
+        help="also keep the converted HF folder (config, fp32 safetensors, tokenizer) here (default: not kept)",
     )
     parser.add_argument(
         "--param-dtype",
         choices=("float32", "bfloat16"),
         default="float32",
-        help="stored dtype of the checkpoint (default float32: the dequantized weights are fp32)",
+        help="stored dtype of the checkpoint (the dequantized weights are fp32)",
     )
     add_mesh_argument(parser)
 

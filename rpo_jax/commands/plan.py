@@ -18,20 +18,22 @@ from rpo_jax.config_loading import add_config_arguments, add_mesh_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     add_mesh_argument(parser)
-    parser.add_argument("--hbm-gb", type=float, help="device memory in GiB: report whether the step fits")
-    parser.add_argument("--batch-size", type=int, help="global batch (groups); default data.global_batch_size")
+    parser.add_argument("--hbm-gb", type=float, help="device GiB: report whether the step fits (default: not checked)")
+    parser.add_argument("--batch-size", type=int, help="global batch (groups; default: data.global_batch_size)")
     parser.add_argument(
         "--seq-len",
         type=int,
         help="tokens per row; default the largest data.length_buckets entry, else data.max_length",
     )
-    parser.add_argument("--topology", default="", help="TPU topology to also compile for (TPU backend only)")
+    parser.add_argument(
+        "--topology", default="", help="TPU topology to also compile for (TPU backend only; default: none)"
+    )
     parser.add_argument(
         "--exact-dtypes",
         action="store_true",
         help="compile bfloat16 as is on CPU (default: as float16, which XLA:CPU does not widen to float32)",
     )
-    parser.add_argument("--output", type=local_path_arg, help="write the report as JSON here")
+    parser.add_argument("--output", type=local_path_arg, help="write the report as JSON here (default: print only)")
 
 
 def run(args: argparse.Namespace) -> int:

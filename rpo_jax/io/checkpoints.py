@@ -8,18 +8,26 @@ a step checkpoint: it is rebuilt from `train.init_checkpoint` (or the seed) on r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from data_pipeline.errors import UserError
+from rpo_jax.config_loading import PATH_SETTINGS
+from rpo_jax.io.orbax_noise import OrbaxNoise
 
-class CheckpointMismatchError(RuntimeError):
+# Where Orbax's own tracebacks of a failed read or write go (beside `checkpoints/`; see orbax_noise).
+NOISE_LOG = "checkpoint_errors.log"
+
+
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint was written by a run with another config or other data."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """Saving a step failed (disk full, unwritable directory...); complete earlier checkpoints are untouched."""
 
 
@@ -51,10 +59,25 @@ class StepCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last, enable_async_checkpointing=async_save, create=True
         )
+        self.noise = OrbaxNoise(self.directory.parent / NOISE_LOG).install()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data_iter", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Complete checkpoints, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def set_aside(self, step: int, destination: Path) -> Path:
+        """Moves step `step`'s folder to `destination/<step>` (kept for inspection, out of Orbax's sight)."""
+        destination.mkdir(parents=True, exist_ok=True)
+        target = destination / str(step)
+        if target.exists():
+            shutil.rmtree(target)
+        (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
 
     def save(self, step: int, state: Any, data_iter_state: Any, meta: dict, *, force: bool = False) -> bool:
         args = ocp.args.Composite(
@@ -69,11 +92,14 @@ class StepCheckpointer:
         return saved
 
     def _write_error(self, what: str, cause: Exception) -> CheckpointWriteError:
+        self.noise.failed()
         latest = self.latest_step()
         kept = f"the latest complete checkpoint is step {latest}" if latest is not None else "no complete checkpoint"
+        first_line = str(cause).splitlines()[0] if str(cause) else ""
         return CheckpointWriteError(
-            f"{self.directory}: {what} failed ({type(cause).__name__}: {cause}); {kept}, "
-            "left as it was (an unfinished save is only a temporary directory)"
+            f"{self.directory}: {what} failed ({type(cause).__name__}: {first_line[:300]}); {kept}, "
+            f"left as it was (an unfinished save is only a temporary directory); Orbax's own messages are in "
+            f"{self.noise.log_path}"
         )
 
     def read_meta(self, step: int) -> dict:
@@ -102,20 +128,45 @@ class StepCheckpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
+        self.noise.uninstall()
+
+
+# Path settings (config_loading.PATH_SETTINGS) are not compared on resume: a run folder may be moved or copied,
+# with its data beside it. What they point at is compared, through these fingerprints.
+BOOKKEEPING_SETTINGS = {
+    ("train", "log_every"),
+    ("train", "eval_every"),
+    ("train", "tensorboard"),
+    ("checkpoint", "save_every"),
+    ("checkpoint", "keep_last"),
+    ("checkpoint", "async_save"),
+    ("data", "num_workers"),
+}
+FINGERPRINT_SETTINGS = {
+    "data_fingerprint": "data.train_path",
+    "eval_data_fingerprint": "data.eval_path",
+    "init_checkpoint_fingerprint": "train.init_checkpoint",
+}
 
 
 def check_resume_compatible(
-    meta: dict, config_dict: dict, data_fingerprint: str, *, allow_config_change: bool, allow_data_change: bool
+    meta: dict, config_dict: dict, fingerprints: dict, *, allow_config_change: bool, allow_data_change: bool
 ) -> None:
-    """Refuses to resume a checkpoint whose config or data differ, unless told otherwise."""
-    if meta.get("data_fingerprint") != data_fingerprint and not allow_data_change:
-        raise CheckpointMismatchError(
-            f"checkpoint data fingerprint {meta.get('data_fingerprint')} != current {data_fingerprint}; "
-            "pass --allow-data-change to resume anyway"
-        )
+    """Refuses to resume a checkpoint whose config or data differ, unless told otherwise.
+
+    `fingerprints` maps the keys of FINGERPRINT_SETTINGS to what this run reads now; a checkpoint written
+    before a key existed is not compared on it.
+    """
+    for key, setting in FINGERPRINT_SETTINGS.items():
+        if key in meta and meta[key] != fingerprints.get(key) and not allow_data_change:
+            raise CheckpointMismatchError(
+                f"{setting}: the checkpoint was trained on content with fingerprint {meta[key]}, this run reads "
+                f"{fingerprints.get(key)}; pass --allow-data-change to resume anyway"
+            )
     old = meta.get("config", {})
-    # Steps and output location may change on resume (extending a run); everything else must match.
-    ignore = {("train", "steps"), ("train", "output_dir")}
+    # Steps may change on resume (extending a run), and so may what only decides when things are logged or saved
+    # and how data is read; paths may move (what they point at is compared above); the rest must match.
+    ignore = {("train", "steps"), *BOOKKEEPING_SETTINGS, *PATH_SETTINGS}
     diffs = [
         f"{sec}.{key}: {old.get(sec, {}).get(key)!r} -> {val!r}"
         for sec, fields in config_dict.items()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.errors import DataFileError, OutputExistsError, UserError
+
 log = logging.getLogger(__name__)
 
 # GGUF tensor name (per block unless marked) -> HF parameter name.
@@ -37,7 +39,7 @@ _GLOBAL_TENSORS = {
 }
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError, ValueError):
     """The GGUF file is not a Llama model this converter understands."""
 
 
@@ -144,9 +146,9 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+        raise DataFileError(f"GGUF file not found: {gguf_path}")
     if out_dir.exists():
-        raise FileExistsError(f"output folder already exists: {out_dir}")
+        raise OutputExistsError(f"output folder already exists: {out_dir}")
     reader = gguf.GGUFReader(str(gguf_path))
     config = read_llama_config(reader, gguf_path)
     tensors = dequantized_tensors(reader, config, gguf_path)

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import safe_open
 
+from data_pipeline.errors import UserError
 from rpo_jax.config import LoraConfig, ModelConfig
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf
 from rpo_jax.io.hf_table import LM_HEAD, TensorMap, hf_tensor_names, table_for
@@ -44,7 +45,7 @@ NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfl
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 
 
-class HFWeightsError(ValueError):
+class HFWeightsError(UserError, ValueError):
     """A HF weight folder does not match the model its config.json describes."""
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from data_pipeline.errors import UserError
 from rpo_jax.config import ConfigError, ModelConfig, RopeConfig
 
 log = logging.getLogger(__name__)
 
 
-class HFConfigError(ValueError):
+class HFConfigError(UserError, ValueError):
     """A HuggingFace config.json describes a model this Llama implementation cannot load exactly."""
 
 

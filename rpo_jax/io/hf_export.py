@@ -50,8 +50,11 @@ def export_hf(
     dtype: str | None = None,
     max_shard_bytes: int = 5 * 1024**3,
     tokenizer_dir: str | Path | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> list[str]:
     """Writes a HF Llama folder (config.json, safetensors, tokenizer files) atomically; returns files written.
+
+    `extra_files` ({name: content}, e.g. `hf_chat_files.chat_files`) are written last, replacing copied ones.
 
     LoRA adapters in `state` are always merged into their base weights (HF Llama has no place for them).
     Single-process only: every tensor is gathered to this host, one at a time.
@@ -101,7 +104,10 @@ def export_hf(
     (tmp / "config.json").write_text(json.dumps(model_config_to_hf(cfg, dtype), indent=2) + "\n")
     for src in tokenizer_files:
         (tmp / src.name).write_bytes(src.read_bytes())
+    for name, content in (extra_files or {}).items():
+        (tmp / name).write_bytes(content)
     tmp.rename(output_dir)
     if has_lora:
         log.info("merged LoRA adapters (scale %s) into %s", lora_scale, output_dir)
-    return ["config.json", *names, *(p.name for p in tokenizer_files)]
+    copied = [p.name for p in tokenizer_files if p.name not in (extra_files or {})]
+    return ["config.json", *names, *copied, *(extra_files or {})]

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from data_pipeline.errors import DataFileError, OutputExistsError, UserError
 from rpo_jax.config import ConfigError, LoraConfig, ModelConfig, check_local_path
 from rpo_jax.config_loading import config_from_dict
 from rpo_jax.io.hf import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
@@ -41,7 +42,7 @@ EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy", "atte
 _NOT_ARCHITECTURE = (*EXECUTION_FIELDS, "initializer_range")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint's parameters do not fit the model it is being restored into."""
 
 
@@ -49,7 +50,7 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
     """Saves an NNX parameter state (sharded or not) plus its configs to a new folder `path`."""
     path = Path(check_local_path(str(path), "params checkpoint")).absolute()
     if path.exists():
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite")
+        raise OutputExistsError(f"{path}: already exists; refusing to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-params"
     if tmp.exists():  # left by an interrupted save
@@ -71,7 +72,7 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataFileError(
             f"{path}: not found (is {path.parent} a params checkpoint from save_params, or an "
             f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)"
         )
@@ -117,7 +118,7 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
     """
     params_dir = Path(check_local_path(str(path), "params checkpoint")).absolute() / PARAMS_DIR
     if not params_dir.is_dir():
-        raise FileNotFoundError(
+        raise DataFileError(
             f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
             f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)"
         )
@@ -220,7 +221,7 @@ def import_hf(
 ) -> tuple[ModelConfig, Path]:
     """An HF Llama folder -> a new params checkpoint at `output`, each tensor read straight into its sharding."""
     if Path(output).exists():
-        raise FileExistsError(f"{output}: already exists; refusing to overwrite")
+        raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
     cfg, state = load_hf_state(hf_dir, mesh, param_dtype=param_dtype)
     return cfg, save_params(output, state, cfg, LoraConfig())
 
@@ -240,7 +241,7 @@ def import_gguf(
     from rpo_jax.io.gguf import gguf_to_hf
 
     if Path(output).exists():
-        raise FileExistsError(f"{output}: already exists; refusing to overwrite")
+        raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
     with tempfile.TemporaryDirectory(prefix="rpo_jax_gguf_") as scratch:
         hf_dir = Path(hf_output) if hf_output else Path(scratch) / "hf"
         gguf_to_hf(gguf_path, hf_dir)
