@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py); "
         "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py) (default: none)",
     )
-    parser.add_argument("--pairs", default="", help="--compare packing: the pair JSONL to tokenize and train on")
+    parser.add_argument(
+        "--pairs", default="", help="--compare packing: the pair JSONL to tokenize and train on (default: none)"
+    )
     parser.add_argument(
         "--sweep",
         choices=("seq", "vocab", "size", "attention"),

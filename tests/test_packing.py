@@ -81,14 +81,14 @@ def _model(attention="blockwise"):
 
 
 def _unpacked(records):
-    return CollatePairs((), MAX_LENGTH, 2, None)(records)
+    return CollatePairs((), max(len(row) for r in records for row in r["rows"]), 2, None)(records)
 
 
 def _packed(records, shared, rows_of):
     """Rows holding `rows_of[r]` consecutive records each, slots = the largest row."""
     slots, out, start = max(rows_of), [], 0
     for n in rows_of:
-        capacity = len(records[0]["rows"]) * MAX_LENGTH * max(rows_of)
+        capacity = sum(len(row) for r in records for row in r["rows"])
         out.append(layout_row(records[start : start + n], capacity, slots, 2, shared))
         start += n
     batch = {k: np.stack([row[k] for row in out]) for k in out[0]}
