@@ -65,6 +65,8 @@ class Trainer:
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
         if self.is_main:  # what model.attention resolved to on this backend (auto differs per chip)
             print(describe_attention(cfg.model, self.mesh), flush=True)
+            if cfg.data.packing != "none":  # the plan: rows, example slots per row, fill, mirror units split
+                print(f"packing ({cfg.data.packing}): {self.loader.packing}", flush=True)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
         self.checkpointer = StepCheckpointer(
