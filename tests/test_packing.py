@@ -261,3 +261,18 @@ def test_shared_prompt_mask_is_refused_by_kernels_that_cannot_express_it(impl):
     seg = jnp.ones((1, 8), jnp.int32)
     with pytest.raises(ConfigError, match=f"model.attention={impl} cannot express"):
         attend(impl, q, q, q, AttentionMask(seg, 1, seg), scale=1.0)
+
+
+def test_processes_get_disjoint_rows_that_cover_the_epoch(shard_dir):
+    seen = []
+    for index in range(2):
+        it = make_packed_loader(
+            shard_dir, rows_per_batch=2, seed=5, shared_prompt=True, shard_index=index, shard_count=2, num_epochs=1
+        )
+        batches = list(it)
+        assert len(batches) == it.num_batches
+        seen.append({int(i) for b in batches for i in b["example_index"].ravel() if i >= 0})
+    assert not seen[0] & seen[1]
+    rows, per_step = it.packing["rows"], 2 * 2
+    assert len(seen[0] | seen[1]) <= read_manifest(shard_dir)["num_examples"]
+    assert it.num_batches == rows // per_step
