@@ -3,6 +3,7 @@
     rpo-jax bench --model tiny --seq-len 512 --batch 4 --loss dpo --reference separate --output bench.json
     rpo-jax bench --model tiny --compare trl          # same weights, batch and dtype through TRL 1.16 (torch, CPU)
     rpo-jax bench --model tiny --compare references   # separate vs precomputed vs LoRA-disabled base, one run
+    rpo-jax bench --compare packing --pairs P.jsonl --seq-len 1024   # padded vs packed vs shared prompt, one run
     rpo-jax bench --sweep seq                          # scaling sweeps + PNG plots (see benchmarks/sweep.py)
 
 Step time is the median over `--steps` timed steps after `--warmup` steps (compile time reported separately).
@@ -64,10 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         action="append",
-        choices=("trl", "references", "attention"),
+        choices=("trl", "references", "attention", "packing"),
         default=[],
         help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes; "
-        "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py) (default: none)",
+        "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py); "
+        "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py) (default: none)",
+    )
+    parser.add_argument(
+        "--pairs", default="", help="--compare packing: the pair JSONL to tokenize and train on (default: none)"
     )
     parser.add_argument(
         "--sweep",
@@ -200,6 +205,15 @@ def run(args) -> int:
 
         return sweep.run(args)
     _check(args)
+    if "packing" in args.compare:
+        from benchmarks import packing_bench
+
+        result = packing_bench.run(args)
+        print(packing_bench.summary(result))
+        packing_bench.plot(result, Path(args.plot_dir) / (args.plot_name or "bench_packing.png"))
+        if args.output:
+            _write_json(args.output, result)
+        return 0
     if "attention" in args.compare:
         from benchmarks import attention_sweep
 

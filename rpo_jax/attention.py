@@ -42,15 +42,24 @@ class AttentionMask:
     `segment_ids_BL`: 0 = padding; consecutive tokens with the same positive id form one sequence. Today's batches
     are one sequence per row then padding (`max_segments=1`). Packed rows (several sequences each) set
     `max_segments` to the most any row holds: the cuDNN path needs that bound at trace time, the other paths read
-    the ids directly. A shared-prompt mask (responses that also see a prompt segment) would be a further field.
+    the ids directly. `prefix_ids_BL` (shared prompts, `data.packing=packed_shared_prompt`): a token also sees
+    earlier tokens of the segment it names (a response branch sees its prompt); None = its own segment only.
+    Only xla and blockwise express that; `attend` raises for cudnn and splash (`shared_prompt_attention`).
     """
 
     segment_ids_BL: jax.Array
     max_segments: int = dataclasses.field(default=1, metadata=dict(static=True))
+    prefix_ids_BL: jax.Array | None = None
 
 
-def attention_mask(segment_ids_BT: jax.Array, segment_ids_BS: jax.Array, causal_offset: int | jax.Array = 0):
-    """Dense boolean [B, 1, T, S]: causal by index, and only within the same segment (0 = padding).
+def attention_mask(
+    segment_ids_BT: jax.Array,
+    segment_ids_BS: jax.Array,
+    causal_offset: int | jax.Array = 0,
+    prefix_ids_BT: jax.Array | None = None,
+):
+    """Dense boolean [B, 1, T, S]: causal by index, and only within the same segment (0 = padding) or the query's
+    prefix segment (`prefix_ids_BT`, shared prompts).
 
     `causal_offset` is the absolute index of query 0 among the keys (non-zero when decoding with a cache).
     """
@@ -58,6 +67,8 @@ def attention_mask(segment_ids_BT: jax.Array, segment_ids_BS: jax.Array, causal_
     q_idx = jnp.arange(T)[:, None] + causal_offset
     causal_TS = q_idx >= jnp.arange(S)[None, :]
     same_BTS = segment_ids_BT[:, :, None] == segment_ids_BS[:, None, :]
+    if prefix_ids_BT is not None:
+        same_BTS = same_BTS | (prefix_ids_BT[:, :, None] == segment_ids_BS[:, None, :])
     return (causal_TS[None] & same_BTS)[:, None]
 
 
@@ -95,14 +106,28 @@ def resolve_attention(cfg: ModelConfig, platform: str) -> tuple[str, str]:
     return name, "set in model.attention"
 
 
+def shared_prompt_attention(impl: str) -> str:
+    """Why `impl` cannot run shared-prompt rows ('' if it can)."""
+    if impl in ("xla", "blockwise"):
+        return ""
+    return (
+        f"data.packing=packed_shared_prompt needs a mask where a response sees its prompt segment, which "
+        f"model.attention={impl} cannot express; use model.attention=blockwise (or xla), or data.packing=packed"
+    )
+
+
 def platform_of(mesh: Mesh | None) -> str:
     """The platform the program runs on: the mesh's devices (plan compiles for CPU devices on any host)."""
     return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
-def describe_attention(cfg: ModelConfig, mesh: Mesh | None) -> str:
-    """One line for logs and `rpo-jax plan`: `attention: auto -> cudnn (auto on the gpu backend)`."""
+def describe_attention(cfg: ModelConfig, mesh: Mesh | None, packing: str = "none") -> str:
+    """One line for logs and `rpo-jax plan`: `attention: auto -> cudnn (auto on the gpu backend)`. Shared-prompt
+    rows run blockwise where `auto` picked a kernel that cannot mask them (as `LlamaModel.__call__` does; an
+    explicit such choice was refused by `batches.check_packing_settings`)."""
     impl, why = resolve_attention(cfg, platform_of(mesh))
+    if packing == "packed_shared_prompt" and shared_prompt_attention(impl):
+        impl, why = "blockwise", f"{impl} cannot express the shared-prompt mask of data.packing={packing}"
     return f"attention: {cfg.attention} -> {impl} ({why})"
 
 
@@ -122,11 +147,15 @@ def attend(
     `mesh` lets kernels that GSPMD cannot partition (splash) run per shard under `shard_map`; `interpret` runs the
     splash kernel in Pallas interpret mode (tests on CPU).
     """
-    seg_BT = mask.segment_ids_BL
+    seg_BT, prefix_BT = mask.segment_ids_BL, mask.prefix_ids_BL
     if impl == "xla":
-        return xla_attention(q_BTHDh, k_BTKDh, v_BTKDh, attention_mask(seg_BT, seg_BT), scale=scale)
+        return xla_attention(
+            q_BTHDh, k_BTKDh, v_BTKDh, attention_mask(seg_BT, seg_BT, prefix_ids_BT=prefix_BT), scale=scale
+        )
     if impl == "blockwise":
-        return blockwise_attention(q_BTHDh, k_BTKDh, v_BTKDh, seg_BT, scale=scale)
+        return blockwise_attention(q_BTHDh, k_BTKDh, v_BTKDh, seg_BT, scale=scale, prefix_ids_BT=prefix_BT)
+    if prefix_BT is not None:
+        raise ConfigError(shared_prompt_attention(impl))
     from rpo_jax import attention_kernels  # the Pallas/cuDNN modules load only when chosen
 
     if impl == "cudnn":

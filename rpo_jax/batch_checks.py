@@ -109,3 +109,44 @@ def validate_batch(batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, req
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             bad = tuple(np.argwhere(~np.isfinite(arr))[0].tolist())
             raise BatchError(f"batch.{name}: non-finite value at index {bad}")
+
+
+def validate_packed_batch(
+    batch: Mapping[str, np.ndarray], loss_cfg: LossConfig, *, require_ref_logps: bool = False
+) -> None:
+    """Packed rows (`data_pipeline.records.packing`): the per-slot fields agree with the rows, every sequence of a
+    real example scores a token, and the unpacked checks hold for the flattened slots."""
+    tokens = np.asarray(batch["tokens"])
+    scored = np.asarray(batch["scored_tokens"])
+    if tokens.ndim != 2 or scored.ndim != 3:
+        raise BatchError(f"packed batch: tokens {tokens.shape} must be [R, L], scored_tokens {scored.shape} [R, J, G]")
+    R, J, G = scored.shape
+    check_group_size(loss_cfg, G)
+    for name in ("loss_mask", "segment_ids", "positions", "sequence_ids", "prefix_ids"):
+        if name in batch or name != "prefix_ids":
+            _require(batch, name, tokens.shape, "int")
+    margin = _require(batch, "margin", (R, J), "int")
+    weight = _require(batch, "example_weight", (R, J), "float")
+    if not np.isin(weight, (0.0, 1.0)).all() or not weight.any():
+        raise BatchError("batch.example_weight: expected 0/1 slot weights with at least one 1")
+    if (margin < 0).any():
+        raise BatchError(f"batch.margin: negative margin {int(margin.min())}")
+    live = weight[..., None] > 0
+    if (live & (scored == 0)).any():
+        r, j, g = (int(i) for i in np.argwhere(live & (scored == 0))[0])
+        raise BatchError(f"batch.scored_tokens: row {r}, slot {j}, sequence {g} ({ROW_NAMES[G][g]}) scores no token")
+    seq, mask = np.asarray(batch["sequence_ids"]), np.asarray(batch["loss_mask"]) != 0
+    disagree = "batch.loss_mask / sequence_ids: scored tokens disagree with scored_tokens per sequence"
+    if (mask & (seq < 0)).any():
+        raise BatchError(disagree)
+    counted = np.stack([np.bincount(s[m], minlength=J * G) for s, m in zip(seq, mask, strict=True)])
+    if not np.array_equal(counted.reshape(R, J, G), scored):
+        raise BatchError(disagree)
+    if mask[:, 0].any():
+        raise BatchError("batch.loss_mask: a row scores position 0, which no logit predicts")
+    if "ref_logps" in batch:
+        ref = _require(batch, "ref_logps", (R, J, G), "float")
+        if (ref > 0).any():
+            raise BatchError(f"batch.ref_logps: log-prob {float(ref.max())} > 0")
+    elif require_ref_logps and needs_reference(loss_cfg):
+        raise BatchError("batch.ref_logps is missing: precomputed reference mode")

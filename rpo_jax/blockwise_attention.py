@@ -13,8 +13,8 @@ key/value heads, so K/V are never repeated. Scores, softmax statistics and accum
 block matmuls read q/k/v (and the probabilities, cast like `jax.nn.dot_product_attention` does) in their dtype.
 
 Mask semantics equal `attention.attention_mask`: query t sees key s iff s <= t and both carry the same segment
-id; padding (id 0) sees earlier padding, so no row is empty. Rows are padded internally to whole blocks with id
--1, which only padding rows added here carry.
+id, or s's segment is t's prefix segment (shared prompts); padding (id 0) sees earlier padding, so no row is
+empty. Rows are padded internally to whole blocks with id -1, which only padding rows added here carry.
 """
 
 from __future__ import annotations
@@ -43,21 +43,28 @@ def _from_blocks(x_n):
     return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
-def _live_pairs(seg_q_nBb, seg_k_nBb):
-    """[nq, nk] bool: some row of the batch has a (query, key) pair with equal segment ids in this block pair.
-    Conservative (range overlap of min..max per row), so a skipped block is certainly fully masked."""
-    q_lo, q_hi = seg_q_nBb.min(-1), seg_q_nBb.max(-1)  # [nq, B]
-    k_lo, k_hi = seg_k_nBb.min(-1), seg_k_nBb.max(-1)  # [nk, B]
-    overlap = (q_lo[:, None] <= k_hi[None]) & (k_lo[None] <= q_hi[:, None])  # [nq, nk, B]
-    return overlap.any(-1)
+def _live_pairs(seg_q_nBb2, seg_k_nBb2):
+    """[nq, nk] bool: some row of the batch has a (query, key) pair the mask allows in this block pair: equal
+    segment ids, or the key's segment is the query's prefix. Conservative (range overlap of min..max per row), so a
+    skipped block is certainly fully masked. Ids without the trailing (segment, prefix) axis are segment ids."""
+    if seg_q_nBb2.ndim == 3:
+        seg_q_nBb2, seg_k_nBb2 = seg_q_nBb2[..., None], seg_k_nBb2[..., None]
+    k_lo, k_hi = seg_k_nBb2[..., 0].min(-1), seg_k_nBb2[..., 0].max(-1)  # [nk, B]
+    live = False
+    for field in range(seg_q_nBb2.shape[-1]):  # the query's own segment id, then its prefix id
+        q_lo, q_hi = seg_q_nBb2[..., field].min(-1), seg_q_nBb2[..., field].max(-1)  # [nq, B]
+        live = live | ((q_lo[:, None] <= k_hi[None]) & (k_lo[None] <= q_hi[:, None]))  # [nq, nk, B]
+    return live.any(-1)
 
 
 def _block_mask(i, j, block_q: int, block_kv: int, seg_q_Bq, seg_k_Bk):
-    """[B, 1, 1, bq, bk]: causal by absolute index and same segment."""
+    """[B, 1, 1, bq, bk]: causal by absolute index, and the key in the query's segment or in its prefix segment
+    (`seg_*` [B, b, 2] = segment id, prefix id)."""
     q_idx = i * block_q + jnp.arange(block_q)
     k_idx = j * block_kv + jnp.arange(block_kv)
     causal = q_idx[:, None] >= k_idx[None, :]
-    same = seg_q_Bq[:, :, None] == seg_k_Bk[:, None, :]
+    k_seg = seg_k_Bk[:, None, :, 0]
+    same = (seg_q_Bq[:, :, None, 0] == k_seg) | (seg_q_Bq[:, :, None, 1] == k_seg)
     return (causal[None] & same)[:, None, None]
 
 
@@ -187,15 +194,17 @@ def blockwise_attention(
     scale: float,
     block_q: int = DEFAULT_BLOCK,
     block_kv: int = DEFAULT_BLOCK,
+    prefix_ids_BT=None,
 ):
-    """Causal self-attention [B, T, H, Dh] over keys/values [B, T, K, Dh] (H a multiple of K), same-segment only.
-    Block sizes are capped at T, so short rows run as one block."""
+    """Causal self-attention [B, T, H, Dh] over keys/values [B, T, K, Dh] (H a multiple of K), same-segment only,
+    or also the segment `prefix_ids_BT` names (shared prompts, `attention.AttentionMask`). Block sizes are capped
+    at T, so short rows run as one block."""
     B, T, H, Dh = q_BTHDh.shape
     K = k_BTKDh.shape[2]
     if k_BTKDh.shape[1] != T:
         raise ValueError(f"blockwise attention is self-attention: {T} queries but {k_BTKDh.shape[1]} keys")
     q_BTKGD = q_BTHDh.reshape(B, T, K, H // K, Dh)  # head h = k·G + g, as jax.nn.dot_product_attention groups
-    out = _attention(
-        q_BTKGD, k_BTKDh, v_BTKDh, segment_ids_BT.astype(jnp.int32), scale, min(block_q, T), min(block_kv, T)
-    )
+    prefix_ids_BT = segment_ids_BT if prefix_ids_BT is None else prefix_ids_BT
+    seg_BT2 = jnp.stack([segment_ids_BT, prefix_ids_BT], axis=-1).astype(jnp.int32)
+    out = _attention(q_BTKGD, k_BTKDh, v_BTKDh, seg_BT2, scale, min(block_q, T), min(block_kv, T))
     return out.reshape(B, T, H, Dh)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rpo_jax.config_rules import ConfigError, check_bounds, check_local_path
+from rpo_jax.config_rules import PACKING_CHOICES, ConfigError, check_bounds, check_local_path
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -144,14 +144,16 @@ class DataConfig:
     num_workers: int = 0
     length_buckets: tuple[int, ...] = ()
     group_mirrors: bool = False
+    packing: str = "none"
 
     def __post_init__(self):
         for name in ("train_path", "eval_path", "pairs_path", "eval_pairs_path", "tokenizer_path"):
             check_local_path(getattr(self, name), f"data.{name}")
         if (self.pairs_path or self.eval_pairs_path) and not self.tokenizer_path:
             raise ConfigError("data.pairs_path / data.eval_pairs_path need data.tokenizer_path")
-        if self.truncation not in ("drop", "keep_start", "split"):
-            raise ConfigError(f"data.truncation must be drop, keep_start or split, got {self.truncation!r}")
+        for name, allowed in (("truncation", ("drop", "keep_start", "split")), ("packing", PACKING_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         check_bounds("data", self)
         bad_buckets = [b for b in self.length_buckets if not 1 <= b <= self.max_length]
         if bad_buckets:

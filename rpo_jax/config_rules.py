@@ -17,6 +17,8 @@ import math
 from data_pipeline.errors import UserError
 from data_pipeline.files import url_path_problem
 
+# The one non-numeric choice kept here so config.py stays short: data.packing (data_pipeline.records.packing).
+PACKING_CHOICES = ("none", "packed", "packed_shared_prompt")
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, UNIT, UNIT_OPEN = "(0, inf)", "[0, inf)", "[1, inf)", "[0, 1]", "[0, 1)"
 
 BOUNDS: dict[str, dict[str, str]] = {

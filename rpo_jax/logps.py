@@ -89,8 +89,9 @@ def _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size: int):
     return target_logit_NC, max_NC + jnp.log(sum_exp_NC)
 
 
-def _score_chunk(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D, vocab_chunk_size: int):
-    """Per-row (Σ logp, Σ vocab-mean logit) over the scored tokens of one chunk of positions."""
+def _score_chunk(h_NCD, targets_NC, scored_NC, owner_NC, lm_head_DV, mean_head_D, vocab_chunk_size: int):
+    """(Σ logp, Σ vocab-mean logit) over the scored tokens of one chunk of positions: per row `[N]`, or per
+    sequence slot `[N, S]` of packed rows when `owner_NC` is the one-hot `[N, C, S]` slot of each target."""
     if 0 < vocab_chunk_size < lm_head_DV.shape[1]:
         target_logit_NC, lse_NC = _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size)
     else:
@@ -98,10 +99,10 @@ def _score_chunk(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D, vocab_ch
     logp_NC = target_logit_NC - lse_NC
     # mean_v(h·W[:, v]) = h·mean_v(W): the metric costs one [D] dot per token instead of a pass over the vocab.
     mean_logit_NC = jax.lax.stop_gradient(jnp.einsum("ncd,d->nc", h_NCD.astype(jnp.float32), mean_head_D))
-    return (
-        jnp.sum(jnp.where(scored_NC, logp_NC, 0.0), axis=-1),
-        jnp.sum(jnp.where(scored_NC, mean_logit_NC, 0.0), axis=-1),
-    )
+    logp_NC, mean_logit_NC = jnp.where(scored_NC, logp_NC, 0.0), jnp.where(scored_NC, mean_logit_NC, 0.0)
+    if owner_NC is None:
+        return jnp.sum(logp_NC, axis=-1), jnp.sum(mean_logit_NC, axis=-1)
+    return jnp.einsum("nc,ncs->ns", logp_NC, owner_NC), jnp.einsum("nc,ncs->ns", mean_logit_NC, owner_NC)
 
 
 def score_hidden(
@@ -112,8 +113,11 @@ def score_hidden(
     *,
     logits_chunk_size: int,
     vocab_chunk_size: int = 0,
+    sequence_ids_NL: jax.Array | None = None,
+    num_slots: int = 0,
 ) -> SequenceScores:
-    """Scores final hidden states `[N, L, D]` against their next tokens; returns `[N]` sums.
+    """Scores final hidden states `[N, L, D]` against their next tokens; returns `[N]` sums, or `[N, num_slots]`
+    sums per sequence of packed rows, where `sequence_ids_NL` gives each token's slot (-1 for none).
 
     `logits_chunk_size` is the number of positions (over all N rows together) whose logits exist at once: each
     chunk takes `max(1, logits_chunk_size // N)` compacted positions of every row. `vocab_chunk_size > 0` further
@@ -125,7 +129,12 @@ def score_hidden(
         raise ValueError(f"vocab_chunk_size must be >= 0, got {vocab_chunk_size}")
     N, L, D = h_NLD.shape
     targets_NL, scored_NL = shift_targets(tokens_NL, loss_mask_NL)
-    counts_N = jnp.sum(scored_NL, axis=1)
+    packed = sequence_ids_NL is not None
+    if packed:  # the slot of each position's target (its next token), as for the targets themselves
+        owner_NL = jnp.concatenate([sequence_ids_NL[:, 1:], jnp.full_like(sequence_ids_NL[:, :1], -1)], axis=1)
+        counts_N = jnp.sum(jax.nn.one_hot(owner_NL, num_slots, dtype=jnp.int32) * scored_NL[..., None], axis=1)
+    else:
+        counts_N = jnp.sum(scored_NL, axis=1)
 
     cols = max(1, min(L, logits_chunk_size // N))
     num_chunks = -(-L // cols)
@@ -136,15 +145,18 @@ def score_hidden(
     scored_NP = jnp.pad(jnp.take_along_axis(scored_NL, order_NL, axis=1), ((0, 0), (0, padded - L)))
     targets_NP = jnp.take_along_axis(targets_NL, order_NP, axis=1)
     h_NPD = jnp.take_along_axis(h_NLD, order_NP[..., None], axis=1)
+    owner_NP = jnp.take_along_axis(owner_NL, order_NP, axis=1) if packed else jnp.zeros((N, padded), jnp.int32)
 
     def by_chunk(x):  # [N, P, ...] -> [num_chunks, N, cols, ...] as scan inputs
         return jnp.moveaxis(x.reshape(N, num_chunks, cols, *x.shape[2:]), 1, 0)
 
     mean_head_D = jax.lax.stop_gradient(jnp.mean(lm_head_DV.astype(jnp.float32), axis=1))
-    longest = jnp.max(counts_N)
+    longest = jnp.max(jnp.sum(scored_NL, axis=1))
 
-    def skip(h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D):
-        return jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32)
+    sums_shape = (N, num_slots) if packed else (N,)
+
+    def skip(h_NCD, targets_NC, scored_NC, owner_NC, lm_head_DV, mean_head_D):
+        return jnp.zeros(sums_shape, jnp.float32), jnp.zeros(sums_shape, jnp.float32)
 
     # Remat outside the cond: with it inside, scan cannot see that the head weight is loop-invariant and stacks a
     # [D, V] residual per chunk (measured: 2.7 GB vs 0.74 GB temp at V=128k, 64 chunks).
@@ -153,13 +165,20 @@ def score_hidden(
         return jax.lax.cond(live, lambda *a: _score_chunk(*a, vocab_chunk_size), skip, *args)
 
     def body(carry, xs):
-        chunk_index, h_NCD, targets_NC, scored_NC = xs
+        chunk_index, h_NCD, targets_NC, scored_NC, owner_NC = xs
         live = chunk_index * cols < longest
-        sums = guarded(live, h_NCD, targets_NC, scored_NC, lm_head_DV, mean_head_D)
+        one_hot_NCS = jax.nn.one_hot(owner_NC, num_slots, dtype=jnp.float32) if packed else None
+        sums = guarded(live, h_NCD, targets_NC, scored_NC, one_hot_NCS, lm_head_DV, mean_head_D)
         return (carry[0] + sums[0], carry[1] + sums[1]), None
 
-    init = (jnp.zeros((N,), jnp.float32), jnp.zeros((N,), jnp.float32))
-    xs = (jnp.arange(num_chunks, dtype=jnp.int32), by_chunk(h_NPD), by_chunk(targets_NP), by_chunk(scored_NP))
+    init = (jnp.zeros(sums_shape, jnp.float32), jnp.zeros(sums_shape, jnp.float32))
+    xs = (
+        jnp.arange(num_chunks, dtype=jnp.int32),
+        by_chunk(h_NPD),
+        by_chunk(targets_NP),
+        by_chunk(scored_NP),
+        by_chunk(owner_NP),
+    )
     (logps_N, mean_logit_sums_N), _ = jax.lax.scan(body, init, xs)
     return SequenceScores(logps_N, counts_N.astype(jnp.float32), mean_logit_sums_N)
 

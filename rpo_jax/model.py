@@ -20,7 +20,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 
-from rpo_jax.attention import AttentionMask, attend, platform_of, resolve_attention
+from rpo_jax.attention import AttentionMask, attend, platform_of, resolve_attention, shared_prompt_attention
 from rpo_jax.config import LoraConfig, ModelConfig, RopeConfig
 from rpo_jax.remat import remat_policy
 
@@ -250,9 +250,12 @@ class Llama(nnx.Module):
         use_lora: bool = True,
         lora_dropout_rng: jax.Array | None = None,
         mesh: Mesh | None = None,
+        prefix_ids_BL=None,
+        max_segments: int = 1,
     ):
         """`lora_dropout_rng` turns on LoRA dropout (training only); without it adapters run deterministically.
-        `mesh` is where the program runs: it picks the attention for `auto` (`rpo_jax.attention`)."""
+        `mesh` picks the attention for `auto`; packed rows pass `max_segments` and, with shared prompts,
+        `prefix_ids_BL` (`AttentionMask`), for which `auto` runs blockwise where cudnn/splash cannot."""
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
         if segment_ids_BL is None:
@@ -260,7 +263,9 @@ class Llama(nnx.Module):
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(dtype)
         cos, sin = rope_cos_sin(positions_BL, rope_inv_freq(cfg.rope_parameters, cfg.head_dim), dtype)
         impl, _ = resolve_attention(cfg, platform_of(mesh))
-        mask = AttentionMask(segment_ids_BL)
+        if prefix_ids_BL is not None and cfg.attention == "auto" and shared_prompt_attention(impl):
+            impl = "blockwise"
+        mask = AttentionMask(segment_ids_BL, max_segments, prefix_ids_BL)
         lora_scale = self.lora_scale if use_lora else 0.0
 
         def attend_fn(q, k, v):

@@ -15,8 +15,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rpo_jax.config import Config
-from rpo_jax.logps import SequenceScores, paired_logps
+from rpo_jax.logps import SequenceScores
 from rpo_jax.losses import loss_and_metrics
+from rpo_jax.packed_logps import group_fields, is_packed, sequence_logps
 from rpo_jax.policy import PolicyParams
 
 TrainState = dict[str, Any]
@@ -100,16 +101,21 @@ def make_objective(cfg: Config, policy: PolicyParams, mesh: Mesh | None = None) 
 
     def reference_logps(trainable, frozen, reference, batch) -> jax.Array | None:
         if mode == "precomputed":
-            return batch["ref_logps"]
+            return group_fields(batch)[2]
         if mode == "none":
             return None
         ref_model = policy.reference_model(trainable, frozen, reference)
-        return jax.lax.stop_gradient(paired_logps(ref_model, batch, use_lora=False, **score).logps)
+        return jax.lax.stop_gradient(sequence_logps(ref_model, batch, use_lora=False, **score).logps)
 
     def policy_objective(trainable, frozen, batch, ref_logps_BG, dropout_rng=None):
         model = policy.merged_model(trainable, frozen)
-        scores: SequenceScores = paired_logps(model, batch, use_lora=True, lora_dropout_rng=dropout_rng, **score)
-        return loss_and_metrics(scores, ref_logps_BG, batch["margin"], cfg.loss, batch.get("example_weight"))
+        scores: SequenceScores = sequence_logps(model, batch, use_lora=True, lora_dropout_rng=dropout_rng, **score)
+        margin_B, weight_B, _ = group_fields(batch)
+        if is_packed(batch):  # empty slots score nothing: count 1 there so length-normalised losses stay finite
+            scores = scores._replace(counts=jnp.where(weight_B[:, None] > 0, scores.counts, 1.0))
+        loss_B, metrics = loss_and_metrics(scores, ref_logps_BG, margin_B, cfg.loss, weight_B)
+        # Packed batches have empty example slots: they weigh 0 in the loss too (unpacked training has no weights).
+        return (loss_B * weight_B if is_packed(batch) else loss_B), metrics
 
     return reference_logps, policy_objective
 
@@ -140,7 +146,8 @@ def make_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def step(state: TrainState, frozen, reference, batch):
-        global_examples = batch["tokens"].shape[0]
+        # Packed batches carry a varying number of examples: the mean is over their real (weight-1) slots.
+        global_examples = jnp.sum(batch["example_weight"]) if is_packed(batch) else batch["tokens"].shape[0]
         micro = _split_micro(batch, k)
         params = state["params"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])

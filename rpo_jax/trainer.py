@@ -65,8 +65,9 @@ class Trainer:
             ref_logps=self.ref_logps.get(cfg.data.train_path),
         )
         self.policy = build_policy(cfg, self.mesh, cfg.train.init_checkpoint)
-        if self.is_main:  # what model.attention resolved to on this backend (auto differs per chip)
-            print(describe_attention(cfg.model, self.mesh), flush=True)
+        if self.is_main:  # what model.attention resolved to (auto differs per chip), the packing plan
+            plan = f"\npacking ({cfg.data.packing}): {self.loader.packing}" if cfg.data.packing != "none" else ""
+            print(describe_attention(cfg.model, self.mesh, cfg.data.packing) + plan, flush=True)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.state, self.state_sh = init_train_state(self.policy, self.optimizer, cfg.train.seed, self.mesh)
         self.checkpointer = StepCheckpointer(

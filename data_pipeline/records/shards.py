@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipeline.errors import DataFileError, OutputExistsError, UserError
 from data_pipeline.files import file_sha256
+from data_pipeline.records.packing import efficiency_summary, packed_length
 from data_pipeline.records.tokenize import TokenizedExample
 
 SCHEMA_VERSION = 3  # 2: manifest lists `mirror_pairs`; 3: row_lengths.npy
@@ -123,6 +124,7 @@ class ShardWriter:
         self.group_size: int | None = None
         self.max_row_length = 0
         self.row_lengths: list[int] = []
+        self.packed_lengths: dict[str, list[int]] = {"packed": [], "packed_shared_prompt": []}
         self._by_responses: dict[bytes, list[int]] = {}  # G=2: sorted response token ids -> example indices
 
     def __enter__(self) -> ShardWriter:
@@ -143,6 +145,9 @@ class ShardWriter:
             raise ValueError(f"group size {len(example.rows)} differs from the shard's {self.group_size}")
         self._writer.write(encode_record(self.num_examples, example))
         self.row_lengths.extend(len(r) for r in example.rows)
+        record = {"rows": example.rows, "response_starts": example.response_starts}
+        self.packed_lengths["packed"].append(packed_length(record, shared_prompt=False))
+        self.packed_lengths["packed_shared_prompt"].append(packed_length(record, shared_prompt=True))
         self.max_row_length = max(self.max_row_length, *(len(r) for r in example.rows))
         if self.group_size == 2:
             responses = sorted(
@@ -194,6 +199,13 @@ class ShardWriter:
             "row_length_percentiles": {str(q): int(np.percentile(lengths, q)) for q in (50, 90, 99, 100)},
             "mirror_pairs": self.mirror_pairs(),
             "row_lengths": ROW_LENGTHS_NAME,
+            "packing": efficiency_summary(
+                len(self.row_lengths),
+                int(sum(self.row_lengths)),
+                self.packed_lengths,
+                manifest.get("max_length") or max(self.max_row_length, 1),
+                self.group_size or 1,
+            ),
             "shards": shards,
         }
         _write_json_atomic(self._tmp / MANIFEST_NAME, full)
