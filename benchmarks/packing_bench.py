@@ -69,7 +69,8 @@ def _logp_diff(cfg, loaders_first: dict, records_by_index, pad_id: int) -> float
         packed = jax.tree.map(jnp.asarray, _inputs(batch)[0])
         got = np.asarray(packed_logps(model, packed, logits_chunk_size=1024).logps)
         records = [records_by_index(int(i)) for i in index[live]]
-        unpacked = CollatePairs((), int(max(len(r) for rec in records for r in rec["rows"])), pad_id, None)(records)
+        longest = int(max(len(r) for rec in records for r in rec["rows"]))
+        unpacked = CollatePairs(longest, pad_id, None)([{**rec, "pad_to": 0} for rec in records])
         ref = np.asarray(paired_logps(model, jax.tree.map(jnp.asarray, unpacked), logits_chunk_size=1024).logps)
         worst = max(worst, float(np.max(np.abs(got[live.reshape(-1)] - ref) / np.abs(ref))))
     return worst

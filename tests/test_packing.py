@@ -81,7 +81,8 @@ def _model(attention="blockwise"):
 
 
 def _unpacked(records):
-    return CollatePairs((), max(len(row) for r in records for row in r["rows"]), 2, None)(records)
+    longest = max(len(row) for r in records for row in r["rows"])
+    return CollatePairs(longest, 2, None)([{**r, "pad_to": 0} for r in records])  # pad_to 0: to max_length
 
 
 def _packed(records, shared, rows_of):
@@ -221,7 +222,8 @@ def test_packed_train_step_equals_unpacked(shared=True):
     cfg = tiny_config(loss={"loss_type": ["rpo", "sigmoid_norm"], "loss_weights": [1.0, 0.5]}, optim=LINEAR_OPTIM)
     records = _synthetic_records(5, cfg.model.vocab_size, seed=1)
     skip = ("example_index", "example_weight")
-    unpacked = {k: v for k, v in CollatePairs((), 24, 0, None)(records).items() if k not in skip}
+    collated = CollatePairs(24, 0, None)([{**r, "pad_to": 0} for r in records])
+    unpacked = {k: v for k, v in collated.items() if k not in skip}
     rows = [layout_row(records[:3], 128, 3, 0, shared), layout_row(records[3:], 128, 3, 0, shared)]
     packed = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "example_index"}
     if not shared:
