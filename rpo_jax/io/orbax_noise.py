@@ -37,6 +37,7 @@ class OrbaxNoise(logging.Filter):
         super().__init__()
         self.log_path = Path(log_path)
         self._failed = False
+        self._closed = False  # uninstalled: only abandoned Orbax futures are still diverted
         self._previous_hook = None
         self.diverted = 0
 
@@ -49,19 +50,21 @@ class OrbaxNoise(logging.Filter):
         return self
 
     def uninstall(self) -> None:
-        """Restores the hooks, unless a failure was seen: its echoes keep coming until the process exits."""
+        """Restores the unraisable hook, unless a failure was seen: its echoes keep coming until the process
+        exits. The log filters stay: a future Orbax abandoned in a failed restore is only reported when the
+        cyclic garbage collector reaches it, which may be after the checkpointer closed (or at exit)."""
         if self._previous_hook is None or self._failed:
             return
-        for name in _LOGGERS:
-            logging.getLogger(name).removeFilter(self)
         sys.unraisablehook = self._previous_hook
         self._previous_hook = None
+        self._closed = True
 
     def failed(self) -> None:
         self._failed = True
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from_orbax = _ORBAX_SOURCE in record.pathname.replace("\\", "/") and record.levelno >= logging.ERROR
+        own_error = _ORBAX_SOURCE in record.pathname.replace("\\", "/") and record.levelno >= logging.ERROR
+        from_orbax = own_error and not self._closed
         orbax_future = record.name == "asyncio" and _raised_in_orbax(record.exc_info)
         if from_orbax or orbax_future or (self._failed and record.name == "asyncio"):
             text = record.getMessage()
