@@ -51,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--reference", choices=REFERENCE_MODES, default="separate", help="train.reference_mode")
     w.add_argument("--lora-rank", type=int, default=16, help="LoRA rank for --reference lora_base")
     w.add_argument("--logits-chunk-size", type=int, default=1024, help="loss.logits_chunk_size")
-    w.add_argument("--vocab-chunk-size", type=int, default=0, help="loss.vocab_chunk_size (0 = whole vocabulary)")
+    w.add_argument(
+        "--vocab-chunk-size",
+        type=int,
+        default=0,
+        help="loss.vocab_chunk_size (0 = auto from V and positions per chunk; >= V = whole vocabulary at once)",
+    )
     w.add_argument("--steps", type=int, default=5, help="timed steps (>= 5)")
     w.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     w.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic batch")
@@ -225,6 +230,7 @@ def run(args) -> int:
     import jax
 
     from benchmarks import jax_step
+    from rpo_jax.logps import chunk_shape
 
     load_start = workload.load_average()
     baseline_rss = workload.current_rss_bytes()
@@ -285,6 +291,9 @@ def run(args) -> int:
             "remat": args.remat,
             "logits_chunk_size": args.logits_chunk_size,
             "vocab_chunk_size": args.vocab_chunk_size,
+            "vocab_chunk_width": chunk_shape(
+                args.batch * G, args.seq_len, cfg.model.vocab_size, args.logits_chunk_size, args.vocab_chunk_size
+            )[1],
             "lora_rank": cfg.lora.rank,
             "warmup": args.warmup,
             "steps": args.steps,

@@ -1,4 +1,5 @@
-"""TRL 1.16 side of `rpo-jax bench --compare trl`, run in its own process so its peak RSS is its own.
+"""TRL 1.16 side of `rpo-jax bench --compare trl`, run in its own process; its peak RSS is its own
+`VmHWM` (not `ru_maxrss`, which inherits the parent's peak across fork/exec).
 
     python -m benchmarks.trl_step SPEC.json RESULT.json
 
@@ -26,6 +27,15 @@ from pathlib import Path
 def _current_rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    """This process's own RSS high-water mark (`VmHWM`, kB). `ru_maxrss` would not do: Linux keeps it across the
+    fork/exec that started this process, so it reports at least the parent benchmark's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def run(spec: dict) -> dict:
@@ -122,7 +132,9 @@ def run(spec: dict) -> dict:
         "trl_step_times_s": timed,
         "trl_warmup_times_s": timer.times[: spec["warmup"]],
         "trl_train_wall_s": train_wall,
-        "trl_peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "trl_peak_memory_bytes": _peak_rss(),
+        # What the earlier versions reported: max(the parent's peak at spawn, ours); kept to show the difference.
+        "trl_ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "trl_baseline_rss_bytes": baseline_rss,
         "trl_torch_threads": torch.get_num_threads(),
         "trl_versions": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import resource
 import sys
 from pathlib import Path
 
@@ -149,8 +148,23 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's own RSS high-water mark (`VmHWM`).
+
+    Not `getrusage().ru_maxrss`: Linux carries that across fork and exec, so a process started by a large parent
+    reports at least the parent's peak (a TRL subprocess started after our steps read exactly our peak).
+    """
+    return vm_hwm_bytes(Path("/proc/self/status").read_text())
+
+
+def vm_hwm_bytes(proc_status: str) -> int:
+    """`VmHWM` of a `/proc/<pid>/status` text, in bytes (the kernel writes it in kB)."""
+    for line in proc_status.splitlines():
+        if line.startswith("VmHWM:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise RuntimeError(f"/proc status: unexpected VmHWM unit {unit!r}")
+            return int(value) * 1024
+    raise RuntimeError("/proc status has no VmHWM line (not Linux?)")
 
 
 def machine() -> dict:

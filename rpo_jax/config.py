@@ -192,7 +192,7 @@ class LossConfig:
     rpo_margin_mode: str = "inside"
     simpo_gamma: float = 0.5
     logits_chunk_size: int = 1024
-    vocab_chunk_size: int = 0
+    vocab_chunk_size: int = 0  # 0 = auto: chunk width from V and the positions per chunk (logps.py)
 
     def __post_init__(self):
         if self.beta <= 0:

@@ -10,7 +10,9 @@ per-row argsort (no assumption that they are contiguous), and the compacted `[N,
 of columns by a `lax.scan`. A chunk beyond the longest row's scored count is skipped at run time by `lax.cond`, so
 prompt and padding positions cost no LM-head FLOPs, while every shape stays static. Each chunk (and each vocab
 chunk inside it) is wrapped in `jax.checkpoint`: the backward recomputes a chunk's logits instead of storing them,
-so logits memory is a few chunk-sized buffers, whatever L. Rows never mix, so the batch axis keeps its sharding.
+so logits memory is a few chunk-sized buffers, whatever L. The vocabulary is chunked too (online logsumexp); by
+default (`vocab_chunk_size=0`) the width is chosen from V and the positions per chunk, so that memory does not grow
+with V either. Rows never mix, so the batch axis keeps its sharding.
 """
 
 from __future__ import annotations
@@ -64,6 +66,33 @@ def _fold_vocab_chunk(carry, h_NCD, w_DVc, targets_NC, offset):
     picked_NC = jnp.take_along_axis(logits_NCVc, jnp.clip(local_NC, 0, width - 1)[..., None], axis=-1)[..., 0]
     target_logit_NC = target_logit_NC + jnp.where(inside_NC, picked_NC, 0.0)
     return new_max_NC, sum_exp_NC, target_logit_NC
+
+
+# `loss.vocab_chunk_size: 0` (auto) bounds one chunk's logits to this many values (32 MiB in fp32; the backward keeps
+# about three such buffers live), so scoring memory stays flat as V grows. Without it, temporaries grew 13 KB per
+# vocabulary entry at 1,024 positions per chunk (docs/benchmarks.md).
+AUTO_VOCAB_CHUNK_LOGITS = 8 * 2**20
+VOCAB_CHUNK_MULTIPLE = 128  # lane width of TPU vector registers; also a whole number of AVX-512 fp32 vectors
+
+
+def auto_vocab_chunk_size(positions: int, vocab: int) -> int:
+    """Vocab chunk width for `positions` scored at once: the whole vocabulary (returns `vocab`) when its logits fit
+    `AUTO_VOCAB_CHUNK_LOGITS`, else the fewest equal chunks (rounded up to a multiple of 128) that fit it."""
+    step = VOCAB_CHUNK_MULTIPLE
+    cap = max(step, AUTO_VOCAB_CHUNK_LOGITS // positions // step * step)
+    if positions * vocab <= AUTO_VOCAB_CHUNK_LOGITS or vocab <= cap:
+        return vocab
+    num_chunks = -(-vocab // cap)
+    width = -(-vocab // num_chunks)
+    # width = ceil(V / n) <= cap and cap is a multiple of `step`, so rounding up keeps the width within the cap.
+    return -(-width // step) * step
+
+
+def chunk_shape(rows: int, length: int, vocab: int, logits_chunk_size: int, vocab_chunk_size: int) -> tuple[int, int]:
+    """(positions per row, vocab entries) of one LM-head chunk, as `score_hidden` runs it on `[rows, length]`."""
+    cols = max(1, min(length, logits_chunk_size // rows))
+    width = vocab_chunk_size or auto_vocab_chunk_size(rows * cols, vocab)
+    return cols, min(width, vocab)
 
 
 def _chunked_vocab_stats(h_NCD, lm_head_DV, targets_NC, vocab_chunk_size: int):
@@ -120,8 +149,10 @@ def score_hidden(
     sums per sequence of packed rows, where `sequence_ids_NL` gives each token's slot (-1 for none).
 
     `logits_chunk_size` is the number of positions (over all N rows together) whose logits exist at once: each
-    chunk takes `max(1, logits_chunk_size // N)` compacted positions of every row. `vocab_chunk_size > 0` further
-    splits the vocabulary (online logsumexp), bounding a chunk's logits to `[N, C, vocab_chunk_size]`.
+    chunk takes `max(1, logits_chunk_size // N)` compacted positions of every row. The vocabulary is split into
+    chunks of `vocab_chunk_size` entries (online logsumexp), bounding a chunk's logits to `[N, C, vocab_chunk_size]`;
+    a value >= V scores the whole vocabulary at once, and 0 picks the width from N·C and V
+    (`auto_vocab_chunk_size`), so memory does not grow with V.
     """
     if logits_chunk_size <= 0:
         raise ValueError(f"logits_chunk_size must be positive, got {logits_chunk_size}")
@@ -136,7 +167,7 @@ def score_hidden(
     else:
         counts_N = jnp.sum(scored_NL, axis=1)
 
-    cols = max(1, min(L, logits_chunk_size // N))
+    cols, vocab_chunk_size = chunk_shape(N, L, lm_head_DV.shape[1], logits_chunk_size, vocab_chunk_size)
     num_chunks = -(-L // cols)
     padded = num_chunks * cols
     # Stable sort puts each row's scored positions first, in their original order.
