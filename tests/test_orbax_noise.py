@@ -3,6 +3,8 @@ future is only reported after the checkpointer closed (the damaged-checkpoint re
 
 import logging
 import sys
+import traceback
+from types import SimpleNamespace
 
 from rpo_jax.io.orbax_noise import OrbaxNoise
 
@@ -45,5 +47,27 @@ def test_orbax_errors_are_diverted_while_installed(tmp_path):
         assert noise.filter(_record("/work/project/mine.py", name="absl"))
     finally:
         noise.uninstall()
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeFilter(noise)
+
+
+def test_orbax_coroutines_reported_unraisable_after_close_are_diverted(tmp_path):
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    noise = OrbaxNoise(tmp_path / "orbax.log").install()
+    try:
+        noise.uninstall()
+        for filename in ("/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "/work/mine.py"):
+            exc_type, exc, tb = _exc_info_raised_in(filename)
+            sys.unraisablehook(
+                SimpleNamespace(
+                    exc_type=exc_type, exc_value=exc, exc_traceback=tb, err_msg="Exception ignored in", object=None
+                )
+            )
+        assert len(seen) == 1 and "mine.py" in "".join(traceback.format_tb(seen[0].exc_traceback))
+        assert "Exception ignored in" in (tmp_path / "orbax.log").read_text()
+    finally:
+        sys.unraisablehook = previous
         for name in ("absl", "asyncio"):
             logging.getLogger(name).removeFilter(noise)

@@ -9,7 +9,8 @@ sends exactly those records to `log_path` (best effort: the disk may be the thin
   - log records at ERROR or above emitted from Orbax's own source files,
   - asyncio's "Task exception was never retrieved" records whose exception was raised inside Orbax (a failed
     restore of a damaged checkpoint leaves such futures behind even though the caller got the error),
-  - unraisable "Event loop is closed" errors,
+  - unraisable "Event loop is closed" errors and unraisable exceptions raised inside Orbax (coroutines of a
+    failed restore, reported when they are garbage-collected, possibly after the checkpointer closed),
   - after `failed()` was called: every asyncio log record and every unraisable exception (the interpreter is
     on its way out; they are all echoes of the failure).
 Everything else is passed through unchanged.
@@ -37,7 +38,7 @@ class OrbaxNoise(logging.Filter):
         super().__init__()
         self.log_path = Path(log_path)
         self._failed = False
-        self._closed = False  # uninstalled: only abandoned Orbax futures are still diverted
+        self._closed = False  # uninstalled: only Orbax's abandoned futures and coroutines are still diverted
         self._previous_hook = None
         self.diverted = 0
 
@@ -50,13 +51,10 @@ class OrbaxNoise(logging.Filter):
         return self
 
     def uninstall(self) -> None:
-        """Restores the unraisable hook, unless a failure was seen: its echoes keep coming until the process
-        exits. The log filters stay: a future Orbax abandoned in a failed restore is only reported when the
-        cyclic garbage collector reaches it, which may be after the checkpointer closed (or at exit)."""
-        if self._previous_hook is None or self._failed:
-            return
-        sys.unraisablehook = self._previous_hook
-        self._previous_hook = None
+        """From now on only Orbax's own echoes are diverted (and, after a failure, everything, as its echoes keep
+        coming until the process exits). The hooks stay: a coroutine or future that Orbax abandoned in a failed
+        restore is reported only when the cyclic garbage collector reaches it, which may be after the
+        checkpointer closed, or at exit."""
         self._closed = True
 
     def failed(self) -> None:
@@ -64,9 +62,8 @@ class OrbaxNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         own_error = _ORBAX_SOURCE in record.pathname.replace("\\", "/") and record.levelno >= logging.ERROR
-        from_orbax = own_error and not self._closed
         orbax_future = record.name == "asyncio" and _raised_in_orbax(record.exc_info)
-        if from_orbax or orbax_future or (self._failed and record.name == "asyncio"):
+        if (own_error and not self._closed) or orbax_future or (self._failed and record.name == "asyncio"):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info))
@@ -78,7 +75,8 @@ class OrbaxNoise(logging.Filter):
         closed_loop = isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
             unraisable.exc_value
         )
-        if not (closed_loop or self._failed):
+        from_orbax = _raised_in_orbax((unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+        if not (closed_loop or from_orbax or self._failed):
             self._previous_hook(unraisable)
             return
         lines = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
