@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import workload
+from rpo_jax.run_log import save_figure
 
 IMPLEMENTATIONS = ("xla", "blockwise")
 DEFAULT_POINTS = "1024,2048,4096,8192,16384"
@@ -118,11 +119,7 @@ def plot(points: list[dict], path: Path) -> None:
     first = points[0]
     fig.suptitle(f"train step vs row length: xla vs blockwise attention, {first['rows']} rows, CPU", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def run(args) -> int:

@@ -32,6 +32,7 @@ from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax.batches import MODEL_FIELDS
 from rpo_jax.logps import paired_logps
 from rpo_jax.packed_logps import PACKED_MODEL_FIELDS, packed_logps
+from rpo_jax.run_log import save_figure
 
 MODES = ("padded", "packed", "packed_shared_prompt")
 
@@ -155,7 +156,6 @@ def summary(r: dict) -> str:
 
 def plot(r: dict, path: Path) -> None:
     """Pairs/s per mode (left) and the share of row positions holding a token (right)."""
-    import os
 
     import matplotlib
 
@@ -179,8 +179,4 @@ def plot(r: dict, path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)

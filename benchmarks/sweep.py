@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import workload
+from rpo_jax.run_log import save_figure
 
 # Llama shapes (inline dims) for the size sweep; vocabulary comes from --model / --vocab (32k for tiny).
 SIZES = {
@@ -121,11 +122,7 @@ def plot(kind: str, points: list[dict], path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def run(args) -> int:

@@ -16,6 +16,7 @@ from experiments.config import ExperimentConfig
 from experiments.evaluation import read_verdicts
 from experiments.stages import Stage, StageStore
 from experiments.stats import accuracy_interval, paired_difference
+from rpo_jax.run_log import save_figure
 
 COMPARISONS = (("rpo", "dpo"), ("dpo", "base"), ("rpo", "base"), ("iopo", "base"), ("rpo", "iopo"))
 K_BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 8))
@@ -82,10 +83,7 @@ def _plot(by_k: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def _suite_table(results: dict, title: str, rows: list[str], cell) -> list[str]:

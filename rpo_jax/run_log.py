@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_pipeline.files import write_bytes_atomic
+
 REPORT_PANELS = (
     ("loss", "loss"),
     ("rewards/accuracies", "reward accuracy"),
@@ -152,13 +154,19 @@ def report_title(cfg, output_dir: str | Path) -> str:
 
 def write_report(records: list[dict], path: str | Path, *, title: str = "") -> None:
     """report.png (written atomically) of `report_figure`."""
+    save_figure(report_figure(records, title), path, dpi=100)
+
+
+def save_figure(fig, path: str | Path, *, dpi: int) -> Path:
+    """`fig` as a PNG at `path`, written atomically (a reader never sees half a plot), then closed."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    fig = report_figure(records, title)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, path)
+    return write_bytes_atomic(path, png.getvalue())
 
 
 def report_figure(records: list[dict], title: str = ""):
