@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from data_pipeline.constraints import scoring
-from data_pipeline.files import write_jsonl_atomic
+from data_pipeline.files import write_json_atomic, write_jsonl_atomic
 from experiments.config import ExperimentConfig
 from experiments.stages import Stage, StageStore
 
@@ -90,6 +90,12 @@ def evaluate_model(
     def build(folder: Path) -> dict:
         summary = {}
         for suite in suites:
+            # A suite finished by an interrupted earlier attempt (its summary is written last, atomically) is kept:
+            # the greedy responses of the same model and settings would be the same.
+            done = folder / f"{suite}_summary.json"
+            if done.is_file():
+                summary[suite] = json.loads(done.read_text())
+                continue
             prompts, unsupported = suite_prompts(suite, instructions, cfg.eval.limit, folder)
             responses = folder / f"{suite}_responses.jsonl"
             generation = generate_responses(str(hf_dir), tokenizer_dir or hf_dir, prompts, responses, settings)
@@ -99,6 +105,7 @@ def evaluate_model(
                 "prompts_left_out_unsupported": unsupported,
                 "generation": generation,
             }
+            write_json_atomic(done, summary[suite])
         return summary
 
     settings_dict = dataclasses.asdict(cfg.eval) | {"suites": list(suites)}

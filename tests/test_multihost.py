@@ -29,8 +29,8 @@ from trainer_fixtures import ROOT
 
 pytestmark = pytest.mark.slow
 
-# tiny_rpo.yaml's batches need the 384-token bucket at steps 0-2 and the 256 one at step 3 (seed 0); at step 0
-# each process's own half would pick a different bucket.
+# tiny_rpo.yaml's global batches need the 480-token bucket at steps 0, 1, 3 and 5 (seed 0), where one process's own
+# half alone would pick the 432 one: the processes must pad to the global batch's bucket.
 STEPS = 8
 
 

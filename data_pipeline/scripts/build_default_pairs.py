@@ -1,85 +1,59 @@
 """Rebuilds `data_pipeline/assets/default_pairs/` — the RPO pairs of the embedded default run — from shipped data.
 
-Response pool per IFEval prompt (filtered_input_data.jsonl):
-  * SmolLM2-135M-Instruct's own samples (smollm2_ifeval_samples.jsonl, 4 per prompt for the first 110 prompts):
-    the self-sampling step of RPO;
-  * Google's GPT-4 response for every prompt plus deterministic edits of it (`data_pipeline.pairs.response_edits`),
-    so that prompts have responses differing on several constraints.
-Then `rpo-jax build-pairs --recipe rpo --min-g 1 --eval-fraction 0.1 --seed 0`. IFEval prompts carry 1–3
-constraints (RPO's profiles carry 6–12), hence min_g 1 instead of the paper's 3.
+Inputs (`data_pipeline/assets/selfsampled_smollm2/`, provenance in its README), both from the small preset of the
+RPO-vs-DPO experiment (`configs/experiment/smollm2_rpo_vs_dpo.yaml`):
+  * `train_instructions.jsonl.gz`: synthesized multi-constraint instructions (`rpo-jax build-instructions`: base
+    tasks from the repo's own pool, 3–8 verifiable constraints each; no 8-gram of task text shared with any IFEval
+    or IFBench prompt);
+  * `samples.jsonl.gz`: SmolLM2-135M-Instruct's own samples on them (the experiment's samples stage): RPO's
+    self-sampling step.
+Then `rpo-jax build-pairs --recipe rpo --min-g 1 --eval-fraction 0.1 --seed 0`. The experiment keeps the paper's
+g >= 3 (274 pairs from these samples); the embedded default keeps every g >= 1 (about 5x more pairs) because it trains
+a model from scratch, for which the number of pairs matters more than their margin.
 
-Run from the repository root: `python data_pipeline/scripts/build_default_pairs.py`. Deterministic: a test
-rebuilds into a temporary folder and compares bytes.
+Run from anywhere: `python data_pipeline/scripts/build_default_pairs.py [OUTPUT]`. Deterministic: a test rebuilds
+into a temporary folder and compares bytes.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from data_pipeline.files import ASSETS_DIR
 from data_pipeline.pairs.build import BuildSettings, build_pairs
-from data_pipeline.pairs.response_edits import response_edits
 
-ASSETS = ASSETS_DIR
-PROMPTS = ASSETS / "ifeval" / "filtered_input_data.jsonl"
-GPT4 = ASSETS / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl"
-SMOLLM2 = ASSETS / "smollm2_ifeval_samples.jsonl"
-OUTPUT = ASSETS / "default_pairs"
-POOL_DIR = ".default_pairs_pool"
-
-
-def response_pool() -> list[dict]:
-    keys = {json.loads(line)["prompt"]: json.loads(line)["key"] for line in PROMPTS.read_text().splitlines()}
-    pool = []
-    for line in SMOLLM2.read_text().splitlines():
-        sample = json.loads(line)
-        if sample["response"].strip():  # an empty sample is no answer at all; build-pairs rejects it
-            pool.append(
-                {"key": sample["key"], "sample_id": f"smollm2-{sample['sample_id']}", "response": sample["response"]}
-            )
-    for line in GPT4.read_text().splitlines():
-        row = json.loads(line)
-        if row["prompt"] in keys:  # one GPT-4 response has no prompt in the filtered file
-            for name, text in response_edits(row["response"]).items():
-                pool.append({"key": keys[row["prompt"]], "sample_id": f"gpt4-{name}", "response": text})
-    return pool
+SOURCE = ASSETS_DIR / "selfsampled_smollm2"
+INSTRUCTIONS = SOURCE / "train_instructions.jsonl.gz"
+SAMPLES = SOURCE / "samples.jsonl.gz"
+OUTPUT = ASSETS_DIR / "default_pairs"
+MIN_G = 1
 
 
 def build(output: Path) -> int:
-    """Builds into `output`. Provenance records input paths, so they are given relative to the repo root and
-    the pool file always has the same name: the result does not depend on where the repo or temp dir live."""
-    root = ASSETS.parents[1]
+    """Builds into `output`. The stats record input paths, so they are given relative to the repository root:
+    the result does not depend on where the repository lives."""
+    root = ASSETS_DIR.parents[1]
     output = Path(output).absolute()
     cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        pool_dir = root / POOL_DIR
-        os.rename(tmp, pool_dir)
-        try:
-            os.chdir(root)
-            responses = Path(POOL_DIR) / "smollm2_samples+gpt4_edits.jsonl"
-            responses.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in response_pool()))
-            build_pairs(
-                BuildSettings(
-                    recipe="rpo",
-                    input=str(PROMPTS.relative_to(root)),
-                    responses=str(responses),
-                    output=str(output),
-                    min_g=1,
-                    eval_fraction=0.1,
-                    seed=0,
-                    overwrite=True,
-                )
+    try:
+        os.chdir(root)
+        build_pairs(
+            BuildSettings(
+                recipe="rpo",
+                input=str(INSTRUCTIONS.relative_to(root)),
+                responses=str(SAMPLES.relative_to(root)),
+                output=str(output),
+                min_g=MIN_G,
+                eval_fraction=0.1,
+                seed=0,
+                overwrite=True,
             )
-            return 0
-        finally:
-            os.chdir(cwd)
-            shutil.rmtree(pool_dir, ignore_errors=True)
-            os.makedirs(tmp, exist_ok=True)  # TemporaryDirectory cleans up the (renamed-away) original
+        )
+        return 0
+    finally:
+        os.chdir(cwd)
 
 
 if __name__ == "__main__":
