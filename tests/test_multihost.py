@@ -54,13 +54,14 @@ def two_processes(tmp_path_factory):
 
 def assert_same_run(one: list[dict], two: list[dict]) -> None:
     """Losses within 5e-5 relative; reward margins (differences of summed log-probs of hundreds of nats, so
-    near 0 early on) within 1e-5 absolute. The loss tolerance covers fp32 drift from the different reduction order
-    of a cross-process all-reduce: measured 1.5e-5 relative at step 7 of tiny_rpo (rows of up to 512 tokens), under
+    near 0 early on) within 1e-4 absolute. Both tolerances cover fp32 drift from the different reduction order
+    of a cross-process all-reduce: at step 7 of tiny_rpo (rows of up to 512 tokens) 1.5e-5 relative on the loss and
+    2.1e-5 absolute on a margin of -0.0077 (sums of ~1,700 nats each), under
     1e-5 before; a wrong example on a process or a wrong reference row moves the loss by orders of magnitude more."""
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
-        for key, tolerance in (("loss", {"rel": 5e-5}), ("rewards/margins", {"abs": 1e-5})):
+        for key, tolerance in (("loss", {"rel": 5e-5}), ("rewards/margins", {"abs": 1e-4})):
             for name in (key, f"eval/{key}"):
                 if name in a:
                     assert b[name] == pytest.approx(a[name], **tolerance), (a["step"], name)
