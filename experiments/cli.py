@@ -8,6 +8,7 @@ name, whose inputs must already be done. Results: DIR/results.json, DIR/report.m
 from __future__ import annotations
 
 import argparse
+import sys
 
 from data_pipeline.files import local_path_arg
 from experiments.runner import STAGES
@@ -25,8 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from experiments.config import ExperimentConfig
     from experiments.runner import run_experiment
+    from experiments.stages import StageStopped
     from rpo_jax.config_loading import load_config
+    from rpo_jax.preemption import TrainingInterrupted
 
-    out = run_experiment(load_config(args.config, args.overrides, ExperimentConfig), args.output_dir, args.stage)
+    try:
+        out = run_experiment(load_config(args.config, args.overrides, ExperimentConfig), args.output_dir, args.stage)
+    except (StageStopped, TrainingInterrupted) as stop:  # a signal, after a checkpoint: no results yet
+        print(f"rpo-jax experiment: {stop}", file=sys.stderr)
+        return stop.exit_code
     print(f"experiment: results in {out / 'results.json'}, {out / 'report.md'}")
     return 0

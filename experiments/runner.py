@@ -25,7 +25,7 @@ from data_pipeline.pairs.synthesis import write_instructions
 from experiments.config import METHODS, ExperimentConfig
 from experiments.evaluation import evaluate_model
 from experiments.report import write_report
-from experiments.stages import Stage, StageStore
+from experiments.stages import Stage, StageStopped, StageStore
 from rpo_jax.config_loading import config_to_dict, load_config
 
 STAGES = ("instructions", "model", "samples", "pairs", "train", "select", "eval", "report")
@@ -171,7 +171,12 @@ def train_stage(
 
         # An interrupted earlier attempt (same settings: the stage key covers them) is continued; an empty
         # folder starts fresh.
-        train(run_config(cfg, method, learning_rate, model, pairs, folder / "run"), resume=ResumeRequest())
+        exported = train(run_config(cfg, method, learning_rate, model, pairs, folder / "run"), resume=ResumeRequest())
+        if exported is None:  # a SIGTERM stopped it after a checkpoint: finishing the stage would cache that
+            raise StageStopped(
+                f"train-{method}-lr{rate_index}: stopped before step {cfg.train.steps}; the stage stays unfinished "
+                f"in {folder} and the same command continues it from its checkpoint"
+            )
         return {"hf_dir": "run/hf", "method": method, "learning_rate": learning_rate}
 
     return store.run(f"train-{method}-lr{rate_index}", settings, (model, pairs), build)

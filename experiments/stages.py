@@ -24,6 +24,13 @@ STAGE_FILE = "stage.json"
 KEY_LENGTH = 16
 
 
+class StageStopped(Exception):
+    """A stage stopped before it finished (training after a SIGTERM, with a checkpoint): its folder stays
+    partial, so the next run of the same command continues it instead of reading a half-trained model."""
+
+    exit_code = 0  # as `rpo-jax train` after a SIGTERM: a preempted job is not a failed one
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str

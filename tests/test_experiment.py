@@ -111,3 +111,30 @@ def test_a_single_stage_needs_its_inputs(setup, tmp_path):
     result = experiment(config, tmp_path / "fresh", "--stage", "eval")
     assert result.returncode == 2 and "stage 'instructions' has not run" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_training_stopped_by_sigterm_leaves_its_stage_unfinished(tmp_path, monkeypatch):
+    """A SIGTERM makes `train` save a checkpoint and return None: that stage must stay partial (the next run
+    resumes it), never be cached as a trained model with no export."""
+    from experiments.config import ExperimentConfig
+    from experiments.runner import train_stage
+    from experiments.stages import Stage, StageStopped, StageStore
+
+    cfg = load_config(ROOT / "configs" / "experiment" / "smollm2_rpo_vs_dpo.yaml", [], ExperimentConfig)
+    model = Stage("model", "m", tmp_path / "model", {"hf_dir": "hf"}, 0.0, cached=True)
+    pairs = Stage("pairs", "p", tmp_path / "pairs", {"rpo": {"split": {"eval": 3}}}, 0.0, cached=True)
+    store = StageStore(tmp_path / "stages")
+    calls = []
+
+    def stopped_train(run_cfg, resume):
+        calls.append(run_cfg.train.output_dir)
+        return None
+
+    monkeypatch.setattr("rpo_jax.trainer.train", stopped_train)
+    with pytest.raises(StageStopped, match="stopped before step 30"):
+        train_stage(store, cfg, "rpo", 0, model, pairs)
+    assert [p.name.startswith(".train-rpo-lr0-") for p in store.root.iterdir()] == [True]
+    monkeypatch.setattr("rpo_jax.trainer.train", lambda run_cfg, resume: Path(run_cfg.train.output_dir) / "hf")
+    stage = train_stage(store, cfg, "rpo", 0, model, pairs)
+    assert not stage.cached and [p.name for p in store.root.iterdir()] == [stage.path.name]
+    assert stage.path.name.startswith("train-rpo-lr0-") and calls[0].endswith(".partial/run")
