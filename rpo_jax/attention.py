@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rpo_jax.blockwise_attention import blockwise_attention
+from rpo_jax.blockwise_attention import DEFAULT_BLOCK, blockwise_attention
 from rpo_jax.config import ConfigError, ModelConfig
 
 PLATFORM_CHOICE = {"gpu": "cudnn", "tpu": "splash", "cpu": "blockwise"}
@@ -50,6 +50,13 @@ class AttentionMask:
     segment_ids_BL: jax.Array
     max_segments: int = dataclasses.field(default=1, metadata=dict(static=True))
     prefix_ids_BL: jax.Array | None = None
+
+
+# Key/query block of blockwise attention on packed rows (`max_segments` > 1). The kernel skips a block pair only when
+# no query of one block may see a key of the other, so blocks must be shorter than the packed sequences (a few
+# hundred tokens) for the segment mask to save work: on the default pairs at L=1024 (rows of 2,048) blocks of 128
+# made packed steps 1.3x faster than blocks of 512 (docs/benchmarks.md, packing). One-sequence rows keep 512.
+PACKED_ROW_BLOCK = 128
 
 
 def attention_mask(
@@ -153,7 +160,10 @@ def attend(
             q_BTHDh, k_BTKDh, v_BTKDh, attention_mask(seg_BT, seg_BT, prefix_ids_BT=prefix_BT), scale=scale
         )
     if impl == "blockwise":
-        return blockwise_attention(q_BTHDh, k_BTKDh, v_BTKDh, seg_BT, scale=scale, prefix_ids_BT=prefix_BT)
+        block = DEFAULT_BLOCK if mask.max_segments == 1 else PACKED_ROW_BLOCK
+        return blockwise_attention(
+            q_BTHDh, k_BTKDh, v_BTKDh, seg_BT, scale=scale, prefix_ids_BT=prefix_BT, block_q=block, block_kv=block
+        )
     if prefix_BT is not None:
         raise ConfigError(shared_prompt_attention(impl))
     from rpo_jax import attention_kernels  # the Pallas/cuDNN modules load only when chosen

@@ -145,8 +145,11 @@ def test_packed_gradients_equal_unpacked(records):
         return jnp.sum(scores.logps[order] * weights)
 
     ref, got = jax.grad(unpacked_loss)(params), jax.grad(packed_loss)(params)
+    # atol 1e-5 of each tensor's largest entry: fp32 sums over rows of 3,840 tokens put the gradients of every
+    # attention path (xla, blockwise with blocks of 128 or 512) 1.5-2.3e-6 of that largest entry away from the
+    # unpacked ones; a token seeing a wrong key moves them by orders of magnitude more.
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
 
 
 def _iopo(a: dict, b: dict) -> dict:
