@@ -31,29 +31,35 @@ OUTPUT = ASSETS_DIR / "default_pairs"
 MIN_G = 1
 
 
-def build(output: Path) -> int:
-    """Builds into `output`. The stats record input paths, so they are given relative to the repository root:
-    the result does not depend on where the repository lives."""
+def build_from_selfsampled(output: Path, recipe: str, min_g: int, dpo_pairing: str = "all") -> dict:
+    """`build-pairs` on the committed instructions and samples into `output` (held out: 10%, seed 0); returns its
+    stats. The stats and each pair's provenance record input paths, so they are given relative to the repository
+    root: the result does not depend on where the repository lives."""
     root = ASSETS_DIR.parents[1]
     output = Path(output).absolute()
     cwd = os.getcwd()
     try:
         os.chdir(root)
-        build_pairs(
+        return build_pairs(
             BuildSettings(
-                recipe="rpo",
+                recipe=recipe,
                 input=str(INSTRUCTIONS.relative_to(root)),
                 responses=str(SAMPLES.relative_to(root)),
                 output=str(output),
-                min_g=MIN_G,
+                min_g=min_g,
+                dpo_pairing=dpo_pairing if recipe == "dpo" else "all",
                 eval_fraction=0.1,
                 seed=0,
                 overwrite=True,
             )
         )
-        return 0
     finally:
         os.chdir(cwd)
+
+
+def build(output: Path) -> int:
+    build_from_selfsampled(output, "rpo", MIN_G)
+    return 0
 
 
 if __name__ == "__main__":
