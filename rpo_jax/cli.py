@@ -13,6 +13,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from data_pipeline.errors import UserError
+from rpo_jax.host_memory import keep_large_buffers_mmapped
 
 # name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     args.command_argv = argv[1:]
+    keep_large_buffers_mmapped()  # before any step allocates: see rpo_jax.host_memory
     try:
         return int(module.run(args) or 0)
     except UserError as err:
