@@ -74,12 +74,18 @@ class PairsSection:
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """One model per method and candidate learning rate; `steps` and `overrides` (run-config `section.key=value`)
-    apply to all of them. With several rates, each method keeps the one with the best held-out accuracy."""
+    apply to all of them. With several rates, each method keeps the one with the best held-out accuracy.
+
+    `method_overrides` (`METHOD:section.key=value`) apply to one method only, after `overrides`. They are meant for
+    settings that change how a step is computed, not what it computes: IOPO scores 4 sequences per example where
+    DPO and RPO score 2, so `iopo:train.grad_accum_steps=2` gives it the same rows per micro-batch (the same
+    memory) and the same effective batch, and leaves the other methods' trained models cached."""
 
     methods: tuple[str, ...] = ("dpo", "rpo", "iopo")
     steps: int = 40
     learning_rates: tuple[float, ...] = (1.0e-4,)
     overrides: tuple[str, ...] = ()
+    method_overrides: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -89,6 +95,18 @@ class TrainSection:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
         if not self.learning_rates or any(rate <= 0 for rate in self.learning_rates):
             raise ConfigError(f"train.learning_rates must be positive rates, got {list(self.learning_rates)}")
+        for entry in self.method_overrides:
+            method, colon, override = entry.partition(":")
+            if not colon or method not in METHODS or "=" not in override:
+                raise ConfigError(
+                    f"train.method_overrides: {entry!r} must read METHOD:section.key=value with METHOD one of "
+                    f"{sorted(METHODS)}"
+                )
+
+    def overrides_for(self, method: str) -> list[str]:
+        """The run-config overrides of one method: the shared ones, then its own."""
+        own = [entry.partition(":")[2] for entry in self.method_overrides if entry.partition(":")[0] == method]
+        return [*self.overrides, *own]
 
 
 @dataclasses.dataclass(frozen=True)

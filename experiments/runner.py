@@ -104,7 +104,9 @@ def copy_responses(source: Path, target: Path) -> int:
 
 
 def pairs_stage(store: StageStore, cfg: ExperimentConfig, instructions: Stage, samples: Stage) -> Stage:
-    recipes = sorted({METHODS[m][0] for m in cfg.train.methods})
+    # Every recipe, whichever methods are listed: building pairs takes seconds, and a pairs stage keyed on the
+    # method list would retrain every model when a method is added or left out of one run.
+    recipes = sorted({recipe for recipe, _ in METHODS.values()})
 
     def build(folder: Path) -> dict:
         summary = {}
@@ -141,7 +143,7 @@ def run_config(cfg: ExperimentConfig, method: str, learning_rate: float, model: 
     return load_config(
         cfg.model.run_config,
         [
-            *cfg.train.overrides,
+            *cfg.train.overrides_for(method),
             f"train.steps={cfg.train.steps}",
             f"optim.learning_rate={learning_rate}",
             f"loss.loss_type=[{loss}]",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import write_json_atomic
+from rpo_jax.out_of_memory import out_of_memory
 
 STAGE_FILE = "stage.json"
 KEY_LENGTH = 16
@@ -91,7 +92,13 @@ class StageStore:
         partial = self.root / f".{name}-{key}.partial"
         partial.mkdir(exist_ok=True)
         started = time.perf_counter()
-        summary = build(partial)
+        try:
+            summary = build(partial)
+        except Exception as err:
+            oom = out_of_memory(err, f"stage {name}-{key}")
+            if oom is None:
+                raise
+            raise oom from err  # one line naming the stage; the partial folder stays for the next attempt
         seconds = time.perf_counter() - started
         meta = {
             "name": name,

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from data_pipeline.errors import UserError
 from rpo_jax.host_memory import keep_large_buffers_mmapped
+from rpo_jax.out_of_memory import out_of_memory
 
 # name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"rpo-jax {name}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        oom = out_of_memory(err)
+        if oom is None or debug:
+            raise
+        print(f"rpo-jax {name}: error: {oom}", file=sys.stderr)
         return 2
 
 

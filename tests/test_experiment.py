@@ -138,3 +138,28 @@ def test_a_training_stopped_by_sigterm_leaves_its_stage_unfinished(tmp_path, mon
     stage = train_stage(store, cfg, "rpo", 0, model, pairs)
     assert not stage.cached and [p.name for p in store.root.iterdir()] == [stage.path.name]
     assert stage.path.name.startswith("train-rpo-lr0-") and calls[0].endswith(".partial/run")
+
+
+def test_method_overrides_change_one_method_and_no_other_stage_key(tmp_path, monkeypatch):
+    """IOPO's two micro-batches (the small preset's `method_overrides`) reach IOPO's run config only; the other
+    methods' configs and the pairs stage are the same as without them, so their trained models stay cached."""
+    from experiments.config import ExperimentConfig
+    from experiments.runner import pairs_stage, run_config
+    from experiments.stages import Stage, StageStore
+    from rpo_jax.config import ConfigError
+
+    preset = ROOT / "configs" / "experiment" / "smollm2_rpo_vs_dpo.yaml"
+    cfg = load_config(preset, [], ExperimentConfig)
+    plain = load_config(preset, ["train.method_overrides=[]", "train.methods=[dpo]"], ExperimentConfig)
+    model = Stage("model", "m", tmp_path / "model", {"hf_dir": "hf"}, 0.0, cached=True)
+    split = {"split": {"eval": 3}}
+    pairs = Stage("pairs", "p", tmp_path / "pairs", {"dpo": split, "rpo": split, "iopo": split}, 0.0, cached=True)
+    runs = {m: run_config(cfg, m, 1e-4, model, pairs, tmp_path) for m in ("dpo", "rpo", "iopo")}
+    assert [runs[m].train.grad_accum_steps for m in ("dpo", "rpo", "iopo")] == [1, 1, 2]
+    for method in ("dpo", "rpo"):
+        assert runs[method] == run_config(plain, method, 1e-4, model, pairs, tmp_path)
+    monkeypatch.setattr("experiments.runner.build_pairs", lambda settings: {})
+    keys = [pairs_stage(StageStore(tmp_path / name), c, model, model).key for name, c in (("a", cfg), ("b", plain))]
+    assert keys[0] == keys[1]
+    with pytest.raises(ConfigError, match="METHOD:section.key=value"):
+        load_config(preset, ["train.method_overrides=[ipo:train.grad_accum_steps=2]"], ExperimentConfig)
