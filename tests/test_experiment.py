@@ -89,7 +89,11 @@ def test_every_stage_runs_and_the_report_has_paired_intervals(setup):
             assert r["low"] <= r["accuracy"] <= r["high"] and model["num_prompts"] == 3
     assert all(results["pairs"][recipe]["pairs"]["train"] > 0 for recipe in ("dpo", "rpo", "iopo"))
     assert results["sampling"]["responses"] == 18
-    assert "rpo-dpo" in (out / "report.md").read_text() and (out / "accuracy_vs_k.png").is_file()
+    for bucket in results["heldout_by_k"].values():
+        for r in bucket.values():
+            assert r["low"] <= r["accuracy"] <= r["high"] and 0 <= r["instruction"]["accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "rpo-dpo" in report and "by number of constraints" in report and (out / "accuracy_vs_k.png").is_file()
 
 
 @pytest.mark.slow
