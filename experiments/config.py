@@ -105,7 +105,7 @@ class TrainSection:
 
     def overrides_for(self, method: str) -> list[str]:
         """The run-config overrides of one method: the shared ones, then its own."""
-        own = [entry.partition(":")[2] for entry in self.method_overrides if entry.partition(":")[0] == method]
+        own = [override for name, _, override in (e.partition(":") for e in self.method_overrides) if name == method]
         return [*self.overrides, *own]
 
 

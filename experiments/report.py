@@ -46,17 +46,17 @@ def suite_results(evals: dict[str, Stage], suite: str, replicates: int, seed: in
 
 
 def by_constraint_count(evals: dict[str, Stage], replicates: int, seed: int) -> dict:
-    """Held-out strict accuracy per bucket of K (the paper's accuracy-vs-constraints curve): prompt-level at the top
-    level, instruction-level under "instruction" (a small model follows all of 5-8 constraints almost never, so the
-    prompt-level curve sits at 0 there while the instruction-level one still moves)."""
+    """Held-out strict accuracy per bucket of K (the paper's accuracy-vs-constraints curve), prompt and instruction
+    level (a small model follows all of 5-8 constraints almost never, so the prompt-level curve sits at 0 there
+    while the instruction-level one still moves). A bucket no held-out instruction falls in is empty."""
     out = {}
     for low, high in K_BUCKETS:
         bucket = {}
         for name, stage in evals.items():
             rows = [v for v in read_verdicts(stage, "heldout") if low <= len(v["strict"]) <= high]
             if rows:
-                both = accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)
-                bucket[name] = both["prompt"] | {"instruction": both["instruction"], "num_prompts": len(rows)}
+                intervals = accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)
+                bucket[name] = intervals | {"num_prompts": len(rows)}
         out[f"{low}-{high}"] = bucket
     return out
 
@@ -74,7 +74,7 @@ def _plot(by_k: dict, path: Path) -> None:
             xs, ys, lows, highs = [], [], [], []
             for i, bucket in enumerate(by_k.values()):
                 if name in bucket:
-                    r = bucket[name] if level == "prompt" else bucket[name]["instruction"]
+                    r = bucket[name][level]
                     xs.append(i + 0.08 * (offset - len(names) / 2))
                     ys.append(r["accuracy"])
                     lows.append(r["accuracy"] - r["low"])
@@ -96,6 +96,10 @@ def _suite_table(results: dict, title: str, rows: list[str], cell) -> list[str]:
     for name in rows:
         lines.append(f"| {name} | " + " | ".join(cell(suite, name) for suite in suites.values()) + " |")
     return lines
+
+
+def _interval(r: dict) -> str:
+    return f"{r['accuracy']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
 
 
 def _markdown(results: dict) -> str:
@@ -120,13 +124,13 @@ def _markdown(results: dict) -> str:
         lines += ["", "Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI):", ""]
         lines += ["| K | " + " | ".join(first["models"]) + " |", "|---|" + "---|" * len(first["models"])]
         for bucket_name, bucket in results["heldout_by_k"].items():
-            cells = [
-                f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}] / {b['instruction']['accuracy']:.2f} "
-                f"[{b['instruction']['low']:.2f}, {b['instruction']['high']:.2f}] (n={b['num_prompts']})"
-                for b in (bucket.get(name) for name in first["models"])
-                if b is not None
-            ]
-            lines.append(f"| {bucket_name} | " + " | ".join(cells) + " |")
+            if bucket:  # every model is scored on the same prompts, so a bucket has all of them or none
+                cells = [
+                    f"{_interval(bucket[m]['prompt'])} / {_interval(bucket[m]['instruction'])}" for m in first["models"]
+                ]
+                lines.append(
+                    f"| {bucket_name} (n={next(iter(bucket.values()))['num_prompts']}) | " + " | ".join(cells) + " |"
+                )
     lines += ["", "Wall time per stage (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())]
     return "\n".join(lines) + "\n"
 
