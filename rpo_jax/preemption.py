@@ -75,8 +75,10 @@ class StopSignals:
 
 
 class StopVote:
-    """One vote per train step (`cast`); `agreed()` is the stop every process reads at the same step: the
-    largest vote among those cast before the latest one (NO_STOP, STOP_SIGTERM or STOP_SIGINT)."""
+    """One vote per train step (`cast`); `agreed()` is the stop every process reads at the same step (NO_STOP,
+    STOP_SIGTERM or STOP_SIGINT). Several processes: the largest vote among those cast before the latest one,
+    whose all-reduce is still in flight. One process has nobody to agree with, so it reads its own signal at
+    once: a preempted single-host run stops after the step already queued, not two steps later."""
 
     def __init__(self, signals: StopSignals):
         self.signals = signals
@@ -90,10 +92,9 @@ class StopVote:
 
     def cast(self) -> None:
         """Records this process's vote for the step just dispatched (an all-reduce in flight when multi-host)."""
-        mine = self.signals.received
         if self._reduce is None:
-            self._votes.append(mine)
             return
+        mine = self.signals.received
         shape = (jax.device_count(),)
         rows = [
             jax.device_put(np.full((1,), mine, np.int32), device)
@@ -103,9 +104,10 @@ class StopVote:
 
     def agreed(self) -> int:
         """Reads every vote but the latest (their steps are done, or about to be); the stop, once agreed, stays."""
+        if self._reduce is None:
+            self._agreed = max(self._agreed, self.signals.received)
         while len(self._votes) > 1:
-            vote = self._votes.popleft()
-            self._agreed = max(self._agreed, int(vote if isinstance(vote, int) else vote.addressable_data(0)))
+            self._agreed = max(self._agreed, int(self._votes.popleft().addressable_data(0)))
         return self._agreed
 
 
