@@ -131,7 +131,8 @@ def _markdown(results: dict) -> str:
                 lines.append(
                     f"| {bucket_name} (n={next(iter(bucket.values()))['num_prompts']}) | " + " | ".join(cells) + " |"
                 )
-    lines += ["", "Wall time per stage (seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())]
+    stage_seconds = ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["seconds"].items())
+    lines += ["", f"Wall time per stage (seconds, summed over attempts): {stage_seconds}"]
     return "\n".join(lines) + "\n"
 
 

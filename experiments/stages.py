@@ -4,7 +4,10 @@ A stage's key hashes its name, its settings and the keys of the stages it reads,
 stage and everything downstream while the rest is reused. A stage writes into `<root>/.<name>-<key>.partial/` and
 the folder is renamed to `<root>/<name>-<key>/` only when the stage finished (its `stage.json` records settings,
 inputs, summary and wall time): an interrupted stage is never mistaken for a finished one, and its partial folder
-is handed back to the next attempt (training resumes from its checkpoints there).
+is handed back to the next attempt (training resumes from its checkpoints there). The wall time is summed over
+attempts (each one that ends with an exception, SIGTERM or Ctrl-C included, leaves its seconds in the partial
+folder), so a stage trained across several preemptions reports what it cost; an attempt killed outright (SIGKILL,
+power loss) cannot record itself and is missing from the sum.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from data_pipeline.files import write_json_atomic
 from rpo_jax.out_of_memory import out_of_memory
 
 STAGE_FILE = "stage.json"
+EARLIER_ATTEMPTS_FILE = "earlier_attempts.json"  # in a partial folder: {"attempts": n, "seconds": s}
 KEY_LENGTH = 16
 
 
@@ -91,15 +95,19 @@ class StageStore:
         key = stage_key(name, settings, inputs)
         partial = self.root / f".{name}-{key}.partial"
         partial.mkdir(exist_ok=True)
+        earlier_file = partial / EARLIER_ATTEMPTS_FILE
+        earlier = json.loads(earlier_file.read_text()) if earlier_file.is_file() else {"attempts": 0, "seconds": 0.0}
         started = time.perf_counter()
         try:
             summary = build(partial)
-        except Exception as err:
-            oom = out_of_memory(err, f"stage {name}-{key}")
+        except BaseException as err:  # KeyboardInterrupt and StageStopped too: their time was spent all the same
+            spent = {"attempts": earlier["attempts"] + 1, "seconds": earlier["seconds"] + time.perf_counter() - started}
+            write_json_atomic(earlier_file, spent)
+            oom = out_of_memory(err, f"stage {name}-{key}") if isinstance(err, Exception) else None
             if oom is None:
                 raise
             raise oom from err  # one line naming the stage; the partial folder stays for the next attempt
-        seconds = time.perf_counter() - started
+        seconds = earlier["seconds"] + time.perf_counter() - started
         meta = {
             "name": name,
             "key": key,
@@ -107,6 +115,7 @@ class StageStore:
             "inputs": {s.name: s.key for s in inputs},
             "summary": summary,
             "seconds": seconds,
+            "attempts": earlier["attempts"] + 1,
         }
         write_json_atomic(partial / STAGE_FILE, meta)
         final = self.folder(name, key)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,28 @@ def test_a_training_stopped_by_sigterm_leaves_its_stage_unfinished(tmp_path, mon
     stage = train_stage(store, cfg, "rpo", 0, model, pairs)
     assert not stage.cached and [p.name for p in store.root.iterdir()] == [stage.path.name]
     assert stage.path.name.startswith("train-rpo-lr0-") and calls[0].endswith(".partial/run")
+
+
+def test_a_stage_finished_over_several_attempts_reports_their_summed_wall_time(tmp_path):
+    from experiments.stages import STAGE_FILE, StageStopped, StageStore
+
+    store = StageStore(tmp_path / "stages")
+
+    def attempt(seconds, outcome):
+        def build(folder):
+            time.sleep(seconds)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return build
+
+    for outcome in (StageStopped("preempted"), KeyboardInterrupt()):
+        with pytest.raises(type(outcome)):
+            store.run("train", {"lr": 1}, (), attempt(0.3, outcome))
+    stage = store.run("train", {"lr": 1}, (), attempt(0.1, {"ok": True}))
+    assert stage.seconds >= 0.7 and json.loads((stage.path / STAGE_FILE).read_text())["attempts"] == 3
+    assert store.run("train", {"lr": 1}, (), attempt(0, {"ok": False})).summary == {"ok": True}  # cached
 
 
 def test_method_overrides_change_one_method_and_no_other_stage_key(tmp_path, monkeypatch):
