@@ -117,15 +117,17 @@ class TrainingInterrupted(Exception):
     exit_code = EXIT_CODES[STOP_SIGINT]
 
 
-def stopped_early(stopped_by: int, stopped_at: int | None, steps: int, checkpointer) -> bool:
+def stopped_early(stopped_by: int, stopped_at: int | None, steps: int, checkpointer, *, resuming_newest: bool) -> bool:
     """After a stop before the last step: waits for the checkpoint, says so (one line per process), and raises
-    `TrainingInterrupted` for SIGINT; False when the run went to its last step."""
+    `TrainingInterrupted` for SIGINT; False when the run went to its last step. `resuming_newest`: this command
+    already resumes from the newest checkpoint (`--resume` with no step), so running it again continues."""
     if stopped_by == NO_STOP or stopped_at is None or stopped_at >= steps:
         return False
     checkpointer.close()
     message = (
         f"{SIGNAL_NAMES[stopped_by]}: stopped at step {stopped_at} of {steps} with a checkpoint in "
-        f"{checkpointer.directory}; continue with the same command plus --resume"
+        f"{checkpointer.directory}; "
+        + ("the same command continues from it" if resuming_newest else "continue from it with --resume")
     )
     if stopped_by == STOP_SIGINT:
         raise TrainingInterrupted(message)

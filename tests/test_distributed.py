@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rpo_jax import distributed
-from rpo_jax.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote
+from rpo_jax.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote, stopped_early
 from rpo_jax.rendezvous import DistributedSetupError, join, serve
 
 SETTING = "RPO_JAX_COORDINATOR"
@@ -134,6 +134,21 @@ def test_sigterm_and_first_sigint_only_ask_for_a_stop_and_a_second_sigint_is_fin
         os.kill(os.getpid(), signal.SIGTERM)
         assert signals.received == STOP_SIGINT  # SIGINT's exit code wins
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_stop_says_how_to_continue(capsys):
+    """`--resume` with no step already continues from the newest checkpoint: rerunning the command is enough."""
+
+    class Checkpointer:
+        directory = "run/checkpoints"
+
+        def close(self):
+            pass
+
+    assert not stopped_early(STOP_SIGTERM, 6, 6, Checkpointer(), resuming_newest=False)  # it went to its last step
+    for resuming_newest, advice in ((False, "continue from it with --resume"), (True, "the same command continues")):
+        assert stopped_early(STOP_SIGTERM, 3, 6, Checkpointer(), resuming_newest=resuming_newest)
+        assert f"stopped at step 3 of 6 with a checkpoint in run/checkpoints; {advice}" in capsys.readouterr().out
 
 
 def test_one_process_stop_vote_is_read_at_once_and_stays():

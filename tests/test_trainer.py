@@ -138,6 +138,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes(uninterrupted, tmp_path
     saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and saved[0] < 6, saved
     assert f"SIGINT: stopped at step {saved[0]} of 6" in stderr.splitlines()[-1]
+    assert stderr.splitlines()[-1].endswith("continue from it with --resume")
     assert not (tmp_path / "run" / "hf").exists()
     result = run_train(config, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
