@@ -117,13 +117,15 @@ class TrainingInterrupted(Exception):
     exit_code = EXIT_CODES[STOP_SIGINT]
 
 
-def stopped_early(stopped_by: int, stopped_at: int | None, steps: int, checkpointer, *, resuming_newest: bool) -> bool:
+def stopped_early(stopped_by: int, stopped_at: int | None, steps: int, checkpointer, resume) -> bool:
     """After a stop before the last step: waits for the checkpoint, says so (one line per process), and raises
-    `TrainingInterrupted` for SIGINT; False when the run went to its last step. `resuming_newest`: this command
-    already resumes from the newest checkpoint (`--resume` with no step), so running it again continues."""
+    `TrainingInterrupted` for SIGINT; False when the run went to its last step. `resume` is the run's
+    `ResumeRequest` (or None): with no step it resumes from the newest checkpoint, so rerunning the command continues.
+    """
     if stopped_by == NO_STOP or stopped_at is None or stopped_at >= steps:
         return False
     checkpointer.close()
+    resuming_newest = resume is not None and resume.step is None
     message = (
         f"{SIGNAL_NAMES[stopped_by]}: stopped at step {stopped_at} of {steps} with a checkpoint in "
         f"{checkpointer.directory}; "

@@ -284,10 +284,7 @@ def train(cfg: Config, *, resume: ResumeRequest | None = None, overwrite: bool =
         cfg = prepare_run_data(cfg)
         trainer = Trainer(cfg, resume=resume, stop_signals=signals)
         records = trainer.fit()
-    resuming_newest = resume is not None and resume.step is None
-    if stopped_early(
-        trainer.stopped_by, trainer.stopped_at, cfg.train.steps, trainer.checkpointer, resuming_newest=resuming_newest
-    ):
+    if stopped_early(trainer.stopped_by, trainer.stopped_at, cfg.train.steps, trainer.checkpointer, resume):
         return None  # nothing half-done is exported
     export_dir = trainer.finish(records)
     trainer.say(

@@ -15,6 +15,7 @@ import pytest
 from rpo_jax import distributed
 from rpo_jax.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote, stopped_early
 from rpo_jax.rendezvous import DistributedSetupError, join, serve
+from rpo_jax.resume import ResumeRequest
 
 SETTING = "RPO_JAX_COORDINATOR"
 
@@ -145,9 +146,14 @@ def test_a_stop_says_how_to_continue(capsys):
         def close(self):
             pass
 
-    assert not stopped_early(STOP_SIGTERM, 6, 6, Checkpointer(), resuming_newest=False)  # it went to its last step
-    for resuming_newest, advice in ((False, "continue from it with --resume"), (True, "the same command continues")):
-        assert stopped_early(STOP_SIGTERM, 3, 6, Checkpointer(), resuming_newest=resuming_newest)
+    assert not stopped_early(STOP_SIGTERM, 6, 6, Checkpointer(), None)  # it went to its last step
+    cases = [
+        (None, "continue from it with --resume"),
+        (ResumeRequest(step=4), "continue from it with --resume"),  # rerunning would resume from step 4 again
+        (ResumeRequest(), "the same command continues from it"),
+    ]
+    for resume, advice in cases:
+        assert stopped_early(STOP_SIGTERM, 3, 6, Checkpointer(), resume)
         assert f"stopped at step 3 of 6 with a checkpoint in run/checkpoints; {advice}" in capsys.readouterr().out
 
 
