@@ -98,16 +98,15 @@ def _suite_table(results: dict, title: str, rows: list[str], cell) -> list[str]:
     return lines
 
 
-def _interval(r: dict) -> str:
-    return f"{r['accuracy']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+def _interval(r: dict, digits: int) -> str:
+    return f"{r['accuracy']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
 
 
 def _markdown(results: dict) -> str:
     first = next(iter(results["suites"].values()))
 
     def accuracy(suite: dict, name: str) -> str:
-        r = suite["models"][name]["intervals"]["prompt"]
-        return f"{r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+        return _interval(suite["models"][name]["intervals"]["prompt"], 3)
 
     def difference(suite: dict, name: str) -> str:
         d = suite["differences"][name]["prompt"]
@@ -122,15 +121,14 @@ def _markdown(results: dict) -> str:
     )
     if results["heldout_by_k"]:
         lines += ["", "Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI):", ""]
-        lines += ["| K | " + " | ".join(first["models"]) + " |", "|---|" + "---|" * len(first["models"])]
+        models = list(first["models"])
+        lines += ["| K | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         for bucket_name, bucket in results["heldout_by_k"].items():
             if bucket:  # every model is scored on the same prompts, so a bucket has all of them or none
                 cells = [
-                    f"{_interval(bucket[m]['prompt'])} / {_interval(bucket[m]['instruction'])}" for m in first["models"]
+                    " / ".join(_interval(bucket[m][level], 2) for level in ("prompt", "instruction")) for m in models
                 ]
-                lines.append(
-                    f"| {bucket_name} (n={next(iter(bucket.values()))['num_prompts']}) | " + " | ".join(cells) + " |"
-                )
+                lines.append(f"| {bucket_name} (n={bucket[models[0]]['num_prompts']}) | " + " | ".join(cells) + " |")
     stage_seconds = ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["seconds"].items())
     lines += ["", f"Wall time per stage (seconds, summed over attempts): {stage_seconds}"]
     return "\n".join(lines) + "\n"

@@ -98,24 +98,26 @@ class StageStore:
         earlier_file = partial / EARLIER_ATTEMPTS_FILE
         earlier = json.loads(earlier_file.read_text()) if earlier_file.is_file() else {"attempts": 0, "seconds": 0.0}
         started = time.perf_counter()
+
+        def spent() -> dict:  # the earlier attempts and this one
+            return {"attempts": earlier["attempts"] + 1, "seconds": earlier["seconds"] + time.perf_counter() - started}
+
         try:
             summary = build(partial)
         except BaseException as err:  # KeyboardInterrupt and StageStopped too: their time was spent all the same
-            spent = {"attempts": earlier["attempts"] + 1, "seconds": earlier["seconds"] + time.perf_counter() - started}
-            write_json_atomic(earlier_file, spent)
+            write_json_atomic(earlier_file, spent())
             oom = out_of_memory(err, f"stage {name}-{key}") if isinstance(err, Exception) else None
             if oom is None:
                 raise
             raise oom from err  # one line naming the stage; the partial folder stays for the next attempt
-        seconds = earlier["seconds"] + time.perf_counter() - started
+        total = spent()
         meta = {
             "name": name,
             "key": key,
             "settings": settings,
             "inputs": {s.name: s.key for s in inputs},
             "summary": summary,
-            "seconds": seconds,
-            "attempts": earlier["attempts"] + 1,
+            **total,
         }
         write_json_atomic(partial / STAGE_FILE, meta)
         final = self.folder(name, key)
@@ -123,4 +125,5 @@ class StageStore:
             shutil.rmtree(partial)
             return self.cached(name, settings, inputs)
         partial.rename(final)
-        return Stage(name, key, final, summary, seconds, cached=False)
+        (final / EARLIER_ATTEMPTS_FILE).unlink(missing_ok=True)  # its totals are in stage.json now
+        return Stage(name, key, final, summary, total["seconds"], cached=False)

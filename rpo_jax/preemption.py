@@ -103,7 +103,8 @@ class StopVote:
         self._votes.append(self._reduce(jax.make_array_from_single_device_arrays(shape, self._sharding, rows)))
 
     def agreed(self) -> int:
-        """Reads every vote but the latest (their steps are done, or about to be); the stop, once agreed, stays."""
+        """One process: its own signal. Several: every vote but the latest (their steps are done, or about to be).
+        The stop, once agreed, stays."""
         if self._reduce is None:
             self._agreed = max(self._agreed, self.signals.received)
         while len(self._votes) > 1:
