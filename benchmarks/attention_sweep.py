@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import workload
-from rpo_jax.run_log import save_figure
+from rpo_jax.train.run_log import save_figure
 
 IMPLEMENTATIONS = ("xla", "blockwise")
 DEFAULT_POINTS = "1024,2048,4096,8192,16384"

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import matmul_probe, workload
-from rpo_jax import flops as flops_mod
+from rpo_jax.plan import flops as flops_mod
 
 REFERENCE_MODES = ("separate", "precomputed", "lora_base")
 
@@ -230,7 +230,7 @@ def run(args) -> int:
     import jax
 
     from benchmarks import jax_step
-    from rpo_jax.logps import chunk_shape
+    from rpo_jax.objective.logps import chunk_shape
 
     load_start = workload.load_average()
     baseline_rss = workload.current_rss_bytes()

@@ -9,11 +9,11 @@ from typing import Any
 
 import jax
 
-from rpo_jax.config import Config
-from rpo_jax.optim import make_optimizer
-from rpo_jax.policy import PolicyParams, build_policy
-from rpo_jax.sharding import batch_shardings, make_mesh
-from rpo_jax.train_step import init_train_state, make_train_step
+from rpo_jax.config.schema import Config
+from rpo_jax.runtime.sharding import batch_shardings, make_mesh
+from rpo_jax.train.optim import make_optimizer
+from rpo_jax.train.policy import PolicyParams, build_policy
+from rpo_jax.train.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass

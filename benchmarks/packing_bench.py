@@ -29,10 +29,10 @@ from data_pipeline.records.packed_loader import make_packed_loader
 from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
-from rpo_jax.batches import MODEL_FIELDS
-from rpo_jax.logps import paired_logps
-from rpo_jax.packed_logps import PACKED_MODEL_FIELDS, packed_logps
-from rpo_jax.run_log import save_figure
+from rpo_jax.objective.logps import paired_logps
+from rpo_jax.objective.packed_logps import PACKED_MODEL_FIELDS, packed_logps
+from rpo_jax.train.batches import MODEL_FIELDS
+from rpo_jax.train.run_log import save_figure
 
 MODES = ("padded", "packed", "packed_shared_prompt")
 
@@ -60,7 +60,7 @@ def _logp_diff(cfg, loaders_first: dict, records_by_index, pad_id: int) -> float
     """Max relative difference of per-sequence log-probs, packed modes vs unpacked, on the packed batches' pairs."""
     from flax import nnx
 
-    from rpo_jax.model import Llama
+    from rpo_jax.model.llama import Llama
 
     model = Llama(cfg.model, rngs=nnx.Rngs(0))
     worst = 0.0

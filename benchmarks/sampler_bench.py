@@ -52,11 +52,11 @@ def bench_ours(hf_dir: Path, prompts, n_new: int, repeats: int, pad_id: int):
     import jax
     from flax import nnx
 
-    from rpo_jax.config import MeshConfig
+    from rpo_jax.config.schema import MeshConfig
+    from rpo_jax.generate.sampler import Sampler, SamplingParams
     from rpo_jax.io.hf import load_hf_state
-    from rpo_jax.model import Llama
-    from rpo_jax.sampler import Sampler, SamplingParams
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.model.llama import Llama
+    from rpo_jax.runtime.sharding import make_mesh
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     cfg, state = load_hf_state(hf_dir, mesh)

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import workload
-from rpo_jax.run_log import save_figure
+from rpo_jax.train.run_log import save_figure
 
 # Llama shapes (inline dims) for the size sweep; vocabulary comes from --model / --vocab (32k for tiny).
 SIZES = {

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rpo_jax.config import (
+from rpo_jax.config.loading import config_from_dict
+from rpo_jax.config.schema import (
     Config,
     ConfigError,
     LoraConfig,
@@ -26,7 +27,6 @@ from rpo_jax.config import (
     OptimConfig,
     TrainConfig,
 )
-from rpo_jax.config_loading import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_TYPES = {"dpo": ("sigmoid", 2), "rpo": ("rpo", 2), "iopo": ("iopo", 4)}

@@ -12,7 +12,7 @@ import sys
 
 from data_pipeline.files import local_path_arg
 from experiments.runner import STAGES
-from rpo_jax.config_loading import add_config_arguments
+from rpo_jax.config.loading import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from experiments.config import ExperimentConfig
     from experiments.runner import run_experiment
     from experiments.stages import StageStopped
-    from rpo_jax.config_loading import load_config
-    from rpo_jax.preemption import TrainingInterrupted
+    from rpo_jax.config.loading import load_config
+    from rpo_jax.runtime.preemption import TrainingInterrupted
 
     try:
         out = run_experiment(load_config(args.config, args.overrides, ExperimentConfig), args.output_dir, args.stage)

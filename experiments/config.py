@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from data_pipeline.pairs.synthesis import SynthesisSettings
-from rpo_jax.config import ConfigError, check_local_path
+from rpo_jax.config.schema import ConfigError, check_local_path
 
 # method -> (pair recipe it trains on, loss_type). One model is trained per listed method, same settings otherwise.
 METHODS = {

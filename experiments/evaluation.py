@@ -80,7 +80,7 @@ def evaluate_model(
     tokenizer_dir: Path | None = None,
 ) -> Stage:
     """Greedy responses of `checkpoint`'s model (its summary names its HF folder) on `suites`, scored."""
-    from rpo_jax.generation import GenerationSettings, generate_responses
+    from rpo_jax.generate.generation import GenerationSettings, generate_responses
 
     hf_dir = checkpoint.file(checkpoint.summary["hf_dir"])
     settings = GenerationSettings(

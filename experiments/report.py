@@ -16,7 +16,7 @@ from experiments.config import ExperimentConfig
 from experiments.evaluation import read_verdicts
 from experiments.stages import Stage, StageStore
 from experiments.stats import accuracy_interval, paired_difference
-from rpo_jax.run_log import save_figure
+from rpo_jax.train.run_log import save_figure
 
 COMPARISONS = (("rpo", "dpo"), ("dpo", "base"), ("rpo", "base"), ("iopo", "base"), ("rpo", "iopo"))
 K_BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 8))

@@ -26,7 +26,7 @@ from experiments.config import METHODS, ExperimentConfig
 from experiments.evaluation import evaluate_model
 from experiments.report import write_report
 from experiments.stages import Stage, StageStopped, StageStore
-from rpo_jax.config_loading import config_to_dict, load_config
+from rpo_jax.config.loading import config_to_dict, load_config
 
 STAGES = ("instructions", "model", "samples", "pairs", "train", "select", "eval", "report")
 
@@ -66,7 +66,7 @@ def instructions_stage(store: StageStore, cfg: ExperimentConfig) -> Stage:
 
 
 def samples_stage(store: StageStore, cfg: ExperimentConfig, model: Stage, instructions: Stage) -> Stage:
-    from rpo_jax.generation import GenerationSettings, generate_responses
+    from rpo_jax.generate.generation import GenerationSettings, generate_responses
 
     s = cfg.sampling
     settings = GenerationSettings(
@@ -168,8 +168,8 @@ def train_stage(
     }
 
     def build(folder: Path) -> dict:
-        from rpo_jax.resume import ResumeRequest
-        from rpo_jax.trainer import train
+        from rpo_jax.train.resume import ResumeRequest
+        from rpo_jax.train.trainer import train
 
         # An interrupted earlier attempt (same settings: the stage key covers them) is continued; an empty
         # folder starts fresh.

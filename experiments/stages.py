@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import write_json_atomic
-from rpo_jax.out_of_memory import out_of_memory
+from rpo_jax.runtime.out_of_memory import out_of_memory
 
 STAGE_FILE = "stage.json"
 EARLIER_ATTEMPTS_FILE = "earlier_attempts.json"  # in a partial folder: {"attempts": n, "seconds": s}

@@ -13,8 +13,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from data_pipeline.errors import UserError
-from rpo_jax.host_memory import keep_large_buffers_mmapped
-from rpo_jax.out_of_memory import out_of_memory
+from rpo_jax.runtime.host_memory import keep_large_buffers_mmapped
+from rpo_jax.runtime.out_of_memory import out_of_memory
 
 # name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     args.command_argv = argv[1:]
-    keep_large_buffers_mmapped()  # before any step allocates: see rpo_jax.host_memory
+    keep_large_buffers_mmapped()  # before any step allocates: see rpo_jax.runtime.host_memory
     try:
         return int(module.run(args) or 0)
     except UserError as err:

@@ -9,11 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rpo_jax.config import LoraConfig, MeshConfig, ModelConfig, RopeConfig
+from rpo_jax.config.schema import LoraConfig, MeshConfig, ModelConfig, RopeConfig
 from rpo_jax.io.hf_config import model_config_to_hf
 from rpo_jax.io.hf_export import export_hf
 from rpo_jax.io.hf_table import hf_tensor_names
-from rpo_jax.sharding import make_mesh
+from rpo_jax.runtime.sharding import make_mesh
 
 LLAMA3_ROPE = RopeConfig(
     rope_type="llama3",
@@ -107,7 +107,7 @@ def params_and_hf_folder(cfg: ModelConfig, path: Path, seed: int = 0, tokenizer_
     from flax import nnx
 
     from rpo_jax.io.params import save_params
-    from rpo_jax.model import Llama
+    from rpo_jax.model.llama import Llama
 
     state = nnx.state(Llama(cfg, rngs=nnx.Rngs(seed)))
     save_params(path / "ckpt", state, cfg, LoraConfig())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rpo_jax.config import ModelConfig
+from rpo_jax.config.schema import ModelConfig
 from rpo_jax.io.hf_config import model_config_to_hf
 from rpo_jax.io.hf_table import hf_tensor_names
 

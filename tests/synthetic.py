@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpo_jax.config import Config
-from rpo_jax.config_loading import config_from_dict
+from rpo_jax.config.loading import config_from_dict
+from rpo_jax.config.schema import Config
 
 TINY_MODEL = dict(
     vocab_size=128,

@@ -12,11 +12,11 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from synthetic import TINY_MODEL, tiny_config
 
-from rpo_jax.attention import AttentionMask, attend, attention_mask, resolve_attention, xla_attention
-from rpo_jax.blockwise_attention import _live_pairs, blockwise_attention
-from rpo_jax.config import ConfigError
-from rpo_jax.model import Llama
-from rpo_jax.sharding import make_mesh
+from rpo_jax.config.schema import ConfigError
+from rpo_jax.model.attention import AttentionMask, attend, attention_mask, resolve_attention, xla_attention
+from rpo_jax.model.blockwise_attention import _live_pairs, blockwise_attention
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import make_mesh
 
 SCALE = 0.3
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from rpo_jax.batch_checks import BatchError, validate_batch
-from rpo_jax.config import LOSS_TYPES, ConfigError, LossConfig
-from rpo_jax.losses import LOSSES
+from rpo_jax.config.schema import LOSS_TYPES, ConfigError, LossConfig
+from rpo_jax.objective.losses import LOSSES
+from rpo_jax.train.batch_checks import BatchError, validate_batch
 
 
 def valid_batch(B=3, G=2, L=10):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks import bench
-from rpo_jax import flops
-from rpo_jax.config import ModelConfig
-from rpo_jax.model import count_params
+from rpo_jax.config.schema import ModelConfig
+from rpo_jax.model.llama import count_params
+from rpo_jax.plan import flops
 
 TINY_DIMS = dict(vocab=256, hidden_size=32, intermediate_size=64, layers=2, heads=4, kv_heads=2, head_dim=8)
 

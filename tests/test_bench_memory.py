@@ -28,7 +28,7 @@ def test_child_peak_is_its_own_not_the_parents():
     assert parent_peak >= grown
     # The premise: ru_maxrss of the child carries the parent's peak (if a kernel stops doing that, this is moot).
     assert inherited >= grown
-    # The child imports numpy/yaml/rpo_jax.config only: far below the parent's ballast.
+    # The child imports numpy/yaml/rpo_jax.config.schema only: far below the parent's ballast.
     assert ours < grown / 2 and trl_side < grown / 2, (ours, trl_side, parent_peak)
     assert abs(ours - trl_side) < 64 * 2**20
 

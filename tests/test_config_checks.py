@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.errors import UserError
-from rpo_jax.config import Config, ConfigError
-from rpo_jax.config_loading import PATH_SETTINGS, REPO_ROOT, config_root, config_to_dict, load_config
-from rpo_jax.config_rules import BOUNDS, CHECKED_WITH_OTHERS, _parse
+from rpo_jax.config.loading import PATH_SETTINGS, REPO_ROOT, config_root, config_to_dict, load_config
+from rpo_jax.config.rules import BOUNDS, CHECKED_WITH_OTHERS, _parse
+from rpo_jax.config.schema import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "base.yaml"

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from rpo_jax import distributed
-from rpo_jax.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote, stopped_early
-from rpo_jax.rendezvous import DistributedSetupError, join, serve
-from rpo_jax.resume import ResumeRequest
+from rpo_jax.runtime import distributed
+from rpo_jax.runtime.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote, stopped_early
+from rpo_jax.runtime.rendezvous import DistributedSetupError, join, serve
+from rpo_jax.train.resume import ResumeRequest
 
 SETTING = "RPO_JAX_COORDINATOR"
 

@@ -12,7 +12,7 @@ from trainer_fixtures import DEFAULT_PAIRS, TOKENIZER, write_config
 
 from data_pipeline.constraints import ConstraintError
 from rpo_jax.cli import main
-from rpo_jax.config_loading import load_config
+from rpo_jax.config.loading import load_config
 
 ASSETS = Path(__file__).resolve().parents[1] / "data_pipeline" / "assets"
 

@@ -16,7 +16,7 @@ import yaml
 from llama_hf_fixtures import params_and_hf_folder
 from trainer_fixtures import TOKENIZER
 
-from rpo_jax.config_loading import load_config
+from rpo_jax.config.loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "data_pipeline" / "assets" / "chat_templates" / "llama3.jinja"
@@ -136,11 +136,11 @@ def test_a_training_stopped_by_sigterm_leaves_its_stage_unfinished(tmp_path, mon
         calls.append(run_cfg.train.output_dir)
         return None
 
-    monkeypatch.setattr("rpo_jax.trainer.train", stopped_train)
+    monkeypatch.setattr("rpo_jax.train.trainer.train", stopped_train)
     with pytest.raises(StageStopped, match="stopped before step 30"):
         train_stage(store, cfg, "rpo", 0, model, pairs)
     assert [p.name.startswith(".train-rpo-lr0-") for p in store.root.iterdir()] == [True]
-    monkeypatch.setattr("rpo_jax.trainer.train", lambda run_cfg, resume: Path(run_cfg.train.output_dir) / "hf")
+    monkeypatch.setattr("rpo_jax.train.trainer.train", lambda run_cfg, resume: Path(run_cfg.train.output_dir) / "hf")
     stage = train_stage(store, cfg, "rpo", 0, model, pairs)
     assert not stage.cached and [p.name for p in store.root.iterdir()] == [stage.path.name]
     assert stage.path.name.startswith("train-rpo-lr0-") and calls[0].endswith(".partial/run")
@@ -175,7 +175,7 @@ def test_method_overrides_change_one_method_and_no_other_stage_key(tmp_path, mon
     from experiments.config import ExperimentConfig
     from experiments.runner import pairs_stage, run_config
     from experiments.stages import Stage, StageStore
-    from rpo_jax.config import ConfigError
+    from rpo_jax.config.schema import ConfigError
 
     preset = ROOT / "configs" / "experiment" / "smollm2_rpo_vs_dpo.yaml"
     cfg = load_config(preset, [], ExperimentConfig)

@@ -20,7 +20,7 @@ class OneFolder:
 
 
 def test_an_interrupted_evaluation_keeps_its_finished_suites(tmp_path, monkeypatch):
-    import rpo_jax.generation
+    import rpo_jax.generate.generation
 
     generated = []
 
@@ -30,7 +30,7 @@ def test_an_interrupted_evaluation_keeps_its_finished_suites(tmp_path, monkeypat
         Path(output).write_text("".join(json.dumps({"prompt": r["prompt"], "response": "ok"}) + "\n" for r in rows))
         return {"responses": len(rows)}
 
-    monkeypatch.setattr(rpo_jax.generation, "generate_responses", fake_generate)
+    monkeypatch.setattr(rpo_jax.generate.generation, "generate_responses", fake_generate)
     folder = tmp_path / "partial"
     folder.mkdir()
     finished = {"prompt_level_strict_acc": 0.25, "from": "the earlier attempt"}

@@ -24,7 +24,7 @@ def test_the_experiments_pairs_stage_builds_the_same_pairs(tmp_path):
     from experiments.config import ExperimentConfig
     from experiments.runner import pairs_stage
     from experiments.stages import Stage, StageStore
-    from rpo_jax.config_loading import load_config
+    from rpo_jax.config.loading import load_config
 
     cfg = load_config(ROOT / "configs/experiment/smollm2_rpo_vs_dpo.yaml", [], ExperimentConfig)
     instructions = tmp_path / "instructions" / "instructions" / "train_instructions.jsonl"

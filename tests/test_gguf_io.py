@@ -134,10 +134,10 @@ def test_import_gguf_command_writes_a_checkpoint_equal_to_the_hf_weights(tmp_pat
     from flax import nnx
 
     from rpo_jax.cli import main
-    from rpo_jax.config import MeshConfig
+    from rpo_jax.config.schema import MeshConfig
     from rpo_jax.io.params import read_model_config, restore_params
-    from rpo_jax.model import Llama
-    from rpo_jax.sharding import make_mesh, state_shardings
+    from rpo_jax.model.llama import Llama
+    from rpo_jax.runtime.sharding import make_mesh, state_shardings
 
     hf = _hf_weights(np.random.default_rng(3))
     _write_gguf(tmp_path / "tiny.gguf", hf)

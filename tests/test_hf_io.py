@@ -13,12 +13,12 @@ from llama_hf_fixtures import one_device_mesh, save_torch_llama, tiny_config, to
 
 from rpo_jax import cli
 from rpo_jax.cli import main
-from rpo_jax.config import LoraConfig, MeshConfig
+from rpo_jax.config.schema import LoraConfig, MeshConfig
 from rpo_jax.io.hf import HFWeightsError, load_hf_state
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf, model_config_to_hf
 from rpo_jax.io.params import read_model_config, save_params
-from rpo_jax.model import Llama
-from rpo_jax.sharding import make_mesh
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import make_mesh
 
 L = 12
 

@@ -1,5 +1,5 @@
-"""`rpo_jax.host_memory`: with the mmap threshold fixed, freed MiB-sized blocks (XLA:CPU's step temporaries) leave
-resident memory even when they sit between live ones; with glibc's dynamic threshold they stay resident."""
+"""`rpo_jax.runtime.host_memory`: with the mmap threshold fixed, freed MiB-sized blocks (XLA:CPU's step temporaries)
+leave resident memory even when they sit between live ones; with glibc's dynamic threshold they stay resident."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, sys
-from rpo_jax.host_memory import keep_large_buffers_mmapped
+from rpo_jax.runtime.host_memory import keep_large_buffers_mmapped
 if sys.argv[1] == "fixed":
     assert keep_large_buffers_mmapped()
 libc = ctypes.CDLL(None)
@@ -43,7 +43,7 @@ def test_freed_blocks_leave_resident_memory_only_with_the_fixed_threshold():
 
 
 def test_a_users_own_setting_wins(monkeypatch):
-    from rpo_jax.host_memory import keep_large_buffers_mmapped
+    from rpo_jax.runtime.host_memory import keep_large_buffers_mmapped
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert keep_large_buffers_mmapped() is False

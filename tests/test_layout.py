@@ -1,13 +1,16 @@
 """The package layout as rules: which wing may import which, thin commands, module sizes.
 
 data_pipeline's wings import downwards only (records -> pairs -> constraints, plus the base modules `files` and
-`errors`); nothing in data_pipeline imports rpo_jax, JAX, Flax or torch; the training library reads data only
-through `data_pipeline.records`; commands parse flags and call the library, never another command.
+`errors`); nothing in data_pipeline imports rpo_jax, JAX, Flax or torch. rpo_jax is a folder of wings whose arrows
+run one way (`WINGS`, the one table): config <- runtime <- model <- objective, io <- train <- plan, generate;
+commands and `cli.py` may use any wing; the training library reads data only through `data_pipeline.records`;
+commands parse flags and call the library, never another command.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +19,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"data_pipeline.files", "data_pipeline.errors"}
-# What each part of the code may import from the project's own packages (prefix match on module names).
-ALLOWED = {
-    "data_pipeline.constraints": {"data_pipeline.constraints", *BASE},
-    "data_pipeline.pairs": {"data_pipeline.pairs", "data_pipeline.constraints", *BASE},
-    "data_pipeline.records": {"data_pipeline.records", "data_pipeline.pairs", *BASE},
-    "data_pipeline.scripts": {"data_pipeline", *BASE},
-    "rpo_jax.commands": {"rpo_jax", "data_pipeline"},
-    "rpo_jax": {"rpo_jax", "data_pipeline.records", *BASE},
+# wing -> the other wings it may import (each wing may import itself and BASE). rpo_jax wings are named relative
+# to the package; any other name is absolute.
+WINGS: dict[str, tuple[str, ...]] = {
+    "data_pipeline.constraints": (),
+    "data_pipeline.pairs": ("data_pipeline.constraints",),
+    "data_pipeline.records": ("data_pipeline.pairs",),
+    "data_pipeline.scripts": ("data_pipeline",),
+    "config": (),
+    "runtime": ("config",),
+    "model": ("runtime", "config"),
+    "objective": ("model", "runtime", "config"),
+    "io": ("model", "runtime", "config"),
+    "train": ("objective", "io", "model", "runtime", "config", "data_pipeline.records"),
+    "generate": ("model", "io", "runtime", "config"),
+    "plan": ("train", "objective", "model", "runtime", "config"),
+    "commands": ("rpo_jax", "data_pipeline"),
+    "cli": ("rpo_jax", "data_pipeline"),
 }
+LIBRARY_WINGS = [w for w in WINGS if not w.startswith("data_pipeline") and w not in ("cli", "commands")]
+ROOT_MODULES = {"rpo_jax", "rpo_jax.cli"}  # nothing else directly under rpo_jax/
+
+
+def absolute(name: str) -> str:
+    return name if name.split(".")[0] in ("data_pipeline", "rpo_jax") else f"rpo_jax.{name}"
+
+
+ALLOWED = {absolute(wing): {absolute(wing), *map(absolute, others), *BASE} for wing, others in WINGS.items()}
 MAX_MODULE_LINES = 300
 MAX_COMMAND_LINES = 80
 
@@ -65,6 +86,27 @@ def test_imports_point_down_the_layers(package):
             if not any(imported == a or imported.startswith(a + ".") for a in allowed):
                 wrong.append(f"{path.relative_to(REPO)} imports {imported}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_rpo_jax_module_lives_in_a_wing():
+    rpo_wings = {wing for wing in WINGS if not wing.startswith("data_pipeline")}
+    loose = [
+        str(path.relative_to(REPO))
+        for name, path in modules("rpo_jax")
+        if name not in ROOT_MODULES and name.split(".")[1] not in rpo_wings
+    ]
+    assert not loose, f"outside every wing of WINGS (move each into the wing whose job it is): {loose}"
+
+
+@pytest.mark.parametrize(
+    "wing", [w for w in WINGS if not w.startswith("data_pipeline") and w not in ("cli", "commands")]
+)
+def test_each_wing_docstring_says_what_it_may_import(wing):
+    """The `May import:` line of each wing's docstring names exactly its row of WINGS."""
+    doc = ast.get_docstring(ast.parse((REPO / "rpo_jax" / wing / "__init__.py").read_text())) or ""
+    assert "May import:" in doc, f"rpo_jax/{wing}/__init__.py: the docstring has no 'May import:' line"
+    named = set(re.findall(r"`([\w.]+)`", doc.split("May import:", 1)[1]))
+    assert named & (set(WINGS) | {"data_pipeline.records"}) == set(WINGS[wing])
 
 
 def test_no_command_imports_another_command_and_commands_are_thin():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rpo_jax.config import LoraConfig, LossConfig, ModelConfig
-from rpo_jax.logps import paired_logps, score_hidden
-from rpo_jax.losses import loss_and_metrics
-from rpo_jax.model import Llama
+from rpo_jax.config.schema import LoraConfig, LossConfig, ModelConfig
+from rpo_jax.model.llama import Llama
+from rpo_jax.objective.logps import paired_logps, score_hidden
+from rpo_jax.objective.losses import loss_and_metrics
 
 CFG = ModelConfig(
     vocab_size=97,

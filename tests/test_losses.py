@@ -11,10 +11,17 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from rpo_jax.config import LossConfig, ModelConfig, RopeConfig
-from rpo_jax.logps import SequenceScores, paired_logps
-from rpo_jax.losses import LOSSES, add_metrics, finalize_metrics, loss_and_metrics, needs_reference, per_example_loss
-from rpo_jax.model import Llama
+from rpo_jax.config.schema import LossConfig, ModelConfig, RopeConfig
+from rpo_jax.model.llama import Llama
+from rpo_jax.objective.logps import SequenceScores, paired_logps
+from rpo_jax.objective.losses import (
+    LOSSES,
+    add_metrics,
+    finalize_metrics,
+    loss_and_metrics,
+    needs_reference,
+    per_example_loss,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 LN2 = math.log(2.0)

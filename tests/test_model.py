@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 from llama_hf_fixtures import tiny_config
 
-from rpo_jax.config_loading import load_config
-from rpo_jax.model import Llama, count_params
+from rpo_jax.config.loading import load_config
+from rpo_jax.model.llama import Llama, count_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 L = 10

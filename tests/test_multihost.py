@@ -154,11 +154,11 @@ def sharded_lora_checkpoint(tmp_path_factory):
     this one process."""
     from llama_hf_fixtures import tiny_config
 
-    from rpo_jax.config import LoraConfig, MeshConfig
+    from rpo_jax.config.schema import LoraConfig, MeshConfig
     from rpo_jax.io.hf_export import export_hf
     from rpo_jax.io.params import save_params
-    from rpo_jax.model import Llama
-    from rpo_jax.sharding import make_mesh, state_shardings
+    from rpo_jax.model.llama import Llama
+    from rpo_jax.runtime.sharding import make_mesh, state_shardings
 
     tmp = tmp_path_factory.mktemp("export")
     cfg, lora = tiny_config(gqa=True), LoraConfig(rank=2, alpha=4.0)
@@ -177,10 +177,10 @@ def sharded_lora_checkpoint(tmp_path_factory):
 def test_export_and_import_from_two_processes_write_what_one_does(sharded_lora_checkpoint):
     """export-hf streams one tensor at a time to process 0, which writes the shards + index; import-hf's
     save_params writes each process's shards. Both give what one process gives."""
-    from rpo_jax.config import MeshConfig
+    from rpo_jax.config.schema import MeshConfig
     from rpo_jax.io.hf import load_hf_state
     from rpo_jax.io.params import load_params_checkpoint
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.runtime.sharding import make_mesh
 
     tmp, mesh = sharded_lora_checkpoint, ["--mesh", "data=1,fsdp=4,tensor=2"]
     size = ["--max-shard-size", "60000"]

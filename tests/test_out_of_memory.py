@@ -34,7 +34,7 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
 
 def test_an_experiment_stage_out_of_memory_names_the_stage_and_stays_partial(tmp_path):
     from experiments.stages import StageStore
-    from rpo_jax.out_of_memory import OutOfMemory
+    from rpo_jax.runtime.out_of_memory import OutOfMemory
 
     store = StageStore(tmp_path)
     with pytest.raises(OutOfMemory, match=r"^stage train-iopo-lr0-[0-9a-f]{16}: RESOURCE_EXHAUSTED: .* 28829853952 b"):

@@ -19,10 +19,10 @@ from data_pipeline.records.packing import first_fit_decreasing, layout_row, pack
 from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
-from rpo_jax.config import ModelConfig
-from rpo_jax.logps import paired_logps
-from rpo_jax.model import Llama
-from rpo_jax.packed_logps import packed_logps
+from rpo_jax.config.schema import ModelConfig
+from rpo_jax.model.llama import Llama
+from rpo_jax.objective.logps import paired_logps
+from rpo_jax.objective.packed_logps import packed_logps
 
 MAX_LENGTH = 384  # short enough that keep_start truncates some default pairs (about 40%), not all
 MODEL = ModelConfig(
@@ -220,7 +220,7 @@ def test_packed_train_step_equals_unpacked(shared=True):
     from synthetic import tiny_config
     from test_train_step import LINEAR_OPTIM, assert_trees_close, run_steps
 
-    from rpo_jax.config import MeshConfig
+    from rpo_jax.config.schema import MeshConfig
 
     cfg = tiny_config(loss={"loss_type": ["rpo", "sigmoid_norm"], "loss_weights": [1.0, 0.5]}, optim=LINEAR_OPTIM)
     records = _synthetic_records(5, cfg.model.vocab_size, seed=1)
@@ -242,8 +242,8 @@ def test_packed_train_step_equals_unpacked(shared=True):
 
 
 def test_packed_batch_checks_name_the_problem():
-    from rpo_jax.batch_checks import BatchError, validate_packed_batch
-    from rpo_jax.config import LossConfig
+    from rpo_jax.config.schema import LossConfig
+    from rpo_jax.train.batch_checks import BatchError, validate_packed_batch
 
     records = _synthetic_records(3, 97, seed=2)
     batch = layout_row(records, 64, 4, 0, True)
@@ -259,8 +259,8 @@ def test_packed_batch_checks_name_the_problem():
 
 @pytest.mark.parametrize("impl", ["cudnn", "splash"])
 def test_shared_prompt_mask_is_refused_by_kernels_that_cannot_express_it(impl):
-    from rpo_jax.attention import AttentionMask, attend
-    from rpo_jax.config import ConfigError
+    from rpo_jax.config.schema import ConfigError
+    from rpo_jax.model.attention import AttentionMask, attend
 
     q = jnp.zeros((1, 8, 2, 8))
     seg = jnp.ones((1, 8), jnp.int32)

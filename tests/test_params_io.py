@@ -13,7 +13,7 @@ from flax import nnx
 from llama_hf_fixtures import params_and_hf_folder, tiny_config
 from synthetic import tiny_config as run_config
 
-from rpo_jax.config import LoraConfig, MeshConfig
+from rpo_jax.config.schema import LoraConfig, MeshConfig
 from rpo_jax.io.params import (
     CheckpointMismatchError,
     is_hf_folder,
@@ -22,9 +22,9 @@ from rpo_jax.io.params import (
     restore_params,
     save_params,
 )
-from rpo_jax.model import Llama
-from rpo_jax.policy import build_policy
-from rpo_jax.sharding import init_sharded, make_mesh, state_shardings
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import init_sharded, make_mesh, state_shardings
+from rpo_jax.train.policy import build_policy
 
 
 def _abstract(cfg, lora=None):

@@ -10,13 +10,13 @@ import yaml
 from synthetic import TINY_MODEL, make_batch, tiny_config
 
 from rpo_jax.cli import main as cli_main
-from rpo_jax.config import ConfigError
-from rpo_jax.config_loading import load_config
-from rpo_jax.optim import make_optimizer
-from rpo_jax.planning import parameter_arithmetic, plan_train_step
-from rpo_jax.policy import build_policy
-from rpo_jax.sharding import batch_shardings, make_mesh
-from rpo_jax.train_step import init_train_state
+from rpo_jax.config.loading import load_config
+from rpo_jax.config.schema import ConfigError
+from rpo_jax.plan.planning import parameter_arithmetic, plan_train_step
+from rpo_jax.runtime.sharding import batch_shardings, make_mesh
+from rpo_jax.train.optim import make_optimizer
+from rpo_jax.train.policy import build_policy
+from rpo_jax.train.step import init_train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

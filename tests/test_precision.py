@@ -9,11 +9,11 @@ import numpy as np
 import optax
 from synthetic import TINY_MODEL, make_batch, tiny_config
 
-from rpo_jax.config import OptimConfig
-from rpo_jax.logps import paired_logps
-from rpo_jax.optim import make_optimizer
-from rpo_jax.policy import build_policy
-from rpo_jax.sharding import make_mesh
+from rpo_jax.config.schema import OptimConfig
+from rpo_jax.objective.logps import paired_logps
+from rpo_jax.runtime.sharding import make_mesh
+from rpo_jax.train.optim import make_optimizer
+from rpo_jax.train.policy import build_policy
 
 
 def _moments(state) -> list:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from rpo_jax.config import ConfigError
-from rpo_jax.config_loading import load_config
-from rpo_jax.run_dir import claim_output_dir
-from rpo_jax.run_log import report_figure, report_title, smoothed
-from rpo_jax.run_summary import closing_summary, dropped_share_note
+from rpo_jax.config.loading import load_config
+from rpo_jax.config.schema import ConfigError
+from rpo_jax.train.run_dir import claim_output_dir
+from rpo_jax.train.run_log import report_figure, report_title, smoothed
+from rpo_jax.train.run_summary import closing_summary, dropped_share_note
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ class FakeCheckpointer:
 
 
 def test_resume_falls_back_past_damaged_checkpoints_and_names_them(tmp_path):
-    from rpo_jax.resume import NoUsableCheckpoint, ResumeRequest, restore_for_resume
+    from rpo_jax.train.resume import NoUsableCheckpoint, ResumeRequest, restore_for_resume
 
     config, prints, said = {"train": {"steps": 10}}, {"data_fingerprint": "abc"}, []
     ckpt = FakeCheckpointer(tmp_path, [2, 4, 6], damaged={6, 4})

@@ -13,10 +13,17 @@ from flax import nnx
 from llama_hf_fixtures import params_and_hf_folder
 
 from rpo_jax.cli import main
-from rpo_jax.config import MeshConfig, ModelConfig
-from rpo_jax.model import Llama
-from rpo_jax.sampler import Sampler, SamplingParams, filter_logits, forward_with_cache, left_pad, truncate_at_stop
-from rpo_jax.sharding import make_mesh
+from rpo_jax.config.schema import MeshConfig, ModelConfig
+from rpo_jax.generate.sampler import (
+    Sampler,
+    SamplingParams,
+    filter_logits,
+    forward_with_cache,
+    left_pad,
+    truncate_at_stop,
+)
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import make_mesh
 
 CFG = ModelConfig(
     vocab_size=128,

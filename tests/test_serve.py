@@ -16,9 +16,9 @@ import pytest
 from serve_fixtures import scripted_llama
 
 from rpo_jax.cli import main
-from rpo_jax.config import MeshConfig
-from rpo_jax.serving import ChatEngine, ChatServer, ServeSettings
-from rpo_jax.serving_protocol import RequestError, parse_chat_request
+from rpo_jax.config.schema import MeshConfig
+from rpo_jax.generate.serving import ChatEngine, ChatServer, ServeSettings
+from rpo_jax.generate.serving_protocol import RequestError, parse_chat_request
 
 ANSWER = '{"judgements": [true]}'
 USER = [{"role": "user", "content": "Is this fine?"}]

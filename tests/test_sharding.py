@@ -4,9 +4,9 @@ import jax
 import pytest
 from flax import nnx
 
-from rpo_jax.config import MeshConfig, ModelConfig
-from rpo_jax.model import Llama
-from rpo_jax.sharding import (
+from rpo_jax.config.schema import MeshConfig, ModelConfig
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import (
     ShardingError,
     check_sufficiently_sharded,
     init_sharded,

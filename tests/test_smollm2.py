@@ -32,10 +32,10 @@ def tokenizer(hf_dir):
 def ours(hf_dir):
     from flax import nnx
 
-    from rpo_jax.config import MeshConfig
+    from rpo_jax.config.schema import MeshConfig
     from rpo_jax.io.hf import load_hf_state
-    from rpo_jax.model import Llama
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.model.llama import Llama
+    from rpo_jax.runtime.sharding import make_mesh
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     cfg, state = load_hf_state(hf_dir, mesh)
@@ -117,7 +117,7 @@ def test_logits_match_transformers_on_converted_folder(ours, tokenizer, hf_dir):
 
 
 def test_answers_capital_of_france_greedily(ours, tokenizer):
-    from rpo_jax.sampler import Sampler, SamplingParams
+    from rpo_jax.generate.sampler import Sampler, SamplingParams
 
     model, mesh = ours
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -141,9 +141,9 @@ def test_generate_command_writes_build_pairs_rows(tmp_path, hf_dir):
 
     from data_pipeline.pairs.readers import parse_response
     from rpo_jax.cli import main
-    from rpo_jax.config import LoraConfig, ModelConfig
+    from rpo_jax.config.schema import LoraConfig, ModelConfig
     from rpo_jax.io.params import save_params
-    from rpo_jax.model import Llama
+    from rpo_jax.model.llama import Llama
 
     cfg = ModelConfig(
         vocab_size=49152,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from synthetic import make_batch, tiny_config
 
-from rpo_jax.config import MeshConfig
-from rpo_jax.losses import finalize_metrics
-from rpo_jax.optim import make_optimizer
-from rpo_jax.policy import build_policy
-from rpo_jax.sharding import batch_shardings, make_mesh
-from rpo_jax.train_step import init_train_state, make_train_step
+from rpo_jax.config.schema import MeshConfig
+from rpo_jax.objective.losses import finalize_metrics
+from rpo_jax.runtime.sharding import batch_shardings, make_mesh
+from rpo_jax.train.optim import make_optimizer
+from rpo_jax.train.policy import build_policy
+from rpo_jax.train.step import init_train_state, make_train_step
 
 
 def run_steps(cfg, batches, devices=None, mesh_cfg=None):

@@ -244,7 +244,7 @@ def test_precomputed_reference_matches_inline(uninterrupted, tmp_path):
 
 
 def test_metrics_log_truncates_to_what_a_checkpoint_covers(tmp_path):
-    from rpo_jax.run_log import MetricsLog
+    from rpo_jax.train.run_log import MetricsLog
 
     log = MetricsLog(tmp_path / "m.jsonl", enabled=True)
     for record in [

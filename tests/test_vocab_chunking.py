@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rpo_jax.config import LossConfig, ModelConfig
-from rpo_jax.logps import AUTO_VOCAB_CHUNK_LOGITS, auto_vocab_chunk_size, chunk_shape, paired_logps
-from rpo_jax.losses import loss_and_metrics
-from rpo_jax.model import Llama
+from rpo_jax.config.schema import LossConfig, ModelConfig
+from rpo_jax.model.llama import Llama
+from rpo_jax.objective.logps import AUTO_VOCAB_CHUNK_LOGITS, auto_vocab_chunk_size, chunk_shape, paired_logps
+from rpo_jax.objective.losses import loss_and_metrics
 
 SMALL = ModelConfig(
     vocab_size=20000,

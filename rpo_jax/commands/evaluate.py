@@ -1,10 +1,10 @@
 """`rpo-jax eval`: instruction-following accuracy (IFEval, IFBench, any IFEval-format prompt file) or preference
 metrics on held-out pairs.
 
-IF evaluation scores `--responses FILE`, or greedy responses generated from `--checkpoint` (`rpo_jax.generation`),
-on `--prompts FILE` or a suite's shipped prompts (`data_pipeline.constraints.if_eval`); the pairs suite scores
-`--checkpoint` against `--reference` on tokenized held-out pairs with a run config's loss settings
-(`rpo_jax.evaluation`).
+IF evaluation scores `--responses FILE`, or greedy responses generated from `--checkpoint`
+(`rpo_jax.generate.generation`), on `--prompts FILE` or a suite's shipped prompts
+(`data_pipeline.constraints.if_eval`); the pairs suite scores `--checkpoint` against `--reference` on tokenized
+held-out pairs with a run config's loss settings (`rpo_jax.train.evaluation`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _generator(args: argparse.Namespace):
     if not (args.checkpoint and args.tokenizer):
         return None
-    from rpo_jax.generation import GenerationSettings, generate_responses
+    from rpo_jax.generate.generation import GenerationSettings, generate_responses
 
     settings = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     return lambda prompts, out: generate_responses(args.checkpoint, args.tokenizer, prompts, out, settings)
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.checkpoint and args.pairs and args.config):
         raise UserError("rpo-jax eval --suite pairs needs --checkpoint, --pairs and --config")
-    from rpo_jax.config_loading import load_config
-    from rpo_jax.evaluation import evaluate_pairs
+    from rpo_jax.config.loading import load_config
+    from rpo_jax.train.evaluation import evaluate_pairs
 
     results = evaluate_pairs(load_config(args.config), args.checkpoint, args.reference, args.pairs, args.batch_size)
     print("\n".join(f"{key:<24}  {value:.4f}" for key, value in sorted(results.items())))

@@ -6,7 +6,7 @@ import argparse
 import re
 
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
+from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.io.checkpoint_export import export_checkpoint
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.runtime.sharding import make_mesh
+    from rpo_jax.train.checkpoint_export import export_checkpoint
 
     files, lora_cfg = export_checkpoint(
         args.checkpoint,

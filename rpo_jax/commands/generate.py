@@ -1,11 +1,11 @@
-"""`rpo-jax generate`: sample N responses per prompt with the KV-cache sampler (see `rpo_jax.generation`)."""
+"""`rpo-jax generate`: sample N responses per prompt with the KV-cache sampler (see `rpo_jax.generate.generation`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
+from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.generation import GenerationSettings, generate_responses
+    from rpo_jax.generate.generation import GenerationSettings, generate_responses
 
     settings = GenerationSettings(
         num_samples=args.num_samples,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
+from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.io.params import import_gguf
-    from rpo_jax.model import count_params
-    from rpo_jax.sharding import make_mesh
+    from rpo_jax.model.llama import count_params
+    from rpo_jax.runtime.sharding import make_mesh
 
     mesh = make_mesh(mesh_from_args(args))
     cfg, path = import_gguf(args.gguf, args.output, mesh, param_dtype=args.param_dtype, hf_output=args.hf_output)

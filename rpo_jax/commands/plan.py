@@ -2,8 +2,8 @@
 [--set a.b=v ...] [--topology NAME] [--exact-dtypes] [--output FILE.json]`
 
 Compiles the real train step for the config's model on abstract shapes (no parameter memory) over a mesh of
-simulated CPU devices (`rpo_jax.cpu_devices`), and prints per-device memory, FLOPs and the parameter/optimizer
-arithmetic (`rpo_jax.planning`). `--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology when
+simulated CPU devices (`rpo_jax.runtime.cpu_devices`), and prints per-device memory, FLOPs and the parameter/optimizer
+arithmetic (`rpo_jax.plan.planning`). `--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology when
 the default backend is TPU; elsewhere the report says that compile was skipped.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_config_arguments, add_mesh_argument
+from rpo_jax.config.loading import add_config_arguments, add_mesh_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import math
 
     from data_pipeline.files import write_json_atomic
-    from rpo_jax.config import ConfigError
-    from rpo_jax.config_loading import config_from_args
-    from rpo_jax.cpu_devices import ensure_cpu_devices, rerun_with_cpu_devices
+    from rpo_jax.config.loading import config_from_args
+    from rpo_jax.config.schema import ConfigError
+    from rpo_jax.runtime.cpu_devices import ensure_cpu_devices, rerun_with_cpu_devices
 
     cfg = config_from_args(args)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"mesh {sizes}: plan needs every axis size (pass --mesh data=..,fsdp=..,tensor=..)")
     if not ensure_cpu_devices(math.prod(sizes)):
         return rerun_with_cpu_devices(math.prod(sizes), ["plan", *args.command_argv])
-    from rpo_jax.planning import format_report, plan
+    from rpo_jax.plan.planning import format_report, plan
 
     report = plan(
         cfg,

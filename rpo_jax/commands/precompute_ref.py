@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from rpo_jax.config_loading import add_config_arguments
+from rpo_jax.config.loading import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.config_loading import config_from_args
-    from rpo_jax.precompute import precompute_reference_logps
-    from rpo_jax.run_data import check_output_dir, prepare_run_data
+    from rpo_jax.config.loading import config_from_args
+    from rpo_jax.train.precompute import precompute_reference_logps
+    from rpo_jax.train.run_data import check_output_dir, prepare_run_data
 
     cfg = config_from_args(args, "train.reference_mode=precomputed")
     check_output_dir(cfg.train.output_dir)

@@ -1,4 +1,4 @@
-"""`rpo-jax serve`: an OpenAI-compatible chat server on the KV-cache sampler (see `rpo_jax.serving`), e.g. the
+"""`rpo-jax serve`: an OpenAI-compatible chat server on the KV-cache sampler (see `rpo_jax.generate.serving`), e.g. the
 local LLM judge of `build-pairs --judge-base-url http://127.0.0.1:PORT/v1 --judge-model NAME`."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_mesh_argument, mesh_from_args
+from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.serving import ServeSettings, serve
+    from rpo_jax.generate.serving import ServeSettings, serve
 
     settings = ServeSettings(
         model=args.model,

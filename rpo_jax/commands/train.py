@@ -7,7 +7,7 @@ import sys
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import local_path_arg
-from rpo_jax.config_loading import add_config_arguments
+from rpo_jax.config.loading import add_config_arguments
 
 
 def resume_step(text: str) -> int:
@@ -51,10 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpo_jax.config_loading import config_from_args
-    from rpo_jax.preemption import TrainingInterrupted
-    from rpo_jax.resume import ResumeRequest
-    from rpo_jax.trainer import train
+    from rpo_jax.config.loading import config_from_args
+    from rpo_jax.runtime.preemption import TrainingInterrupted
+    from rpo_jax.train.resume import ResumeRequest
+    from rpo_jax.train.trainer import train
 
     overrides = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     overrides += [f"train.steps={args.steps}"] if args.steps is not None else []

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from data_pipeline.errors import UserError
-from rpo_jax.config_loading import PATH_SETTINGS
+from rpo_jax.config.loading import PATH_SETTINGS
 from rpo_jax.io.orbax_noise import OrbaxNoise
 
 # Where Orbax's own tracebacks of a failed read or write go (beside `checkpoints/`; see orbax_noise).

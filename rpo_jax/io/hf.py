@@ -22,11 +22,11 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 
 from data_pipeline.errors import UserError
-from rpo_jax.config import LoraConfig, ModelConfig
+from rpo_jax.config.schema import LoraConfig, ModelConfig
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf
 from rpo_jax.io.hf_table import LM_HEAD, TensorMap, hf_tensor_names, table_for
-from rpo_jax.model import Llama
-from rpo_jax.sharding import state_shardings
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import state_shardings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from data_pipeline.errors import UserError
-from rpo_jax.config import ConfigError, ModelConfig, RopeConfig
+from rpo_jax.config.schema import ConfigError, ModelConfig, RopeConfig
 
 log = logging.getLogger(__name__)
 

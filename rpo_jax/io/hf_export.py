@@ -21,7 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rpo_jax.config import LoraConfig, ModelConfig
+from rpo_jax.config.schema import LoraConfig, ModelConfig
 from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES
 from rpo_jax.io.hf_config import model_config_to_hf
 from rpo_jax.io.hf_table import TensorMap, hf_tensor_names

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
-from rpo_jax.config import ModelConfig
+from rpo_jax.config.schema import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,11 +29,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from data_pipeline.errors import DataFileError, OutputExistsError, UserError
-from rpo_jax.config import ConfigError, LoraConfig, ModelConfig, check_local_path
-from rpo_jax.config_loading import config_from_dict
+from rpo_jax.config.loading import config_from_dict
+from rpo_jax.config.schema import ConfigError, LoraConfig, ModelConfig, check_local_path
 from rpo_jax.io.hf import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
-from rpo_jax.model import Llama
-from rpo_jax.sharding import state_shardings
+from rpo_jax.model.llama import Llama
+from rpo_jax.runtime.sharding import state_shardings
 
 PARAMS_DIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"

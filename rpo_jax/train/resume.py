@@ -1,0 +1,161 @@
+"""`--resume [STEP]`: which checkpoint a run continues from, verified by reading it back.
+
+A checkpoint is trusted only once its config matches (`check_resume_compatible`) and it restores: every array
+read back and decoded (a truncated or zeroed file fails there). Without a step, the newest checkpoint that
+restores wins; each newer one that does not is named with the reason, and moved to
+`<output_dir>/set_aside_checkpoints/` so the resumed run can save those steps again. With a step, that
+checkpoint or an error; newer ones (another trajectory from now on) are set aside the same way. No checkpoint at
+all: the run starts fresh and says so.
+
+What a run reads that a path alone does not identify is fingerprinted here (`run_fingerprints`), so a moved or
+copied run folder still resumes while changed data or weights do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from data_pipeline.records.loader import dataset_fingerprint
+from rpo_jax.config.schema import Config, ConfigError
+from rpo_jax.io.checkpoints import CheckpointMismatchError, StepCheckpointer, check_resume_compatible
+
+SET_ASIDE_DIR = "set_aside_checkpoints"
+# Files of a weights folder whose content identifies it cheaply (the tensors are identified by name and size).
+_IDENTITY_FILES = ("config.json", "model_config.json", "lora_config.json", "model.safetensors.index.json")
+
+
+class NoUsableCheckpoint(ConfigError):
+    """`--resume` found checkpoints, but none it can continue from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeRequest:
+    """`--resume [STEP]` and the checks it may skip."""
+
+    step: int | None = None  # None: the newest checkpoint that reads back
+    allow_config_change: bool = False
+    allow_data_change: bool = False
+
+
+def weights_fingerprint(path: str) -> str:
+    """sha256 over a weights folder's file names and sizes and its small config files ('' for no path)."""
+    if not path:
+        return ""
+    root, digest = Path(path), hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root).as_posix()
+        digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
+        if file.name in _IDENTITY_FILES:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_fingerprints(cfg: Config) -> dict[str, str]:
+    """What a step checkpoint records about the data and weights it was trained from."""
+    return {
+        "data_fingerprint": dataset_fingerprint(cfg.data.train_path),
+        "eval_data_fingerprint": dataset_fingerprint(cfg.data.eval_path) if cfg.data.eval_path else "",
+        "init_checkpoint_fingerprint": weights_fingerprint(cfg.train.init_checkpoint),
+    }
+
+
+def _all_agree(ok: bool) -> bool:
+    """Multi-process: a checkpoint counts as restored only when every process read its part."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _reason(error: Exception) -> str:
+    """The innermost cause, on one line: Orbax wraps TensorStore's precise message in generic ones."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def restore_for_resume(
+    checkpointer: StepCheckpointer,
+    restore: Callable[[int], Any],
+    request: ResumeRequest,
+    config_dict: dict,
+    fingerprints: dict,
+    say: Callable[[str], None],
+) -> tuple[int, Any] | None:
+    """(step, what `restore(step)` returned) for the checkpoint to continue from; None to start fresh.
+
+    `restore(step)` reads a step into the run's state (raising when it cannot); `config_dict` and
+    `fingerprints` describe this run (for `check_resume_compatible`); `say` prints a line.
+    """
+    requested_step = request.step
+    steps = checkpointer.all_steps()
+    where = checkpointer.directory
+    if not steps:
+        if requested_step is not None:
+            raise NoUsableCheckpoint(f"--resume {requested_step}: {where} holds no complete checkpoint")
+        say(f"--resume: no checkpoint in {where}; starting fresh")
+        return None
+    if requested_step is not None and requested_step not in steps:
+        raise NoUsableCheckpoint(
+            f"--resume {requested_step}: no complete checkpoint for that step in {where} (there are: "
+            f"{', '.join(map(str, steps))})"
+        )
+    candidates = [requested_step] if requested_step is not None else steps
+    failures: list[str] = []
+    for step in candidates:
+        try:
+            meta = checkpointer.read_meta(step)
+            check_resume_compatible(
+                meta,
+                config_dict,
+                fingerprints,
+                allow_config_change=request.allow_config_change,
+                allow_data_change=request.allow_data_change,
+            )
+            restored, error = restore(step), None
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in Orbax/TensorStore in many ways
+            restored, error = None, e
+        if _all_agree(error is None):
+            _set_aside_newer(checkpointer, step, steps, failures, say)
+            return step, restored
+        failures.append(f"step {step} ({_reason(error) if error else 'unreadable on another process'})")
+    raise NoUsableCheckpoint(
+        f"--resume: no checkpoint in {where} can be read back: {'; '.join(failures)}. Resume from another step "
+        "with --resume STEP, or start again with --overwrite"
+    )
+
+
+def _set_aside_newer(
+    checkpointer: StepCheckpointer, step: int, steps: list[int], failures: list[str], say: Callable[[str], None]
+) -> None:
+    newer = [s for s in steps if s > step]
+    if not newer:
+        return
+    destination = checkpointer.directory.parent / SET_ASIDE_DIR
+    if jax.process_index() == 0:
+        for s in newer:
+            checkpointer.set_aside(s, destination)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("rpo_jax_set_aside_checkpoints")
+        checkpointer.manager.reload()
+    if failures:
+        say(
+            f"--resume: {'; '.join(failures)} cannot be read back; resuming from step {step}, the newest "
+            f"complete earlier checkpoint (the unreadable ones are kept in {destination})"
+        )
+    else:
+        moved = ", ".join(map(str, newer))
+        say(f"--resume {step}: later checkpoints (step {moved}) moved to {destination}")
