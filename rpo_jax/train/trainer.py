@@ -6,7 +6,6 @@ then loop. Metrics of step t are pulled to the host while step t+1 runs, so disp
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -15,14 +14,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipeline.errors import UserError
 from data_pipeline.records.shards import read_manifest
 from rpo_jax.config.loading import config_to_dict
 from rpo_jax.config.schema import Config
 from rpo_jax.io.checkpoints import StepCheckpointer, abstract_like
 from rpo_jax.io.hf_export import export_hf
 from rpo_jax.model.attention import describe_attention
-from rpo_jax.objective.losses import finalize_metrics
 from rpo_jax.runtime import distributed
 from rpo_jax.runtime.preemption import NO_STOP, StopSignals, StopVote, stopped_early
 from rpo_jax.runtime.sharding import batch_shardings, make_mesh
@@ -39,10 +36,7 @@ from rpo_jax.train.run_dir import prepare_output_dir
 from rpo_jax.train.run_log import MetricsLog, Progress, TensorBoardLog, report_title, write_report
 from rpo_jax.train.run_summary import closing_summary, eval_line
 from rpo_jax.train.step import init_train_state, make_eval_step, make_train_step
-
-
-class TrainingStopped(UserError, RuntimeError):
-    """Too many consecutive non-finite steps; the last good checkpoint is intact."""
+from rpo_jax.train.step_record import check_step0, step_record
 
 
 class Trainer:
@@ -143,47 +137,6 @@ class Trainer:
         )
         return {f"eval/{k}": v for k, v in metrics.items()}
 
-    def _record(self, step: int, host, tokens: int, seconds: float) -> dict:
-        record = {"step": step, **finalize_metrics(host["sums"])}
-        record.update(
-            grad_norm=float(host["grad_norm"]),
-            learning_rate=float(host["learning_rate"]),
-            skipped=bool(host["skipped"]),
-            nonfinite_total=int(host["nonfinite_total"]),
-            tokens_per_s=tokens / max(seconds, 1e-9),
-            step_time=seconds,
-        )
-        if int(host["nonfinite_run"]) >= self.cfg.train.max_consecutive_nonfinite:
-            raise TrainingStopped(
-                f"step {step}: {int(host['nonfinite_run'])} consecutive non-finite losses/gradients "
-                f"(train.max_consecutive_nonfinite={self.cfg.train.max_consecutive_nonfinite}); "
-                f"last good checkpoint: step {self.checkpointer.latest_step()}"
-            )
-        return record
-
-    def _check_step0(self, record: dict) -> None:
-        """Policy == reference at step 0: all rewards are 0, so DPO-family losses sit at their h=0 value.
-
-        "0" up to float rounding: the two forwards are separate XLA programs, so h differs by ~1e-7 relative to
-        the summed log-probs (thousands of nats for long responses). algorithms.md §3: 1e-6 inline, 1e-3 when the
-        reference was precomputed (possibly at another batch shape).
-        """
-        if self.cfg.train.reference_mode == "none":
-            return
-        rel = 1e-3 if self.cfg.train.reference_mode == "precomputed" else 1e-6
-        scale = max(abs(record["logps/chosen"]), abs(record["logps/rejected"]), 1.0)
-        tol = self.cfg.loss.beta * rel * scale
-        for key in ("rewards/chosen", "rewards/rejected"):
-            if abs(record[key]) > tol:
-                raise RuntimeError(
-                    f"step 0: {key}={record[key]:.3g} but policy == reference should give 0 "
-                    f"(|tol| {tol:.2g}; reference dtype/sharding differs from the policy, or dropout "
-                    "is on)"
-                )
-        if tuple(self.cfg.loss.loss_type) == ("sigmoid",) and self.cfg.loss.label_smoothing == 0:
-            if abs(record["loss"] - math.log(2)) > tol + 1e-6:
-                raise RuntimeError(f"step 0: DPO loss {record['loss']:.6f} != ln 2 with policy == reference")
-
     def fit(self) -> list[dict]:
         cfg = self.cfg
         votes = StopVote(self.stop_signals)
@@ -240,10 +193,10 @@ class Trainer:
         step, metrics, tokens = pending
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
-        record = self._record(step, metrics, tokens, now - self._last_done)
+        record = step_record(self.cfg, step, metrics, tokens, now - self._last_done, self.checkpointer.latest_step())
         self._last_done = now
         if step == 0 and self.start_step == 0:
-            self._check_step0(record)
+            check_step0(self.cfg, record)
         # Every step is still pulled (non-finite checks); only every log_every-th one (and the last) is written.
         if step % self.cfg.train.log_every == 0 or step + 1 == self.cfg.train.steps:
             self.metrics_log.write(record)
