@@ -7,7 +7,7 @@
     rpo-jax bench --sweep seq                          # scaling sweeps + PNG plots (see benchmarks/sweep.py)
 
 Step time is the median over `--steps` timed steps after `--warmup` steps (compile time reported separately).
-MFU = model FLOPs (algorithms.md §7, remat excluded) / (step time · devices · peak), with the peak measured in the
+MFU = model FLOPs (docs/algorithms.md §7, remat excluded) / (step time · devices · peak), with the peak measured in the
 same run by a large matmul of the same dtype, run once between timed steps (median; so it sees the same machine
 load as the steps), and on known accelerators also against the published chip peak.
 """
@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import matmul_probe, workload
+from data_pipeline.errors import UserError
 from rpo_jax.plan import flops as flops_mod
 
 REFERENCE_MODES = ("separate", "precomputed", "lora_base")
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-devices",
         type=int,
         default=0,
-        help="devices in the mesh (default: 1 on CPU, where fake devices share the same cores; else all)",
+        help="devices in the mesh (0 = auto: 1 on CPU, where fake devices share the same cores; else all)",
     )
     w.add_argument("--matmul-size", type=int, default=0, help="peak-FLOPs matmul size (0: 2048 on CPU, 8192 else)")
     parser.add_argument(
@@ -99,13 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args) -> None:
     if args.steps < 5:
-        raise SystemExit("rpo-jax bench: --steps must be >= 5 (the median needs several timed steps)")
+        raise UserError("--steps must be >= 5 (the median needs several timed steps)")
     if args.warmup < 0 or args.batch < 1:
-        raise SystemExit("rpo-jax bench: --warmup must be >= 0 and --batch >= 1")
+        raise UserError("--warmup must be >= 0 and --batch >= 1")
     if "trl" in args.compare and args.loss == "iopo":
-        raise SystemExit("rpo-jax bench: --compare trl needs a G=2 loss (dpo or rpo); TRL has no 4-row groups")
+        raise UserError("--compare trl needs a G=2 loss (dpo or rpo); TRL has no 4-row groups")
     if "trl" in args.compare and args.reference == "lora_base":
-        raise SystemExit("rpo-jax bench: --compare trl with lora_base needs peft, which is not installed")
+        raise UserError("--compare trl with lora_base needs peft, which is not installed")
 
 
 def _device_facts(devices) -> dict:

@@ -17,16 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import jax_step, workload
+from data_pipeline.errors import UserError
 from data_pipeline.records.build import build_shards
 from data_pipeline.records.loader import CollatePairs, make_loader
 from data_pipeline.records.packed_loader import make_packed_loader
-from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.pair_example import ShardRecords
+from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax.objective.logps import paired_logps
@@ -79,7 +80,7 @@ def _logp_diff(cfg, loaders_first: dict, records_by_index, pad_id: int) -> float
 
 def run(args) -> dict:
     if not args.pairs:
-        raise SystemExit("rpo-jax bench: --compare packing needs --pairs PAIRS.jsonl")
+        raise UserError("--compare packing needs --pairs PAIRS.jsonl")
     with tempfile.TemporaryDirectory(prefix="rpo-jax-packing-") as tmp:
         shards = Path(tmp) / "shards"
         settings = TruncationSettings(args.seq_len, "keep_start")
@@ -110,8 +111,8 @@ def run(args) -> dict:
                     s["steps"] += 1
                     s["real_tokens"] += int((inputs["segment_ids"] != 0).sum())
                     s["positions"] += int(inputs["segment_ids"].size)
-        source = grain.sources.ArrayRecordDataSource(shard_paths(shards, manifest))
-        read = lambda i: decode_record(source[i]) | {"weight": 1.0}  # noqa: E731
+        records = ShardRecords(shards, manifest)
+        read = lambda i: records[i] | {"weight": 1.0}  # noqa: E731
         diff = _logp_diff(cfg, first_packed, read, manifest["pad_token_id"])
     result = {
         "benchmark": "packing",

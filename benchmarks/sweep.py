@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import workload
+from data_pipeline.errors import UserError
 from rpo_jax.train.run_log import save_figure
 
 # Llama shapes (inline dims) for the size sweep; vocabulary comes from --model / --vocab (32k for tiny).
@@ -65,7 +66,7 @@ def point_args(args, kind: str, value: str) -> tuple[float | str, dict]:
         flags["vocab"] = int(value)
         return int(value), flags
     if value not in SIZES:
-        raise SystemExit(f"rpo-jax bench --sweep size: unknown size {value!r}; choose from {sorted(SIZES)}")
+        raise UserError(f"--sweep size: unknown size {value!r}; choose from {sorted(SIZES)}")
     flags.update(SIZES[value])
     return value, flags
 
@@ -127,7 +128,7 @@ def plot(kind: str, points: list[dict], path: Path) -> None:
 
 def run(args) -> int:
     if args.compare:
-        raise SystemExit("rpo-jax bench: --sweep and --compare are separate runs")
+        raise UserError("--sweep and --compare are separate runs")
     kind = args.sweep
     values = [v.strip() for v in (args.sweep_points or DEFAULT_POINTS[kind]).split(",") if v.strip()]
     points = []

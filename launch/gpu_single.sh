@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run `rpo-jax train` on one NVIDIA GPU of this machine.
 #
-#   launch/gpu_single.sh all    --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml --data data/pairs-tok/train \
-#                               --eval-data data/pairs-tok/eval
+#   launch/gpu_single.sh all    --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml \
+#                               --data data/rpo_pairs_llama3/train --eval-data data/rpo_pairs_llama3/eval
 #   launch/gpu_single.sh resume --config configs/run/rpo_llama3_2_1b_lora_gpu.yaml   # after an interruption
 #
 # Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.

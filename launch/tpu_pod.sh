@@ -3,8 +3,9 @@
 #
 #   launch/tpu_pod.sh all    --name rpo-8b --zone us-east5-a --accelerator-type v5p-8 \
 #                            --config configs/run/rpo_llama3_1_8b_v5p8.yaml \
-#                            --output-dir /mnt/shared/runs/rpo-8b --data gs://BUCKET/data/pairs-tok/train \
-#                            --eval-data gs://BUCKET/data/pairs-tok/eval
+#                            --output-dir /mnt/shared/runs/rpo_llama3_1_8b_v5p8 \
+#                            --data gs://YOUR_BUCKET/rpo_pairs_llama3/train \
+#                            --eval-data gs://YOUR_BUCKET/rpo_pairs_llama3/eval
 #   launch/tpu_pod.sh resume --name rpo-8b ... (same flags)   # after a spot preemption
 #
 # Every setting is an RPO_* environment variable with a default, and a flag overrides the variable.

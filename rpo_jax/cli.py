@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
 
 from data_pipeline.errors import UserError
@@ -37,11 +38,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each option's default, except where there is no value to show (None, or an empty string or
-    collection): those options' help says itself what happens without them ("default: ...")."""
+    collection) or the help already says it: those options' help says itself what happens without them
+    ("default: ..."), once."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         empty = isinstance(action.default, (str, dict, list, tuple)) and not action.default
-        if action.default is None or empty or action.default == argparse.SUPPRESS:
+        says_default = "default" in (action.help or "").lower()
+        if action.default is None or empty or action.default == argparse.SUPPRESS or says_default:
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -51,6 +54,16 @@ def package_version() -> str:
         return version("rpo-jax")
     except PackageNotFoundError:  # running from a source tree that was never installed
         return "unknown (not installed)"
+
+
+def command_parser(name: str) -> tuple[types.ModuleType, argparse.ArgumentParser]:
+    """The module of subcommand `name` and its own parser (what `rpo-jax NAME ...` parses its flags with)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
+    )
+    module.add_arguments(parser)
+    return module, parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}")
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(
-        prog=f"rpo-jax {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
-    )
-    module.add_arguments(cmd_parser)
+    module, cmd_parser = command_parser(name)
     args = cmd_parser.parse_args(argv[1:])
     args.command_argv = argv[1:]
     keep_large_buffers_mmapped()  # before any step allocates: see rpo_jax.runtime.host_memory

@@ -161,6 +161,55 @@ def test_every_option_has_help_and_its_default(name, parser):
     assert not missing, f"rpo-jax {name}: options without a description or default: {missing}"
 
 
+# Options whose 0 is an ordinary value rather than a switch (a seed of 0 is a seed like any other).
+ZERO_IS_A_VALUE = {"seed"}
+
+
+@pytest.mark.parametrize("name, parser", list(_command_parsers()), ids=lambda x: x if isinstance(x, str) else "")
+def test_help_states_the_default_once_and_what_0_means(name, parser):
+    """No help shows two "(default: ...)" (its own and the formatter's), and a numeric option defaulting to 0 or
+    -1 - which in this CLI means all, auto or off - says which ("0 = all", "-1 = all remaining devices")."""
+    formatter = parser._get_formatter()
+    doubled, unexplained = [], []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.help:
+            continue
+        text = formatter._expand_help(action)
+        flag = "/".join(action.option_strings) or action.dest
+        if len(re.findall(r"\bdefault\b", text, flags=re.IGNORECASE)) > 1:
+            doubled.append(f"{flag}: {text}")
+        default = action.default
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and default in (0, -1) and action.dest not in ZERO_IS_A_VALUE:
+            if not re.search(rf"(?<![\w.-]){int(default)}(\.0)?\s*(=|:|means)", action.help):
+                unexplained.append(f"{flag}: {text}")
+    assert not doubled, f"rpo-jax {name}: help says its default twice: {doubled}"
+    assert not unexplained, f"rpo-jax {name}: default {{0, -1}} without saying what it means: {unexplained}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build-pairs", "--recipe", "rpo", "--input", "in.jsonl", "--output", "out"],
+        ["build-instructions", "--output", "out", "--num-train", "-1"],
+        ["serve", "--model", "no-such-model"],
+        ["eval", "--suite", "pairs"],
+        ["bench", "--steps", "2"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_user_errors_name_the_command_once(argv, tmp_path, monkeypatch, capsys):
+    """The CLI prefixes 'rpo-jax <command>: error: '; the message itself does not name the command again."""
+    from rpo_jax.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    message = err.removeprefix(f"rpo-jax {argv[0]}: error: ")
+    assert message != err and len(err.strip().splitlines()) == 1, err
+    assert not message.startswith(("rpo-jax", f"{argv[0]}:", f"{argv[0]} ")), err
+
+
 def test_version_flag():
     result = subprocess.run([sys.executable, "-m", "rpo_jax.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and re.fullmatch(r"rpo-jax \S+\n", result.stdout), result

@@ -16,7 +16,7 @@ import pytest
 from data_pipeline.errors import UserError
 from data_pipeline.pairs.readers import BadRows, iter_json_rows
 from data_pipeline.pairs.schema import DataError
-from data_pipeline.records.build import build_shards
+from data_pipeline.records.build import build_shards, dropped_text
 from data_pipeline.records.prepare import ensure_shards
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
@@ -57,6 +57,26 @@ def test_non_utf8_line_is_named_and_counted_with_skip_bad(tmp_path):
     manifest = build_shards(path, DEFAULT_TOKENIZER_DIR, tmp_path / "shards", SETTINGS, skip_bad=True)
     assert manifest["counts"]["input_rows"] == 2 and manifest["counts"]["examples"] == 1
     assert manifest["counts"]["bad_rows"]["by_reason"] == {"not_utf8": 1}
+
+
+def test_malformed_json_is_named_by_file_line_and_column(tmp_path):
+    """JSONL rows and a top-level JSON list alike: the column where the JSON breaks is in the one-line message."""
+    good = pair_lines(n=1)[0]
+    jsonl = write(tmp_path / "pairs.jsonl", [good, '{"recipe": "rpo",, "x": 1}'])
+    with pytest.raises(DataError, match=re.escape(f"{jsonl}:2: field '<json>': malformed JSON at column 18: Expect")):
+        list(iter_json_rows(str(jsonl)))
+    listed = write(tmp_path / "pairs.json", ["[", good + ",", '  {"recipe": "rpo" "x": 1}', "]"])
+    with pytest.raises(DataError, match=re.escape(f"{listed}:3: field '<json>': malformed JSON at column 20: Expect")):
+        list(iter_json_rows(str(listed)))
+
+
+def test_nothing_dropped_reads_dropped_0(tmp_path):
+    assert dropped_text({}) == "0"
+    both = {"sequence_too_long": 3, "prompt_too_long": 2}
+    assert dropped_text(both) == "5 (prompt_too_long: 2, sequence_too_long: 3)"
+    empty = write(tmp_path / "pairs.jsonl", [])
+    with pytest.raises(DataError, match=re.escape("no examples left to write (0 input rows, dropped 0)")):
+        build_shards(empty, DEFAULT_TOKENIZER_DIR, tmp_path / "shards", SETTINGS)
 
 
 def test_chosen_equal_to_rejected_is_refused_and_counted_with_skip_bad(tmp_path):

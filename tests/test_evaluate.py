@@ -88,15 +88,24 @@ def test_any_prompt_file_with_languages_and_skip_bad(tmp_path, capsys):
 def test_user_errors_are_one_line(tmp_path, capsys):
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"key": 1,\n')
+    errors = []
     for argv in (
         ["eval", "--prompts", str(tmp_path / "nope.jsonl"), "--responses", str(bad_json)],
         ["eval", "--prompts", str(bad_json), "--responses", str(bad_json)],
         ["eval", "--responses", str(bad_json)],
+        ["eval", "--suite", "pairs"],
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert "--prompts" in err or "--suite" in err
+        # The command is named once, by the CLI: the message itself does not start with it again.
+        message = err.removeprefix("rpo-jax eval: error: ")
+        assert message != err and not message.startswith(("rpo-jax", "eval")), err
+        errors.append(err)
+    # A malformed line is named by file, line and the column where the JSON breaks.
+    assert f"{bad_json}:1: field '<line>': malformed JSON at column 11: Expecting" in errors[1], errors[1]
+    assert "--prompts" in errors[2] or "--suite" in errors[2]
+    assert "--suite pairs needs --checkpoint, --pairs and --config" in errors[3]
 
 
 def test_ifbench_names_the_ids_it_cannot_check(tmp_path, capsys):
@@ -125,7 +134,8 @@ def test_pairs_suite_on_hf_folders_equals_params_checkpoints(tmp_path):
     policy_ckpt, policy_hf, _ = params_and_hf_folder(cfg.model, tmp_path / "policy", seed=1)
     reference_ckpt, reference_hf, _ = params_and_hf_folder(cfg.model, tmp_path / "reference", seed=2)
     results = []
-    for name, policy, reference in (("ckpt", policy_ckpt, reference_ckpt), ("hf", policy_hf, reference_hf)):
+    runs = (("ckpt", policy_ckpt, reference_ckpt), ("hf", policy_hf, reference_hf), ("self", policy_ckpt, policy_ckpt))
+    for name, policy, reference in runs:
         out = tmp_path / f"{name}.json"
         assert (
             main(
@@ -150,3 +160,6 @@ def test_pairs_suite_on_hf_folders_equals_params_checkpoints(tmp_path):
         results.append(json.loads(out.read_text()))
     assert results[0] == results[1]
     assert results[0]["rewards/margins"] != 0.0 and 0.0 < results[0]["rewards/accuracies"] < 1.0
+    assert results[0]["rewards/ties"] == 0.0
+    # Policy == reference (a run's step 0): every margin is an exact tie, counted half right - chance, not 0.
+    assert results[2]["rewards/ties"] == 1.0 and results[2]["rewards/accuracies"] == 0.5

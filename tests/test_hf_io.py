@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from llama_hf_fixtures import one_device_mesh, save_torch_llama, tiny_config, to
 from rpo_jax import cli
 from rpo_jax.cli import main
 from rpo_jax.config.schema import LoraConfig, MeshConfig
-from rpo_jax.io.hf import HFWeightsError, load_hf_state
+from rpo_jax.io.hf import HFWeightsError, load_hf_state, read_hf_config
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf, model_config_to_hf
 from rpo_jax.io.params import read_model_config, save_params
 from rpo_jax.model.llama import Llama
@@ -282,3 +283,22 @@ def test_legacy_rope_fields_and_config_round_trip():
     assert model_config_from_hf(default_legacy).rope_parameters.rope_type == "default"
     with pytest.raises(HFConfigError, match=r"my/config\.json: required field hidden_size"):
         model_config_from_hf({k: v for k, v in raw.items() if k != "hidden_size"}, "my/config.json")
+
+
+def test_malformed_config_json_names_file_line_and_column(tmp_path):
+    write_numpy_llama(tiny_config(), tmp_path)
+    (tmp_path / "config.json").write_text('{\n  "model_type": "llama",\n  "hidden_size" 32\n}\n')
+    with pytest.raises(HFConfigError, match=re.escape(f"{tmp_path / 'config.json'}:3: malformed JSON at column 17: ")):
+        read_hf_config(tmp_path)
+
+
+def test_export_of_a_missing_step_names_the_folder_and_the_steps_there(tmp_path, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for step in (2, 4):
+        for item in ("state", "meta"):  # what makes a folder a step checkpoint
+            (checkpoints / str(step) / item).mkdir(parents=True)
+    missing = checkpoints / "5"
+    assert main(["export-hf", "--checkpoint", str(missing), "--output", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rpo-jax export-hf: error: {missing}: no such checkpoint folder (the steps in {checkpoints}: 2, 4)\n"
+    assert not (tmp_path / "hf").exists()

@@ -1,9 +1,13 @@
-"""Grain loader over tokenized shards: batch contract, determinism, resumable state, process sharding, buckets."""
+"""Grain loader over tokenized shards: batch contract, determinism, resumable state, process sharding, buckets;
+shard folders as TFDS folders (read by TFDS without TensorFlow, and TFDS folders made elsewhere read by the loader)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,10 @@ import pytest
 
 from data_pipeline.pairs.schema import Message, Sequence, pair_id
 from data_pipeline.records.build import build_shards
-from data_pipeline.records.loader import make_loader
-from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.loader import dataset_fingerprint, make_loader
+from data_pipeline.records.packed_loader import make_packed_loader
+from data_pipeline.records.pair_example import ShardFormatError, ShardRecords
+from data_pipeline.records.shards import read_manifest, read_row_lengths
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
 
@@ -55,13 +61,8 @@ def shard_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stored(shard_dir) -> list[dict]:
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    records = []
-    for path in shard_paths(shard_dir, read_manifest(shard_dir)):
-        reader = ArrayRecordReader(path)
-        records += [decode_record(r) for r in reader.read_all()]
-        reader.close()
+    source = ShardRecords(shard_dir, read_manifest(shard_dir))
+    records = [source[i] for i in range(len(source))]
     assert [r["example_index"] for r in records] == list(range(NUM_PAIRS))
     return records
 
@@ -310,3 +311,125 @@ def test_group_mirrors_resumes_and_needs_an_even_global_batch(mirror_shards):
     assert [next(resumed)["example_index"].tolist() for _ in range(4)] == expected
     with pytest.raises(ValueError, match="even global batch"):
         make_loader(mirror_shards, batch_size=3, seed=1, group_mirrors=True)
+
+
+# ---------------------------------------------------------------- TFDS folders, both ways
+
+# Run in a fresh interpreter: data_pipeline imports tensorflow_datasets only where it is used, and TFDS reads the
+# folder without ever importing TensorFlow.
+TFDS_READ = """
+import importlib, json, pkgutil, sys
+import numpy as np
+import data_pipeline.records
+for module in pkgutil.walk_packages(data_pipeline.records.__path__, 'data_pipeline.records.'):
+    importlib.import_module(module.name)
+assert 'tensorflow_datasets' not in sys.modules, 'imported by a data_pipeline module at import time'
+import tensorflow_datasets as tfds
+source = tfds.builder_from_directory(sys.argv[1]).as_data_source(split='train')
+examples = [{k: v.decode() if isinstance(v, bytes) else np.asarray(v).tolist() for k, v in source[i].items()}
+            for i in range(len(source))]
+assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow'], 'tensorflow was imported'
+print(json.dumps(examples))
+"""
+
+
+def test_tfds_reads_the_shards_as_the_loader_does_without_tensorflow(shard_dir, stored):
+    result = subprocess.run(
+        [sys.executable, "-c", TFDS_READ, str(shard_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    examples = json.loads(result.stdout)
+    assert [e["margin"] for e in examples] == [r["margin"] for r in synthetic_pairs(NUM_PAIRS)]
+    for example, record in zip(examples, stored, strict=True):
+        assert example["tokens"] == np.concatenate(record["rows"]).tolist()
+        assert example["row_lengths"] == [len(row) for row in record["rows"]]
+        assert example["response_starts"] == record["response_starts"].tolist()
+        assert example["margin"] == record["margin"] and example["recipe"] == record["recipe"]
+        assert example["example_index"] == record["example_index"]
+
+
+def write_tfds_folder(folder: Path, records: list[dict], tokenization_facts: dict | None, tokens_dtype=np.int32):
+    """A folder as a TFDS user would write it: TFDS's serializer into two ArrayRecord files, `write_metadata`."""
+    import tensorflow_datasets as tfds
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    features = tfds.features.FeaturesDict(
+        {
+            "tokens": tfds.features.Tensor(shape=(None,), dtype=tokens_dtype),
+            "row_lengths": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "response_starts": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "margin": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "example_index": tfds.features.Scalar(dtype=np.int64),
+            "recipe": tfds.features.Text(),
+        }
+    )
+    folder.mkdir()
+    halves = [records[: len(records) // 2], records[len(records) // 2 :]]
+    for k, half in enumerate(halves):
+        writer = ArrayRecordWriter(str(folder / f"prefs-train.array_record-{k:05d}-of-00002"), "group_size:1")
+        for r in half:
+            example = {key: r[key] for key in ("response_starts", "margin", "example_index", "recipe")}
+            example["tokens"] = np.concatenate(r["rows"]).astype(tokens_dtype)
+            example["row_lengths"] = [len(row) for row in r["rows"]]
+            writer.write(features.serialize_example(example))
+        writer.close()
+    split = tfds.core.SplitInfo(name="train", shard_lengths=[len(h) for h in halves], num_bytes=0)
+    metadata = {"metadata": tfds.core.MetadataDict(tokenization=tokenization_facts)} if tokenization_facts else {}
+    tfds.folder_dataset.write_metadata(
+        data_dir=folder, features=features, split_infos=[split], check_data=False, **metadata
+    )
+
+
+def test_a_tfds_folder_made_elsewhere_is_read_like_ours(tmp_path, mirror_shards):
+    ours = read_manifest(mirror_shards)
+    source = ShardRecords(mirror_shards, ours)
+    records = [source[i] for i in range(len(source))]
+    facts = {key: ours[key] for key in ("max_length", "pad_token_id", "tokenizer", "chat_template")}
+    write_tfds_folder(tmp_path / "no_facts", records, None)
+    no_facts = r"no_facts/metadata.json: tokenization.max_length, tokenization.pad_token_id, .* missing or mistyped"
+    with pytest.raises(ShardFormatError, match=no_facts):
+        read_manifest(tmp_path / "no_facts")
+    write_tfds_folder(tmp_path / "int64", records, facts, tokens_dtype=np.int64)
+    wrong_dtype = r"int64/features.json: .*tokens is TensorInfo\(shape=\(None,\), dtype=int64\), expected .*int32"
+    with pytest.raises(ShardFormatError, match=wrong_dtype):
+        read_manifest(tmp_path / "int64")
+
+    folder = tmp_path / "elsewhere"
+    write_tfds_folder(folder, records, facts)
+    manifest = read_manifest(folder)
+    assert manifest["mirror_pairs"] == ours["mirror_pairs"] == [[0, 7], [1, 8], [2, 9], [3, 10]]
+    assert (manifest["num_examples"], manifest["max_row_length"]) == (ours["num_examples"], ours["max_row_length"])
+    np.testing.assert_array_equal(read_row_lengths(folder, manifest), read_row_lengths(mirror_shards, ours))
+    assert dataset_fingerprint(folder) == manifest["fingerprint"] != ours["fingerprint"]
+    options = dict(batch_size=2, seed=3, num_epochs=2, length_buckets=(64, 128), group_mirrors=True)
+    assert_batches_equal(list(make_loader(folder, **options)), list(make_loader(mirror_shards, **options)))
+    packed = dict(rows_per_batch=1, seed=3, shared_prompt=True, num_epochs=1)
+    assert_batches_equal(list(make_packed_loader(folder, **packed)), list(make_packed_loader(mirror_shards, **packed)))
+
+
+def test_a_damaged_shard_is_named_in_one_line(tmp_path, shard_dir):
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    first = copy / read_manifest(copy)["shards"][0]["path"]
+    reader = ArrayRecordReader(str(first))
+    stored_bytes = reader.read_all()
+    reader.close()
+    writer = ArrayRecordWriter(str(first), "group_size:1")
+    for k, record in enumerate(stored_bytes):
+        writer.write(b"\xff not a tf.train.Example" if k == 2 else record)
+    writer.close()
+    with pytest.raises(ShardFormatError) as err:
+        list(make_loader(copy, batch_size=NUM_PAIRS, seed=0, num_epochs=1))
+    assert str(err.value).startswith(f"{first}: record 2 (example 2): not a tf.train.Example")
+    assert "\n" not in str(err.value)
+
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(ShardFormatError) as err:
+        make_loader(copy, batch_size=2, seed=0)
+    assert str(err.value).startswith(f"{first}: not a readable ArrayRecord file (") and "\n" not in str(err.value)

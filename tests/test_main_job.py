@@ -53,6 +53,7 @@ def test_readme_main_job(tmp_path):
     assert "every shipped pair fits" in (ROOT / "README.md").read_text()
     manifest = json.loads((run / "data" / "train" / "manifest.json").read_text())
     assert manifest["counts"]["dropped"] == {} and "were dropped" not in result.stdout
+    assert "examples, dropped 0\n" in result.stdout  # said as a count, not as an empty dict
     assert "held-out at step 100: loss" in result.stdout
     assert "run finished: 100 of 100 steps" in result.stdout and str(run / "hf") in result.stdout
 

@@ -16,7 +16,8 @@ from data_pipeline.records.build import build_shards
 from data_pipeline.records.loader import CollatePairs
 from data_pipeline.records.packed_loader import make_packed_loader
 from data_pipeline.records.packing import first_fit_decreasing, layout_row, packed_length, plan_rows
-from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.pair_example import ShardRecords
+from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax.config.schema import ModelConfig
@@ -43,14 +44,8 @@ def shard_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def records(shard_dir) -> list[dict]:
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    out = []
-    for path in shard_paths(shard_dir, read_manifest(shard_dir)):
-        reader = ArrayRecordReader(path)
-        out.extend(decode_record(r) | {"weight": 1.0} for r in reader.read_all())
-        reader.close()
-    return out
+    source = ShardRecords(shard_dir, read_manifest(shard_dir))
+    return [source[i] | {"weight": 1.0} for i in range(len(source))]
 
 
 def test_first_fit_decreasing_is_deterministic_and_fills_first_rows():
@@ -202,7 +197,7 @@ def test_loader_batches_hold_every_example_once_per_epoch(shard_dir):
 
 
 def _synthetic_records(n: int, vocab: int, seed: int) -> list[dict]:
-    """Pairs with one prompt and two responses of different lengths, as `decode_record` gives them."""
+    """Pairs with one prompt and two responses of different lengths, as `pair_example.ShardRecords` gives them."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):

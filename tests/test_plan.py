@@ -13,6 +13,7 @@ from rpo_jax.cli import main as cli_main
 from rpo_jax.config.loading import load_config
 from rpo_jax.config.schema import ConfigError
 from rpo_jax.plan.planning import parameter_arithmetic, plan_train_step
+from rpo_jax.plan.target_mesh import resolve_plan_mesh
 from rpo_jax.runtime.sharding import batch_shardings, make_mesh
 from rpo_jax.train.optim import make_optimizer
 from rpo_jax.train.policy import build_policy
@@ -124,6 +125,40 @@ def test_command_reexecs_for_more_devices(tmp_path):
     assert report["target_topology"] == {"name": "v5p:2x2x1", "skipped": "default backend is cpu, not tpu"}
 
 
+def test_plan_resolves_a_minus_one_axis_against_the_devices_planned_for(tmp_path, capsys):
+    """Every shipped config says mesh.fsdp: -1 (base.yaml). plan resolves it as training does: against this
+    machine's devices (8 simulated in the tests), or `--devices N`; the report says which mesh it planned."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": TINY_MODEL, "loss": {"logits_chunk_size": 8}}))
+    plan_tiny = ["plan", "--config", str(config), "--batch-size", "8", "--seq-len", "16", "--output"]
+    assert load_config(config).mesh.fsdp == -1
+
+    assert cli_main([*plan_tiny, str(tmp_path / "local.json")]) == 0
+    report = json.loads((tmp_path / "local.json").read_text())
+    assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert report["mesh_from"].startswith("fsdp=-1 of {'data': 1, 'fsdp': -1, 'tensor': 1} resolved to fsdp=8")
+    assert "the 8 cpu device(s) JAX sees on this machine" in report["mesh_from"]
+    assert f"mesh: {report['mesh_from']}" in capsys.readouterr().out
+
+    assert cli_main([*plan_tiny, str(tmp_path / "two.json"), "--devices", "2"]) == 0
+    report = json.loads((tmp_path / "two.json").read_text())
+    assert report["devices"] == 2 and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    assert "resolved to fsdp=2 for --devices 2" in report["mesh_from"]
+    resolved, why = resolve_plan_mesh(load_config(config, ["mesh.data=2"]), 8, "8 devices")
+    assert (resolved.mesh.data, resolved.mesh.fsdp, resolved.mesh.tensor) == (2, 4, 1) and "fsdp=4" in why
+
+    # A count the mesh cannot use is one line naming the mesh and where the count came from; nothing is compiled.
+    for flags, problem in [
+        (["--mesh", "data=3", "--devices", "4"], "4 devices not divisible by 3 (devices counted from --devices 4)"),
+        (["--mesh", "data=2,fsdp=1", "--devices", "4"], "needs 2 devices, 4 available (devices counted from --devices"),
+        (["--devices", "0"], "--devices 0: must be at least 1"),
+    ]:
+        capsys.readouterr()
+        assert cli_main([*plan_tiny, str(tmp_path / "bad.json"), *flags]) == 2
+        assert problem in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
 def check_against_arithmetic(report: dict, rel: float = 0.15) -> None:
     """Compiled argument bytes = params + optimizer state + reference (+ batch) per device, vs dtype arithmetic."""
     args = report["memory_per_device_bytes"]["argument"]
@@ -167,7 +202,7 @@ def test_plan_llama3_1_8b_full_finetune_fsdp8(tmp_path):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["arithmetic"]["num_params"] == 8_030_261_248  # Llama-3.1-8B
-    assert report["flops"]["matmul_params"] == pytest.approx(7.50e9, rel=1e-3)  # algorithms.md §7
+    assert report["flops"]["matmul_params"] == pytest.approx(7.50e9, rel=1e-3)  # docs/algorithms.md §7
     check_against_arithmetic(report)
     parts = report["arithmetic"]["bytes_per_device"]
     assert parts["adam_moments"] == 2 * parts["policy_weights"] == 2 * parts["reference_copy"]
@@ -200,7 +235,8 @@ def test_plan_llama3_1_70b_lora_fsdp16_tensor4(tmp_path):
     report = json.loads(out.read_text())
     assert report["devices"] == 64
     assert report["arithmetic"]["num_params"] == 70_553_706_496  # Llama-3.1-70B
-    assert 2 * report["flops"]["matmul_params"] == pytest.approx(139e9, rel=5e-3)  # §7: 139 GFLOP/token
+    # docs/algorithms.md §7: 139 GFLOP/token
+    assert 2 * report["flops"]["matmul_params"] == pytest.approx(139e9, rel=5e-3)
     assert report["arithmetic"]["num_lora_params"] == 103_546_880  # r 8 on all 7 linear maps × 80 layers
     check_against_arithmetic(report)
     assert report["inputs_per_device_bytes"]["frozen"] == pytest.approx(70.55e9 * 2 / 64, rel=0.01)

@@ -3,6 +3,7 @@ a closing summary, damaged checkpoints skipped with a reason, `--resume STEP`, m
 export, the chat files of the exported hf/, and impossible settings or bad inputs refused in one line."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,12 @@ def test_last_step_is_evaluated_and_the_run_summarised(finished):
     assert "final train step 3: loss" in out
     # 75% of the shipped pairs are longer than this config's max_length (256): said at run time.
     assert "of the pairs in" in out and "longer than data.max_length=256 tokens and were dropped" in out
+    assert re.search(r"examples, dropped \d+ \(\w+: \d+(, \w+: \d+)*\)\n", out), out  # not a dict
+    # Step 0 is policy == reference: every held-out margin is an exact tie, which held-out accuracy counts as half
+    # right (chance), while the training metric keeps TRL's strict rule.
+    step0 = next(r for r in records(run) if r["step"] == 0 and "eval/loss" in r)
+    assert step0["eval/rewards/ties"] == 1.0 and step0["eval/rewards/accuracies"] == 0.5
+    assert "held-out at step 0: loss" in out and "reward accuracy 0.500" in out
 
 
 def test_second_run_into_the_same_folder_is_refused(finished):

@@ -86,7 +86,7 @@ def test_step0_loss_is_ln2_and_rewards_zero():
     _, records, _ = run_steps(tiny_config(), [make_batch(8, 2, 16, 128)])
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        assert abs(records[0][key]) < 1e-6, key  # algorithms.md §3: inline-reference tolerance
+        assert abs(records[0][key]) < 1e-6, key  # docs/algorithms.md §3: inline-reference tolerance
 
 
 def test_compiles_once_for_a_shape():
@@ -104,7 +104,7 @@ def test_lora_reference_is_base_and_adapters_learn():
     batch = make_batch(8, 2, 16, 128)
     params, records, _ = run_steps(cfg, [batch, batch])
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)  # B = 0: policy == base exactly
-    assert records[0]["grad_norm"] > 0  # LoRA B receives gradient at step 0 (algorithms.md §8)
+    assert records[0]["grad_norm"] > 0  # LoRA B receives gradient at step 0 (docs/algorithms.md §8)
     assert set(params["layers"]) == {k for k in params["layers"] if k.startswith("lora_")}
     assert records[1]["loss"] < records[0]["loss"]
 

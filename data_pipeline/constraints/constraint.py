@@ -2,7 +2,7 @@
 
 A `Constraint` is an IFEval instruction id with its kwargs, or one of our reversed ids (`rpo:*`, see
 `data_pipeline/constraints/reversal.py`). `check` gives IFEval's strict verdict, `reverse` the constraint
-whose verdict is the exact opposite on every non-empty response (algorithms.md §5, "Checker version"):
+whose verdict is the exact opposite on every non-empty response (docs/algorithms.md §5, "Checker version"):
 
     check(reverse(c), y) == (not check(c, y))   and   reverse(reverse(c)) == c
 

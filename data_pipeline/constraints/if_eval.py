@@ -27,7 +27,7 @@ class IFEvalSettings:
     suite: str | None = None  # ifeval | ifbench: its shipped prompts and its missing-response rule
     prompts: str | None = None  # any IFEval-format prompt file (overrides the suite's)
     responses: str | None = None  # None: the caller's generator writes them
-    limit: int = 0  # only the first N prompts
+    limit: int = 0  # only the first N prompts (0 = all)
     skip_unsupported: bool = False  # leave out prompts using ids whose NLTK data is not shipped
     skip_bad: bool = False  # leave out (and count) rows with unknown ids, bad params or an unjudged language
     allow_missing: bool = False  # prompts without a response / responses without a prompt are not an error
@@ -36,15 +36,15 @@ class IFEvalSettings:
 
     def __post_init__(self) -> None:
         if self.suite is None and self.prompts is None:
-            raise UserError("rpo-jax eval: give --suite (ifeval, ifbench, pairs) or --prompts FILE")
+            raise UserError("give --suite (ifeval, ifbench, pairs) or --prompts FILE")
         if self.suite is not None and self.suite not in scoring.BENCHMARKS:
-            raise UserError(f"rpo-jax eval: --suite must be one of {', '.join(scoring.BENCHMARKS)} or pairs")
+            raise UserError(f"--suite must be one of {', '.join(scoring.BENCHMARKS)} or pairs")
         if self.limit < 0:
-            raise UserError(f"rpo-jax eval: --limit must be >= 0, got {self.limit}")
+            raise UserError(f"--limit must be >= 0, got {self.limit}")
         if self.prompts is not None and not Path(self.prompts).is_file():
-            raise UserError(f"rpo-jax eval: --prompts {self.prompts}: no such file")
+            raise UserError(f"--prompts {self.prompts}: no such file")
         if self.responses is not None and not Path(self.responses).is_file():
-            raise UserError(f"rpo-jax eval: --responses {self.responses}: no such file")
+            raise UserError(f"--responses {self.responses}: no such file")
 
 
 def run_if_eval(settings: IFEvalSettings, generate: Generator | None = None) -> dict:
@@ -59,7 +59,7 @@ def run_if_eval(settings: IFEvalSettings, generate: Generator | None = None) -> 
         responses = settings.responses
         if responses is None:
             if generate is None:
-                raise UserError("rpo-jax eval: generating needs --checkpoint and --tokenizer (or pass --responses)")
+                raise UserError("generating needs --checkpoint and --tokenizer (or pass --responses)")
             responses = scratch / "responses.jsonl"
             generate(input_path, responses)
         results, per_prompt = scoring.score_detailed(

@@ -6,7 +6,7 @@ Offline: the checkers need NLTK's punkt_tab English model; it ships with the rep
 package is imported (`if_verifiable.ifbench` calls it at import time for data it may not find). Repeatable:
 `langdetect` is randomised unless seeded; we seed it so a response always gets the same verdict.
 
-Fixed rules (algorithms.md §5: the reversal of a wrong check is a pair with a wrong label):
+Fixed rules (docs/algorithms.md §5: the reversal of a wrong check is a pair with a wrong label):
 - `detectable_content:postscript` with a marker other than IFEval's own `P.S.` / `P.P.S`: IFEval puts the marker
   into a regular expression unescaped and unbounded, so "P.D." matches "pedir" and "Nota" matches "notable".
   We match the marker literally, as a whole word at the start of a line (after any markup such as `**`): where a

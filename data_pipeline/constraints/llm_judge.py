@@ -1,7 +1,7 @@
 """LLM judge and reverser for free-form constraints, over an OpenAI-compatible `/chat/completions` endpoint.
 
 Two prompts (temperature 0): (a) per-constraint True/False verdicts of a response, as JSON; (b) the reversal of a
-constraint text (what the official RPO pipeline asks gpt-4o-mini for, algorithms.md §5 step 2).
+constraint text (what the official RPO pipeline asks gpt-4o-mini for, docs/algorithms.md §5 step 2).
 
 - Standard library only (urllib). The API key is read from the environment variable named in the config.
 - Disk cache: one file per request, named by the sha256 of the canonical request JSON, written atomically; the

@@ -19,6 +19,7 @@ from data_pipeline.constraints.constraint import ifeval_row_entries
 from data_pipeline.constraints.ifbench import ifbench_registry, validate_ifbench_entry
 from data_pipeline.constraints.languages import UnsupportedLanguageError, refuse_unjudged
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
+from data_pipeline.errors import malformed_json
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
+                record = json.loads(text.rstrip("\r\n"))  # a row cut short breaks at its end, not on "line 2"
             except json.JSONDecodeError as err:
-                raise ConstraintError(f"{path}:{line_number}: field '<line>': malformed JSON ({err})") from err
+                raise ConstraintError(f"{path}:{line_number}: field '<line>': {malformed_json(err)}") from err
             if not isinstance(record, dict):
                 raise ConstraintError(f"{path}:{line_number}: field '<line>': must be a JSON object")
             records.append((line_number, record))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-# IFEval id -> our id for its negation (algorithms.md §5 reversal table, "clean" and "careful" rows).
+# IFEval id -> our id for its negation (docs/algorithms.md §5 "Reversal table", its clean and careful rows).
 NEGATION_OF: dict[str, str] = {
     "detectable_content:number_placeholders": "rpo:fewer_placeholders",
     "detectable_format:number_highlighted_sections": "rpo:fewer_highlighted_sections",

@@ -33,7 +33,7 @@ from data_pipeline.pairs.rpo import rpo_pairs
 from data_pipeline.pairs.schema import RECIPES, PairRecord
 from data_pipeline.pairs.stats import BuildStats
 
-DEFAULT_MIN_G = 3  # RPO keeps g >= 3 (`margin > 2`), algorithms.md §5 step 7
+DEFAULT_MIN_G = 3  # RPO keeps g >= 3 (`margin > 2`), docs/algorithms.md §5 step 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,23 +68,23 @@ class BuildSettings:
     def __post_init__(self):
         pool = self.responses is not None
         if self.recipe not in RECIPES:
-            raise UserError(f"build-pairs: --recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+            raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.recipe == "rpo" and not pool:
-            raise UserError("build-pairs: --recipe rpo needs --responses (RPO pairs are built from a response pool)")
+            raise UserError("--recipe rpo needs --responses (RPO pairs are built from a response pool)")
         if pool and self.format != "auto":
-            raise UserError("build-pairs: --format applies to imports only (no --responses)")
+            raise UserError("--format applies to imports only (no --responses)")
         if self.format not in ("auto", *FORMATS):
-            raise UserError(f"build-pairs: --format must be auto or one of {', '.join(FORMATS)}")
+            raise UserError(f"--format must be auto or one of {', '.join(FORMATS)}")
         if not pool and (self.min_g is not None or self.judge is not None):
-            raise UserError("build-pairs: --min-g and --judge-* apply to pool recipes only (with --responses)")
+            raise UserError("--min-g and --judge-* apply to pool recipes only (with --responses)")
         if self.dpo_pairing not in DPO_PAIRINGS:
-            raise UserError(f"build-pairs: --dpo-pairing must be one of {', '.join(DPO_PAIRINGS)}")
+            raise UserError(f"--dpo-pairing must be one of {', '.join(DPO_PAIRINGS)}")
         if self.dpo_pairing != "all" and not (pool and self.recipe == "dpo"):
-            raise UserError("build-pairs: --dpo-pairing applies to --recipe dpo with --responses only")
+            raise UserError("--dpo-pairing applies to --recipe dpo with --responses only")
         if self.min_g is not None and self.min_g < 1:
-            raise UserError("build-pairs: --min-g must be >= 1")
+            raise UserError("--min-g must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise UserError("build-pairs: --eval-fraction must be in [0, 1)")
+            raise UserError("--eval-fraction must be in [0, 1)")
 
     @property
     def effective_min_g(self) -> int:
@@ -181,13 +181,13 @@ def build_pairs(settings: BuildSettings) -> dict:
     `DataError` naming file, line and field, unless `skip_bad` counts it in the stats instead."""
     output = Path(settings.output)
     if output.exists() and not settings.overwrite:
-        raise UserError(f"build-pairs: {output} already exists; pass --overwrite to replace it")
+        raise UserError(f"{output} already exists; pass --overwrite to replace it")
     stats = BuildStats(settings.recipe, "responses" if settings.responses else "rows")
     records = build_records(settings, stats, stats.bad if settings.skip_bad else None)
     if not records and not settings.allow_empty:
         min_g = f" (--min-g {settings.effective_min_g})" if settings.responses else ""
         raise UserError(
-            f"build-pairs: 0 {settings.recipe} records from {settings.input}{min_g}; main drop reason: "
+            f"0 {settings.recipe} records from {settings.input}{min_g}; main drop reason: "
             f"{stats.main_drop_reason()}. Pass --allow-empty to write an empty output."
         )
     train, held_out = split_by_group(records, settings.eval_fraction, settings.seed)

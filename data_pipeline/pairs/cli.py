@@ -47,16 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="dpo from a pool: all pairs with different scores, or the best vs the worst response per instruction",
     )
-    arg("--eval-fraction", type=float, default=0.0, help="share of groups held out in eval_pairs.jsonl")
+    arg(
+        "--eval-fraction",
+        type=float,
+        default=0.0,
+        help="share of groups held out in eval_pairs.jsonl (0 = none: no eval_pairs.jsonl)",
+    )
     arg("--seed", type=int, default=0, help="seed of the held-out split")
     arg("--allow-empty", action="store_true", help="write an output with 0 records instead of failing")
 
 
 def _judge(args: argparse.Namespace) -> JudgeSettings | None:
     if bool(args.judge_base_url) != bool(args.judge_model):
-        raise UserError("build-pairs: give both --judge-base-url and --judge-model, or neither")
+        raise UserError("give both --judge-base-url and --judge-model, or neither")
     if (args.judge_api_key_env or args.judge_cache_dir) and not args.judge_base_url:
-        raise UserError("build-pairs: --judge-api-key-env / --judge-cache-dir need --judge-base-url")
+        raise UserError("--judge-api-key-env / --judge-cache-dir need --judge-base-url")
     if not args.judge_base_url:
         return None
     return JudgeSettings(

@@ -1,4 +1,4 @@
-"""The DPO baseline from the RPO pool (algorithms.md §5 step 8): original prompt, more satisfied constraints ≻ fewer.
+"""The DPO baseline from the RPO pool (docs/algorithms.md §5 step 8): original prompt, more constraints met ≻ fewer.
 
 `pairing="all"`: every pair (i, j) of deduped responses with Hamming(v_i, v_j) ≥ min_g and different scores.
 `pairing="best_worst"`: one pair per instruction, the response satisfying the most constraints (the first such in

@@ -195,9 +195,7 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
         if fmt == "auto":
             fmt = detect_format(row, recipe, path, line)
         if (fmt == "iopo-sharegpt") != (recipe == "iopo"):
-            raise UserError(
-                f"build-pairs: {path} is format {fmt}, which does not fit --recipe {recipe} (iopo-sharegpt is IOPO's)"
-            )
+            raise UserError(f"{path} is format {fmt}, which does not fit --recipe {recipe} (iopo-sharegpt is IOPO's)")
         try:
             record = guard(
                 bad,

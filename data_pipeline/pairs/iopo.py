@@ -1,4 +1,4 @@
-"""IOPO quadruples from the RPO pool (algorithms.md §6, "Ours").
+"""IOPO quadruples from the RPO pool (docs/algorithms.md §6, "Ours").
 
 (x1, y1, x2, y2) = (x_{S_i}, y_i, x_{S_j}, y_j) for each unordered pair where both RPO directions are valid: y1
 satisfies every constraint of x1 and fails g_ij of x2; y2 the reverse. Sequences in the order (x1,y1) (x1,y2)

@@ -1,4 +1,4 @@
-"""The response pool of one instruction: verdicts, dedupe, reversed prompts x_S and their re-check (algorithms.md §5).
+"""The response pool of one instruction: verdicts, dedupe, reversed prompts x_S, their re-check (docs/algorithms.md §5).
 
 For a deduped response y_i with verdicts v_i, its prompt x_{S_i} lists every constraint as c_k when v_i[k] and
 rev(c_k) otherwise, so y_i satisfies all of them. The prompt depends on v_i only, so it is built once per response

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from data_pipeline.errors import DataFileError
+from data_pipeline.errors import DataFileError, malformed_json
 from data_pipeline.pairs.instructions import Instruction
 from data_pipeline.pairs.schema import DataError, PairRecord
 
@@ -85,7 +85,7 @@ def iter_json_rows(path: str, bad: BadRows | None = None) -> Iterator[tuple[int,
         except UnicodeDecodeError as err:
             raise _not_utf8(path, data[: err.start].count(b"\n") + 1, err) from err
         except json.JSONDecodeError as err:
-            raise DataError(path, err.lineno, "<json>", f"malformed JSON: {err.msg}", reason="malformed_json") from err
+            raise DataError(path, err.lineno, "<json>", malformed_json(err), reason="malformed_json") from err
         yield from enumerate(items, start=1)
         return
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
@@ -102,7 +102,7 @@ def iter_json_rows(path: str, bad: BadRows | None = None) -> Iterator[tuple[int,
             guard(
                 bad,
                 lambda err=err, n=line_no: _raise(
-                    DataError(path, n, "<json>", f"malformed JSON: {err.msg}", reason="malformed_json")
+                    DataError(path, n, "<json>", malformed_json(err), reason="malformed_json")
                 ),
             )
             continue

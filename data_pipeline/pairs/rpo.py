@@ -1,4 +1,4 @@
-"""RPO pairs, checker version (algorithms.md §5, steps 4-8).
+"""RPO pairs, checker version (docs/algorithms.md §5, steps 4-8).
 
 For each unordered pair (i, j) of deduped responses with Hamming(v_i, v_j) ≥ min_g, emit (x_{S_i}; y_i ≻ y_j; g)
 and the mirror (x_{S_j}; y_j ≻ y_i; g) — each only when its prompt exists and keeps ≥ min_g differing constraints

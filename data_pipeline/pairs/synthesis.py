@@ -128,11 +128,11 @@ class SynthesisSettings:
         ):
             if not 1 <= low <= high <= len(PARAM_SAMPLERS):
                 raise UserError(
-                    f"build-instructions: constraints per instruction must satisfy 1 <= min <= max <= "
+                    f"constraints per instruction must satisfy 1 <= min <= max <= "
                     f"{len(PARAM_SAMPLERS)}, got {low}..{high}"
                 )
         if self.num_train < 0 or self.num_heldout < 0:
-            raise UserError("build-instructions: --num-train and --num-heldout must be >= 0")
+            raise UserError("--num-train and --num-heldout must be >= 0")
 
 
 def word_ngrams(text: str, n: int = OVERLAP_N) -> set[tuple[str, ...]]:
@@ -206,7 +206,7 @@ def synthesize(settings: SynthesisSettings) -> tuple[list[dict], list[dict], dic
         ("heldout", settings.num_heldout, settings.heldout_min_constraints, settings.heldout_max_constraints),
     ):
         if count and not tasks[split]:
-            raise UserError(f"build-instructions: no {split} base task left after the overlap check")
+            raise UserError(f"no {split} base task left after the overlap check")
         order = rng.sample(tasks[split], len(tasks[split]))
         rows[split], ks[split] = [], {}
         for i in range(count):
@@ -243,7 +243,7 @@ def write_instructions(settings: SynthesisSettings, output: str | Path, *, overw
     """Synthesizes both splits and writes them as a new folder (built beside it, renamed when complete)."""
     output = Path(output)
     if output.exists() and not overwrite:
-        raise UserError(f"build-instructions: {output} already exists; pass --overwrite to replace it")
+        raise UserError(f"{output} already exists; pass --overwrite to replace it")
     train, heldout, stats = synthesize(settings)
     write_output_atomically(
         output,

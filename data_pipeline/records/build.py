@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from data_pipeline.files import file_sha256
@@ -25,6 +26,13 @@ from data_pipeline.records.tokenize import (
     resolve_chat_template,
 )
 from data_pipeline.records.truncation import TruncationSettings
+
+
+def dropped_text(dropped: Mapping[str, int]) -> str:
+    """'0', or '5 (prompt_too_long: 2, sequence_too_long: 3)': the manifest's `counts.dropped` for a person."""
+    total = sum(dropped.values())
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(dropped.items()) if n)
+    return f"{total} ({reasons})" if total else "0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +95,8 @@ def build_shards(
             input_rows += unparsed_count(bad)  # lines that are not UTF-8 or not JSON never reach the loop body
             dropped.update({f"bad_row:{reason}": n for reason, n in bad.counts.items()})
         if writer.num_examples == 0:
-            raise DataError(
-                input_path, None, "<file>", f"no examples left to write (dropped: {dict(dropped)})", reason="empty"
-            )
+            left = f"no examples left to write ({input_rows} input rows, dropped {dropped_text(dropped)})"
+            raise DataError(input_path, None, "<file>", left, reason="empty")
 
         source = SourceFingerprint.of(input_path, tokenizer_dir, chat_template, settings)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

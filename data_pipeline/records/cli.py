@@ -1,4 +1,5 @@
-"""`rpo-jax tokenize`: pair JSONL (from `build-pairs`) -> ArrayRecord shards + manifest.json.
+"""`rpo-jax tokenize`: pair JSONL (from `build-pairs`) -> ArrayRecord shards + manifest.json, a folder TFDS reads
+as the split `train` (`tfds.builder_from_directory(DIR).as_data_source(split="train")`, no TensorFlow needed).
 
     rpo-jax tokenize --input pairs.jsonl --tokenizer data_pipeline/assets/tokenizers/llama2-sp-32k \\
         --output data/shards --max-length 1024 [--truncation drop|keep_start|split] [--max-prompt-length N]
@@ -27,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local HF tokenizer folder (e.g. data_pipeline/assets/tokenizers/llama2-sp-32k)",
     )
     parser.add_argument(
-        "--output", required=True, type=local_path_arg, help="shard folder to create (written atomically)"
+        "--output",
+        required=True,
+        type=local_path_arg,
+        help="shard folder to create (written atomically; TFDS reads it as the split train)",
     )
     parser.add_argument("--max-length", type=int, required=True, help="max tokens per sequence (prompt+response)")
     parser.add_argument(

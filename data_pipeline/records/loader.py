@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.records.mirrors import MirrorUnitOrder, mirror_units
-from data_pipeline.records.shards import decode_record, read_manifest, read_row_lengths, shard_paths
+from data_pipeline.records.pair_example import ShardRecords
+from data_pipeline.records.shards import read_manifest, read_row_lengths
 
 
 def dataset_fingerprint(shard_dir: str | Path) -> str:
@@ -110,11 +111,11 @@ class ReadDecode:
     the real examples (the fill rows of `remainder="fill"`), and `pad_to`, its global batch's padded length (0 =
     no buckets: every batch is padded to max_length). Picklable: runs inside Grain worker processes."""
 
-    def __init__(self, source, num_real: int | None, batch_length: GlobalBatchLength | None):
-        self.source, self.num_real, self.batch_length = source, num_real, batch_length
+    def __init__(self, records: ShardRecords, num_real: int | None, batch_length: GlobalBatchLength | None):
+        self.records, self.num_real, self.batch_length = records, num_real, batch_length
 
     def __call__(self, position: int, example_index: int) -> dict:
-        record = decode_record(self.source[int(example_index)])
+        record = self.records[int(example_index)]
         record["weight"] = 0.0 if self.num_real is not None and position >= self.num_real else 1.0
         record["pad_to"] = self.batch_length(position) if self.batch_length is not None else 0
         return record
@@ -197,7 +198,7 @@ def make_loader(
         ref_logps = _checked_ref_logps(np.asarray(ref_logps), manifest, shard_dir)
 
     num_examples = manifest["num_examples"]
-    records = grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest))
+    records = ShardRecords(shard_dir, manifest)
     if group_mirrors:
         if (batch_size * shard_count) % 2:
             raise ValueError(f"group_mirrors needs an even global batch, got {batch_size} x {shard_count} processes")

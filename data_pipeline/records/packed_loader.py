@@ -24,17 +24,18 @@ import numpy as np
 
 from data_pipeline.records.loader import PairBatchIterator, _checked_ref_logps, _mark_absl_flags_parsed
 from data_pipeline.records.packing import layout_row, packed_length, packed_row_length, packing_efficiency, plan_rows
-from data_pipeline.records.shards import decode_record, read_manifest, shard_paths
+from data_pipeline.records.pair_example import ShardRecords
+from data_pipeline.records.shards import read_manifest
 
 
 class ReadPackedRow:
     """A planned row (example indices) -> its decoded records, weight 1 (picklable: runs in Grain workers)."""
 
-    def __init__(self, source):
-        self.source = source
+    def __init__(self, records: ShardRecords):
+        self.records = records
 
     def __call__(self, example_indices: Sequence[int]) -> list[dict]:
-        records = [decode_record(self.source[int(i)]) for i in example_indices]
+        records = [self.records[int(i)] for i in example_indices]
         for record in records:
             record["weight"] = 1.0
         return records
@@ -72,9 +73,9 @@ def packing_units(manifest: dict, shard_dir, group_mirrors: bool) -> list[tuple[
     return [tuple(int(i) for i in p) for p in pairs] + singles
 
 
-def example_packed_lengths(source, num_examples: int, shared_prompt: bool) -> np.ndarray:
+def example_packed_lengths(records: ShardRecords, num_examples: int, shared_prompt: bool) -> np.ndarray:
     """Each example's packed length (one read of every record)."""
-    return np.asarray([packed_length(decode_record(source[i]), shared_prompt) for i in range(num_examples)], np.int64)
+    return np.asarray([packed_length(records[i], shared_prompt) for i in range(num_examples)], np.int64)
 
 
 def make_packed_loader(
@@ -114,7 +115,7 @@ def make_packed_loader(
         )
     if ref_logps is not None:
         ref_logps = _checked_ref_logps(np.asarray(ref_logps), manifest, shard_dir)
-    records = grain.sources.ArrayRecordDataSource(shard_paths(shard_dir, manifest))
+    records = ShardRecords(shard_dir, manifest)
     lengths = example_packed_lengths(records, manifest["num_examples"], shared_prompt)
     capacity = packed_row_length(max_length, manifest["group_size"])
     units, split = [], 0

@@ -39,7 +39,7 @@ def _prompt_groups(record: dict) -> list[list[int]]:
 
 
 def packed_length(record: dict, shared_prompt: bool) -> int:
-    """Tokens the example takes in a packed row (`record` as `shards.decode_record` returns it)."""
+    """Tokens the example takes in a packed row (`record` as `pair_example.ShardRecords` gives it)."""
     lengths = [len(row) for row in record["rows"]]
     if not shared_prompt:
         return sum(lengths)

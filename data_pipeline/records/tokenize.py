@@ -1,4 +1,4 @@
-"""Pair records -> token rows with the scored span marked (algorithms.md §1, "Tokenisation").
+"""Pair records -> token rows with the scored span marked (docs/algorithms.md §1, "Tokenisation").
 
 For each sequence of a pair: the prompt conversation is rendered with the generation prompt, the full conversation
 (prompt + the final assistant turn) is rendered, both are encoded with `add_special_tokens=False`, and the response

@@ -1,4 +1,4 @@
-"""Truncation policies for a group of (prompt, response) token rows; see algorithms.md §1 "Truncation".
+"""Truncation policies for a group of (prompt, response) token rows; see docs/algorithms.md §1 "Truncation".
 
 Any cut can flip a preference label (constraints sit in the prompt, checkers read the whole response), so the default
 is `drop`. A group (G rows of one example) is always treated as a unit: it is kept, cut with the same rule for every
@@ -91,7 +91,7 @@ def _split(
         for p in prompts:
             if len(p) > budget:
                 prompt_cut = True
-                # Left cut (TRL keep_end on the prompt) but BOS stays first: algorithms.md requires exactly one BOS.
+                # Left cut (TRL keep_end on the prompt), BOS kept first: docs/algorithms.md §1 wants exactly one BOS.
                 keeps_bos = bos_token_id is not None and p and p[0] == bos_token_id
                 p = [p[0], *p[len(p) - budget + 1 :]] if keeps_bos else p[len(p) - budget :]
             new_prompts.append(p)

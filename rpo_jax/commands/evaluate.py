@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--checkpoint", type=path, help="params checkpoint or HF Llama folder, e.g. a run's hf/ (default: none)")
     arg("--responses", type=path, help="IF: score these (prompt, response) rows (default: generate them)")
     arg("--tokenizer", type=path, help="IF: tokenizer folder with a chat template (default: none)")
-    arg("--limit", type=int, default=0, help="IF: only the first N prompts")
+    arg("--limit", type=int, default=0, help="IF: only the first N prompts (0 = all)")
     arg("--per-prompt", type=path, help="IF: write per-prompt strict/loose verdicts as JSONL (default: none)")
     arg("--skip-unsupported", action="store_true", help="IF: leave out prompts whose ids lack shipped NLTK data")
     arg("--skip-bad", action="store_true", help="IF: leave out (and count) rows with unknown ids or another language")
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         run_if_eval(IFEvalSettings(**{n: getattr(args, n) for n in names}), _generator(args))
         return 0
     if not (args.checkpoint and args.pairs and args.config):
-        raise UserError("rpo-jax eval --suite pairs needs --checkpoint, --pairs and --config")
+        raise UserError("--suite pairs needs --checkpoint, --pairs and --config")
     from rpo_jax.config.loading import load_config
     from rpo_jax.train.evaluation import evaluate_pairs
 

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off: every token)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens generated per response")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences decoded together")

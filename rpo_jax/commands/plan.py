@@ -1,10 +1,12 @@
-"""`rpo-jax plan --config PATH [--mesh data=1,fsdp=8,tensor=1] [--hbm-gb N] [--batch-size B --seq-len L]
-[--set a.b=v ...] [--topology NAME] [--exact-dtypes] [--output FILE.json]`
+"""`rpo-jax plan --config PATH [--mesh data=1,fsdp=8,tensor=1] [--devices N] [--hbm-gb N] [--batch-size B
+--seq-len L] [--set a.b=v ...] [--topology NAME] [--exact-dtypes] [--output FILE.json]`
 
 Compiles the real train step for the config's model on abstract shapes (no parameter memory) over a mesh of
 simulated CPU devices (`rpo_jax.runtime.cpu_devices`), and prints per-device memory, FLOPs and the parameter/optimizer
-arithmetic (`rpo_jax.plan.planning`). `--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology when
-the default backend is TPU; elsewhere the report says that compile was skipped.
+arithmetic (`rpo_jax.plan.planning`). A -1 mesh axis is resolved as training resolves it, against `--devices`, else
+the topology planned for, else this machine's devices (`rpo_jax.plan.target_mesh`); the report names the mesh.
+`--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology when the default backend is TPU;
+elsewhere the report says that compile was skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from rpo_jax.config.loading import add_config_arguments, add_mesh_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     add_mesh_argument(parser)
+    parser.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="plan for N devices: a -1 mesh axis takes what the others leave of N; an explicit mesh must use N "
+        "(default: the --topology's devices on a TPU backend, else the devices JAX sees on this machine)",
+    )
     parser.add_argument("--hbm-gb", type=float, help="device GiB: report whether the step fits (default: not checked)")
     parser.add_argument("--batch-size", type=int, help="global batch (groups; default: data.global_batch_size)")
     parser.add_argument(
@@ -41,15 +50,18 @@ def run(args: argparse.Namespace) -> int:
 
     from data_pipeline.files import write_json_atomic
     from rpo_jax.config.loading import config_from_args
-    from rpo_jax.config.schema import ConfigError
+    from rpo_jax.plan.target_mesh import planned_device_count, resolve_plan_mesh
     from rpo_jax.runtime.cpu_devices import ensure_cpu_devices, rerun_with_cpu_devices
 
     cfg = config_from_args(args)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    if -1 in sizes:
-        raise ConfigError(f"mesh {sizes}: plan needs every axis size (pass --mesh data=..,fsdp=..,tensor=..)")
-    if not ensure_cpu_devices(math.prod(sizes)):
-        return rerun_with_cpu_devices(math.prod(sizes), ["plan", *args.command_argv])
+    if -1 in sizes or args.devices is not None:
+        count, source = planned_device_count(args.devices, args.topology)
+    else:
+        count, source = math.prod(sizes), "the mesh as given"
+    if not ensure_cpu_devices(count):
+        return rerun_with_cpu_devices(count, ["plan", *args.command_argv])
+    cfg, mesh_from = resolve_plan_mesh(cfg, count, source)
     from rpo_jax.plan.planning import format_report, plan
 
     report = plan(
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         args.exact_dtypes,
     )
     report["config"] = args.config
+    report["mesh_from"] = mesh_from
     print(format_report(report))
     if args.output:
         write_json_atomic(args.output, report, sort_keys=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError
+from data_pipeline.errors import UserError, malformed_json
 from data_pipeline.files import write_jsonl_atomic
 from rpo_jax.config.schema import MeshConfig
 
@@ -53,9 +53,9 @@ def read_prompts(path: str | Path, raw: bool) -> list[dict]:
             if not line.strip():
                 raise PromptFileError(f"{path}:{line_no}: empty line")
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # a row cut short breaks at its end, not on "line 2"
             except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{line_no}: invalid JSON: {e.msg}") from e
+                raise PromptFileError(f"{path}:{line_no}: {malformed_json(e)}") from e
             if not isinstance(obj, dict) or "key" not in obj:
                 raise PromptFileError(f"{path}:{line_no}: field 'key': missing")
             rows.append({"key": obj["key"], **_messages(obj, raw, path, line_no), "line": line_no})

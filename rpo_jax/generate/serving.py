@@ -48,11 +48,11 @@ class ServeSettings:
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.batch_wait_ms < 0 or self.default_max_tokens < 1:
-            raise UserError("serve: --max-batch-size and --max-tokens must be >= 1, --batch-wait-ms >= 0")
+            raise UserError("--max-batch-size and --max-tokens must be >= 1, --batch-wait-ms >= 0")
         if not 0 <= self.port < 65536:
-            raise UserError(f"serve: --port must be in [0, 65535], got {self.port}")
+            raise UserError(f"--port must be in [0, 65535], got {self.port}")
         if not Path(self.model).exists():
-            raise UserError(f"serve: --model {self.model}: no such checkpoint or folder")
+            raise UserError(f"--model {self.model}: no such checkpoint or folder")
 
     @property
     def served_name(self) -> str:
@@ -273,7 +273,7 @@ def serve(settings: ServeSettings, mesh_cfg: MeshConfig | None = None) -> None:
     try:
         server = ChatServer(settings, engine)
     except OSError as err:
-        raise UserError(f"serve: cannot listen on {settings.host}:{settings.port}: {err}") from err
+        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
     server.start()
     print(f"serving {settings.served_name!r} at {server.url} (--judge-base-url {server.url})", flush=True)
     try:

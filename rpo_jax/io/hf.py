@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import safe_open
 
-from data_pipeline.errors import UserError
+from data_pipeline.errors import UserError, malformed_json
 from rpo_jax.config.schema import LoraConfig, ModelConfig
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf
 from rpo_jax.io.hf_table import LM_HEAD, TensorMap, hf_tensor_names, table_for
@@ -59,7 +59,7 @@ def read_hf_config(hf_dir: str | Path, **kwargs) -> ModelConfig:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise HFConfigError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from e
+        raise HFConfigError(f"{path}:{e.lineno}: {malformed_json(e)}") from e
     return model_config_from_hf(raw, str(path), **kwargs)
 
 

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from data_pipeline.errors import DataFileError, OutputExistsError, UserError
+from data_pipeline.errors import DataFileError, OutputExistsError, UserError, malformed_json
 from rpo_jax.config.loading import config_from_dict
 from rpo_jax.config.schema import ConfigError, LoraConfig, ModelConfig, check_local_path
 from rpo_jax.io.hf import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
@@ -81,6 +81,8 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
 
 
 def _read_json(path: Path) -> dict:
+    if not path.parent.is_dir():
+        raise DataFileError(f"{path.parent}: no such checkpoint folder")
     if not path.is_file():
         raise DataFileError(
             f"{path}: not found (is {path.parent} a params checkpoint from save_params, or an "
@@ -89,14 +91,15 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from e
+        raise ConfigError(f"{path}:{e.lineno}: {malformed_json(e)}") from e
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
     """The ModelConfig a params checkpoint was saved with (validated like a YAML config)."""
     file = Path(path) / MODEL_CONFIG_FILE
+    raw = _read_json(file)  # its errors name the file already
     try:
-        return config_from_dict({"model": _read_json(file)}).model
+        return config_from_dict({"model": raw}).model
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from e
 
@@ -104,8 +107,9 @@ def read_model_config(path: str | Path) -> ModelConfig:
 def read_lora_config(path: str | Path) -> LoraConfig:
     """The LoraConfig a params checkpoint was saved with."""
     file = Path(path) / LORA_CONFIG_FILE
+    raw = _read_json(file)  # its errors name the file already
     try:
-        return config_from_dict({"lora": _read_json(file)}).lora
+        return config_from_dict({"lora": raw}).lora
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from e
 

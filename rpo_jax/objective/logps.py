@@ -3,7 +3,7 @@
 One forward over the `B·G` rows (row `b·G + g`) returns final hidden states; the
 LM head and an fp32 log-softmax then run only where a token is scored:
 
-    logp[b, g] = Σ_t loss_mask[t+1] · log_softmax(logits[t])[tokens[t+1]]          (algorithms.md §1)
+    logp[b, g] = Σ_t loss_mask[t+1] · log_softmax(logits[t])[tokens[t+1]]          (docs/algorithms.md §1)
 
 How the scored positions are visited: each row's scored positions are moved to the front of the row by a stable
 per-row argsort (no assumption that they are contiguous), and the compacted `[N, L]` grid is processed in chunks

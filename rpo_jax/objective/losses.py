@@ -1,4 +1,4 @@
-"""Preference losses over per-sequence log-probs, and their metrics (algorithms.md §2 and §4).
+"""Preference losses over per-sequence log-probs, and their metrics (docs/algorithms.md §2 and §4).
 
 Every loss is a pure function `(policy_logps [B,G], ref_logps [B,G], counts [B,G], margin [B], LossConfig) -> [B]`
 in fp32. Notation: h = policy − reference (the implicit reward / β), z the preference logit. G=2 rows are
@@ -75,7 +75,7 @@ def iopo_no_input_loss(policy_logps, ref_logps, counts, margin, cfg: LossConfig)
     chosen response over its rejected one, ½[ℓ(h0 − h1) + ℓ(h2 − h3)] with ℓ(z) = −logσ(βz).
 
     Deleting the input bracket inside IOPO's single sigmoid would not ablate anything (both brackets sum to the
-    same z, algorithms.md §2), so each preference gets its own link, as the ablation intends.
+    same z, docs/algorithms.md §2), so each preference gets its own link, as the ablation intends.
     """
     h = policy_logps - ref_logps
     return 0.5 * (
@@ -217,6 +217,8 @@ def loss_and_metrics(
         "rewards/rejected": _mean(rewards[:, rejected], w),
         "rewards/margins": _mean(margins, w),
         "rewards/accuracies": _mean((margins > 0).astype(jnp.float32), w),  # strict: ties (step 0) count as misses
+        # Exact ties (policy == reference): held-out accuracy counts each as half right (train.evaluation).
+        "rewards/ties": _mean((margins == 0).astype(jnp.float32), w),
         "logps/chosen": _mean(logps_sg[:, chosen], w),
         "logps/rejected": _mean(logps_sg[:, rejected], w),
         # Token-weighted as TRL: Σ of per-token vocab-mean logits over all chosen tokens / number of those tokens.

@@ -1,4 +1,4 @@
-"""Model FLOPs per train step (algorithms.md §7) and published chip peaks: what MFU is measured against.
+"""Model FLOPs per train step (docs/algorithms.md §7) and published chip peaks: what MFU is measured against.
 
 Model FLOPs count the useful work only (remat recomputation excluded), over the real (non-pad) tokens of every row:
 
@@ -17,7 +17,7 @@ import numpy as np
 from rpo_jax.config.schema import ModelConfig
 from rpo_jax.model.llama import layer_weight_shapes
 
-# Published dense bf16 peaks (TFLOP/s per chip), algorithms.md §7; matched against `device.device_kind`.
+# Published dense bf16 peaks (TFLOP/s per chip), docs/algorithms.md §7; matched against `device.device_kind`.
 CHIP_PEAK_BF16_TFLOPS = {
     "H100": 989.0,
     "H200": 989.0,

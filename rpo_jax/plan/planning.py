@@ -3,7 +3,7 @@
 Nothing is allocated: the policy, optimizer state and batch are `jax.ShapeDtypeStruct`s carrying their
 shardings, `make_train_step(...).lower(...).compile()` partitions the program for the mesh, and XLA's
 `memory_analysis()` / `cost_analysis()` describe ONE device's share of it. Beside them the report gives the
-same quantities from arithmetic (parameter counts × dtype sizes / shards; algorithms.md §7 FLOPs), so a
+same quantities from arithmetic (parameter counts × dtype sizes / shards; docs/algorithms.md §7), so a
 surprising compiled number can be told apart from a surprising configuration.
 """
 
@@ -107,8 +107,8 @@ def parameter_arithmetic(cfg: Config, mesh: Mesh) -> dict:
 
 
 def analytic_flops(cfg: Config, batch_size: int, seq_len: int) -> dict:
-    """algorithms.md §7 (`rpo_jax.plan.flops`) over padded rows; remat's recomputation is excluded (MFU counts model
-    FLOPs)."""
+    """docs/algorithms.md §7 (`rpo_jax.plan.flops`) over padded rows; remat's recomputation is excluded (MFU counts
+    model FLOPs)."""
     forward = forward_flops(cfg.model, np.full(batch_size * group_size(cfg), seq_len))
     passes = step_flop_units(cfg.train.reference_mode, cfg.lora.rank > 0)
     return {
@@ -216,6 +216,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"platform {report['platform']}, mesh {report['mesh']} ({report['devices']} devices); "
         f"batch {b['global_batch_size']}×G{b['group_size']}×L{b['seq_len']}, grad_accum {b['grad_accum_steps']}",
+        *([f"mesh: {report['mesh_from']}"] if "mesh_from" in report else []),
         f"model {report['model']}",
         f"attention: {report['model']['attention']} -> {report['attention']['implementation']} "
         f"({report['attention']['reason']})",
@@ -230,7 +231,7 @@ def format_report(report: dict) -> str:
         f"/ {ar['model_shards']} model shards:",
         *(f"  {k:<16}{_gib(v)}" for k, v in ar["bytes_per_device"].items()),
         f"  {'total':<16}{_gib(ar['total_bytes_per_device'])}",
-        f"FLOPs per step, model (algorithms.md §7, {fl['passes']} forward equivalents over padded rows): "
+        f"FLOPs per step, model (docs/algorithms.md §7, {fl['passes']} forward equivalents over padded rows): "
         f"{fl['model_flops_per_step']:.4g} total, {fl['model_flops_per_device']:.4g}/device",
         f"FLOPs per step, XLA cost_analysis: {fl['xla_per_device']:.4g}/device ({fl['xla_total']:.4g} total); "
         "it counts each while-loop body (layer scan, micro-batch scan, logits chunks) once, so it is far below "

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from data_pipeline.errors import OutputExistsError, UserError
+from data_pipeline.errors import DataFileError, OutputExistsError, UserError
 from rpo_jax.config.loading import config_from_dict
 from rpo_jax.config.schema import Config, LoraConfig
 from rpo_jax.io.hf_export import export_hf
@@ -76,11 +76,30 @@ def load_step_params(path: str | Path, mesh: Mesh) -> tuple[Config, dict]:
     return cfg, policy.merged_params(trained, policy.frozen)
 
 
+def step_numbers(folder: Path) -> list[int]:
+    """The steps of the step checkpoints directly in `folder` (none if it is not a folder)."""
+    children = folder.iterdir() if folder.is_dir() else ()
+    return sorted(int(p.name) for p in children if p.name.isdigit() and is_step_checkpoint(p))
+
+
+def _refuse_missing(path: Path) -> None:
+    """A step that does not exist: say so, and which steps its checkpoints/ folder does hold."""
+    if path.exists():
+        return
+    steps = step_numbers(path.parent)
+    if steps:
+        beside = f" (the steps in {path.parent}: {', '.join(map(str, steps))})"
+    elif path.parent.name == "checkpoints" and path.parent.is_dir():
+        beside = f" ({path.parent} holds no step checkpoint)"
+    else:
+        beside = ""
+    raise DataFileError(f"{path}: no such checkpoint folder{beside}")
+
+
 def _refuse_run_folders(path: Path) -> None:
     """A run folder or its checkpoints/ folder is one level above what export needs: name the steps."""
     for root in (path / "checkpoints", path):
-        children = root.iterdir() if root.is_dir() else ()
-        steps = sorted(int(p.name) for p in children if p.name.isdigit() and is_step_checkpoint(p))
+        steps = step_numbers(root)
         if steps:
             raise StepCheckpointError(
                 f"{path}: holds training step checkpoints, not one: pass --checkpoint {root / str(steps[-1])} "
@@ -102,6 +121,7 @@ def export_checkpoint(
     path = Path(checkpoint)
     if Path(output).exists():
         raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
+    _refuse_missing(path)
     extra_files: dict[str, bytes] = {}
     if is_step_checkpoint(path):
         cfg, params = load_step_params(path, mesh)

@@ -24,7 +24,12 @@ def pair_metrics(
     eval_step: Callable, params, frozen, reference, batches: Iterable[dict], cfg: Config, mesh: Mesh
 ) -> dict[str, float]:
     """Metrics over every batch (weighted by example_weight, so the fill rows of the last batch count 0), plus
-    `num_pairs`, the number of examples scored."""
+    `num_pairs`, the number of examples scored.
+
+    `rewards/accuracies` here counts a tie (margin exactly 0) as half right, so a model that cannot tell chosen
+    from rejected scores chance, 0.5: at step 0 policy == reference makes every margin 0, and TRL's strict `>`,
+    which the training metric keeps for parity with TRL, would read 0.0 there. `rewards/ties` is the tie share.
+    """
     sums = None
     for local in batches:
         batch = to_global(model_inputs(local, cfg, weighted=True), mesh)
@@ -32,7 +37,9 @@ def pair_metrics(
         sums = out if sums is None else jax.tree.map(np.add, sums, out)
     if sums is None:
         raise ConfigError(f"data.eval_path={cfg.data.eval_path}: no eval batch (empty dataset)")
-    return finalize_metrics(sums) | {"num_pairs": float(sums["loss"][1])}
+    metrics = finalize_metrics(sums)
+    metrics["rewards/accuracies"] += 0.5 * metrics["rewards/ties"]  # both are shares of the same weighted pairs
+    return metrics | {"num_pairs": float(sums["loss"][1])}
 
 
 def evaluate_pairs(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_pipeline.records.shards import read_manifest
+from data_pipeline.records.shards import is_shard_folder, read_manifest
 from rpo_jax.config.schema import Config
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -52,7 +52,7 @@ def chat_files(manifest: dict, tokenizer_dir: str | Path | None, model_eos_token
 def run_chat_files(cfg: Config) -> dict[str, bytes]:
     """The chat files of a run whose training data is `cfg.data.train_path` (`{}` when that folder is gone, e.g.
     when exporting a step checkpoint of a run folder that was moved without its data)."""
-    if not (Path(cfg.data.train_path) / "manifest.json").is_file():
+    if not is_shard_folder(cfg.data.train_path):
         return {}
     manifest = read_manifest(cfg.data.train_path)
     tokenizer_dir = cfg.data.tokenizer_path or manifest["tokenizer"]["path"]

@@ -1,4 +1,4 @@
-"""Precomputed reference log-probs (algorithms.md §3, mode `precomputed`): one reference pass over a dataset.
+"""Precomputed reference log-probs (docs/algorithms.md §3, mode `precomputed`): one reference pass over a dataset.
 
 The reference runs exactly as inside the train step (same model config, dtype, chunked scoring, mesh). The
 result, [num_examples, G] float32 with row i = example index i, is stored in the run's own folder as

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_pipeline.records.shards import is_shard_folder
 from rpo_jax.config.loading import path_rule
 from rpo_jax.config.schema import Config, ConfigError
 from rpo_jax.runtime import distributed
@@ -24,9 +25,10 @@ def _require(setting: str, path: str, kind: str) -> None:
 
 
 def _require_shards(setting: str, path: str) -> None:
-    if not (Path(path) / "manifest.json").is_file():
+    if not is_shard_folder(path):
         raise ConfigError(
-            f"{setting}={path}: no manifest.json, so not a folder written by `rpo-jax tokenize` ({path_rule()})"
+            f"{setting}={path}: no manifest.json or dataset_info.json, so neither a folder written by `rpo-jax "
+            f"tokenize` nor a TFDS folder ({path_rule()})"
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 
 from data_pipeline.errors import UserError
+from data_pipeline.records.build import dropped_text
 from data_pipeline.records.prepare import ensure_shards
 from data_pipeline.records.shards import read_manifest
 from data_pipeline.records.truncation import TruncationSettings
@@ -94,7 +95,8 @@ def _tokenize(cfg: Config, setting: str, pairs: str, target: str) -> str:
     manifest, rebuilt = ensure_shards(pairs, cfg.data.tokenizer_path, target, settings, setting=setting)
     if rebuilt:
         counts = manifest["counts"]
-        print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {counts['dropped']}", flush=True)
+        dropped = dropped_text(counts["dropped"])
+        print(f"tokenized {pairs} -> {target}: {counts['examples']} examples, dropped {dropped}", flush=True)
     note = dropped_share_note(manifest, pairs, cfg.data.max_length, cfg.data.truncation)
     if note:
         print(note, flush=True)
