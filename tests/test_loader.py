@@ -315,8 +315,8 @@ def test_group_mirrors_resumes_and_needs_an_even_global_batch(mirror_shards):
 
 # ---------------------------------------------------------------- TFDS folders, both ways
 
-# Run in a fresh interpreter: data_pipeline imports tensorflow_datasets only where it is used, and TFDS reads the
-# folder without ever importing TensorFlow.
+# Run in a fresh interpreter: data_pipeline imports tensorflow_datasets only where it is used (never to decode a
+# record), and TFDS reads the folder without ever importing TensorFlow.
 TFDS_READ = """
 import importlib, json, pkgutil, sys
 import numpy as np
@@ -324,6 +324,12 @@ import data_pipeline.records
 for module in pkgutil.walk_packages(data_pipeline.records.__path__, 'data_pipeline.records.'):
     importlib.import_module(module.name)
 assert 'tensorflow_datasets' not in sys.modules, 'imported by a data_pipeline module at import time'
+from data_pipeline.records.pair_example import ShardRecords
+from data_pipeline.records.shards import read_manifest
+records = ShardRecords(sys.argv[1], read_manifest(sys.argv[1]))
+assert [records[i]['example_index'] for i in range(len(records))] == list(range(len(records)))
+# Grain's workers decode from several threads: an import there once deadlocked a worker (see example_proto)
+assert 'tensorflow_datasets' not in sys.modules, 'imported by decoding a record'
 import tensorflow_datasets as tfds
 source = tfds.builder_from_directory(sys.argv[1]).as_data_source(split='train')
 examples = [{k: v.decode() if isinstance(v, bytes) else np.asarray(v).tolist() for k, v in source[i].items()}

@@ -12,20 +12,22 @@ Features (`pair_features(G)`, TFDS feature connectors; `features.json` beside th
 
 Rows are one flat `tokens` feature rather than a ragged `Sequence` so that a record decodes with a handful of
 array copies. Records are written by TFDS's own serializer (`FeaturesDict.serialize_example`: every integer an
-int64 list) and read here straight from the protobuf TFDS vendors (`tf_example_pb2`), 3-4 times faster than
-TFDS's generic `deserialize_example_np` (numbers in `data_pipeline/README.md`). tensorflow_datasets is imported
-only by the functions that need it (it costs ~0.5 s to import; `rpo-jax tokenize --help` must not pay that).
+int64 list) and read here straight from the protobuf messages (`example_proto`, declared without importing
+tensorflow_datasets), 3-4 times faster than TFDS's generic `deserialize_example_np` (numbers in
+`data_pipeline/README.md`). tensorflow_datasets is imported only where a folder's metadata is written or read (it
+costs ~0.5 s to import; `rpo-jax tokenize --help` and Grain's workers must not pay that).
 """
 
 from __future__ import annotations
 
-import functools
 from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from data_pipeline.errors import UserError
+from data_pipeline.records.example_proto import Example
 from data_pipeline.records.tokenize import TokenizedExample
 
 FEATURE_NAMES = ("tokens", "row_lengths", "response_starts", "margin", "example_index", "recipe")
@@ -125,10 +127,9 @@ class ShardRecords:
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
-        example, decode_error = _example_proto()
         try:
-            record = decode_features(example.FromString(self._source[index]).features.feature)
-        except decode_error as err:
+            record = decode_features(Example.FromString(self._source[index]).features.feature)
+        except DecodeError as err:
             raise ShardFormatError(f"{self.locate(index)}: not a tf.train.Example ({err})") from None
         except (ShardFormatError, RuntimeError) as err:
             raise ShardFormatError(f"{self.locate(index)}: {' '.join(str(err).split())}") from None
@@ -143,16 +144,6 @@ class ShardRecords:
         """'<shard file>: record <i in it> (example <index>)' for messages."""
         shard = bisect_right(self.first_indices, index) - 1
         return f"{self.paths[shard]}: record {index - self.first_indices[shard]} (example {index})"
-
-
-@functools.cache
-def _example_proto():
-    """(tf.train.Example as TFDS vendors it, protobuf's DecodeError): imported on first use, not per record (an
-    import statement costs a tenth of a record's decode) and not at module import (tensorflow_datasets: ~0.5 s)."""
-    from google.protobuf.message import DecodeError
-    from tensorflow_datasets.proto import tf_example_pb2
-
-    return tf_example_pb2.Example, DecodeError
 
 
 def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
