@@ -136,12 +136,14 @@ def parse(sub: str, tokens: list[str], lenient: bool) -> tuple[argparse.Namespac
         last = parser._option_string_actions.get(tokens[-1]) if tokens else None
         if last is not None and last.nargs is None:
             tokens = tokens[:-1]
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             return parser.parse_args(tokens), ""
-    except SystemExit:
-        return None, err.getvalue().strip().splitlines()[-1]
+    except SystemExit as stop:
+        if stop.code == 0:  # `--help` (or `--version`): argparse printed it and accepted the line
+            return argparse.Namespace(), ""
+        return None, (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
 
 
 def load_run_config(sub: str, args: argparse.Namespace):

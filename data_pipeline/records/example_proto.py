@@ -26,7 +26,9 @@ def _message(file, name: str, *fields: tuple) -> descriptor_pb2.DescriptorProto:
 
 
 def _schema() -> descriptor_pb2.FileDescriptorProto:
-    file = descriptor_pb2.FileDescriptorProto(name="data_pipeline_tf_example.proto", package="tensorflow", syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="data_pipeline_tf_example.proto", package="tensorflow", syntax="proto3"
+    )
     repeated, optional = _FIELD.LABEL_REPEATED, _FIELD.LABEL_OPTIONAL
     _message(file, "BytesList", (1, "value", _FIELD.TYPE_BYTES, repeated, None))
     # proto3 packs repeated numbers by default (feature.proto also says [packed = true]); parsers accept both.
