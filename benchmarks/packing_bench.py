@@ -32,6 +32,7 @@ from data_pipeline.records.tokenize import DEFAULT_TOKENIZER_DIR
 from data_pipeline.records.truncation import TruncationSettings
 from rpo_jax.objective.logps import paired_logps
 from rpo_jax.objective.packed_logps import PACKED_MODEL_FIELDS, packed_logps
+from rpo_jax.plan.step_timing import PreparedStep
 from rpo_jax.train.batches import MODEL_FIELDS
 from rpo_jax.train.run_log import save_figure
 
@@ -89,7 +90,7 @@ def run(args) -> dict:
         loaders = _loaders(shards, args)
         cfg = workload.run_config(args, args.reference, 10**6)
         devices = jax.devices()[:1]
-        prepared: dict[tuple, jax_step.PreparedStep] = {}
+        prepared: dict[tuple, PreparedStep] = {}
         stats = {m: {"pairs": 0, "seconds": 0.0, "steps": 0, "real_tokens": 0, "positions": 0} for m in MODES}
         first_packed = {}
         for round_index in range(args.warmup + args.steps):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from data_pipeline.pairs.synthesis import SynthesisSettings
-from rpo_jax.config.schema import ConfigError, check_local_path
+from rpo_jax.config.rules import ConfigError, check_local_path
 
 # method -> (pair recipe it trains on, loss_type). One model is trained per listed method, same settings otherwise.
 METHODS = {
@@ -125,6 +125,47 @@ class EvalSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultiturnSection:
+    """The held-out multi-turn suite (`experiments.multiturn`): `conversations` conversations of `turns` user turns
+    on held-out base tasks, each with K constraints (uniform in [min_constraints, max_constraints]), the first
+    `system_constraints` (at most K - 1) stated in a system prompt and the rest added over the turns (Multi-IF's
+    cumulative checks).
+    Every model answers them greedily turn by turn, each answer in the context of the next turn (`eval`'s token
+    budget), scored at every turn. 0 conversations: no suite."""
+
+    conversations: int = 24
+    turns: int = 3
+    system_constraints: int = 1
+    min_constraints: int = 2
+    max_constraints: int = 6
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.conversations < 0 or self.turns < 1:
+            raise ConfigError("multiturn.conversations must be >= 0 and multiturn.turns >= 1")
+        if self.system_constraints < 0 or not 1 <= self.min_constraints <= self.max_constraints:
+            raise ConfigError(
+                "multiturn: need system_constraints >= 0 and 1 <= min_constraints <= max_constraints, got "
+                f"{self.system_constraints}, {self.min_constraints}, {self.max_constraints}"
+            )
+
+    def synthesis(self) -> SynthesisSettings:
+        """The held-out conversations as `rpo-jax build-instructions` makes them (no training split)."""
+        low, high = self.min_constraints, self.max_constraints
+        return SynthesisSettings(
+            num_train=0,
+            num_heldout=self.conversations,
+            min_constraints=low,
+            max_constraints=high,
+            heldout_min_constraints=low,
+            heldout_max_constraints=high,
+            seed=self.seed,
+            turns=self.turns,
+            system_constraints=self.system_constraints,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportSection:
     bootstrap_replicates: int = 2000
     seed: int = 0
@@ -139,8 +180,14 @@ class ExperimentConfig:
     pairs: PairsSection = PairsSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    multiturn: MultiturnSection = MultiturnSection()
     report: ReportSection = ReportSection()
 
     def __post_init__(self):
         if bool(self.model.gguf) == bool(self.model.hf_dir):
             raise ConfigError("model: set exactly one of model.gguf and model.hf_dir (the base model)")
+        if self.instructions.conversational:
+            raise ConfigError(
+                "instructions.turns and instructions.system_constraints must stay 1 and 0: the experiment trains "
+                "on single-turn instructions and evaluates conversations in its multiturn suite (section multiturn)"
+            )

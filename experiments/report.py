@@ -14,6 +14,7 @@ import numpy as np
 from data_pipeline.files import write_json_atomic, write_text_atomic
 from experiments.config import ExperimentConfig
 from experiments.evaluation import read_verdicts
+from experiments.multiturn import multiturn_results
 from experiments.stages import Stage, StageStore
 from experiments.stats import accuracy_interval, paired_difference
 from rpo_jax.train.run_log import save_figure
@@ -102,6 +103,16 @@ def _interval(r: dict, digits: int) -> str:
     return f"{r['accuracy']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]"
 
 
+def _by_model_table(title: str, header: str, table: dict[str, dict], models: list[str]) -> list[str]:
+    """One row per bucket (with its n), one column per model: prompt / instruction-level intervals."""
+    lines = ["", title, "", f"| {header} | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for bucket_name, bucket in table.items():
+        if bucket:  # every model is scored on the same prompts, so a bucket has all of them or none
+            cells = [" / ".join(_interval(bucket[m][level], 2) for level in ("prompt", "instruction")) for m in models]
+            lines.append(f"| {bucket_name} (n={bucket[models[0]]['num_prompts']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(results: dict) -> str:
     first = next(iter(results["suites"].values()))
 
@@ -119,24 +130,28 @@ def _markdown(results: dict) -> str:
     lines += _suite_table(
         results, "Paired differences, prompt-level strict (95% CI):", first["differences"], difference
     )
+    models = list(first["models"])
     if results["heldout_by_k"]:
-        lines += ["", "Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI):", ""]
-        models = list(first["models"])
-        lines += ["| K | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-        for bucket_name, bucket in results["heldout_by_k"].items():
-            if bucket:  # every model is scored on the same prompts, so a bucket has all of them or none
-                cells = [
-                    " / ".join(_interval(bucket[m][level], 2) for level in ("prompt", "instruction")) for m in models
-                ]
-                lines.append(f"| {bucket_name} (n={bucket[models[0]]['num_prompts']}) | " + " | ".join(cells) + " |")
+        title = "Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI):"
+        lines += _by_model_table(title, "K", results["heldout_by_k"], models)
+    for name, table in results.get("multiturn", {}).items():  # by turn, by K (constraints checked at the turn)
+        what = "turn" if name == "by_turn" else "number of constraints checked at the turn K"
+        title = f"Held-out multi-turn strict accuracy by {what}, prompt / instruction level (95% CI):"
+        lines += _by_model_table(title, "turn" if name == "by_turn" else "K", table, models)
     stage_seconds = ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["seconds"].items())
     lines += ["", f"Wall time per stage (seconds, summed over attempts): {stage_seconds}"]
     return "\n".join(lines) + "\n"
 
 
 def write_report(
-    store: StageStore, cfg: ExperimentConfig, stages: dict[str, Stage], evals: dict[str, Stage], selection: dict
+    store: StageStore,
+    cfg: ExperimentConfig,
+    stages: dict[str, Stage],
+    evals: dict[str, Stage],
+    selection: dict,
+    multiturn_evals: dict[str, Stage],
 ) -> Path:
+    """The report of every stage; `multiturn_evals` (model -> its held-out multi-turn evaluation) may be empty."""
     replicates, seed = cfg.report.bootstrap_replicates, cfg.report.seed
     suites = list(cfg.eval.suites)
 
@@ -146,6 +161,7 @@ def write_report(
             "config": dataclasses.asdict(cfg),
             "suites": {suite: suite_results(evals, suite, replicates, seed) for suite in suites},
             "heldout_by_k": by_constraint_count(evals, replicates, seed) if "heldout" in suites else {},
+            "multiturn": multiturn_results(multiturn_evals, K_BUCKETS, replicates, seed) if multiturn_evals else {},
             "pairs": {
                 recipe: {"pairs": s["split"], "pairs_by_g": s["pairs_by_g"]}
                 for recipe, s in stages["pairs"].summary.items()
@@ -154,7 +170,7 @@ def write_report(
             "sampling": stages["samples"].summary,
             "learning_rate_selection": selection,
             "train": {name: stage.summary for name, stage in stages.items() if name.startswith("train-")},
-            "seconds": {stage.name: stage.seconds for stage in [*stages.values(), *evals.values()]},
+            "seconds": {stage.name: stage.seconds for stage in [*stages.values(), *evals.values(), *multiturn]},
             "versions": {p: importlib.metadata.version(p) for p in PACKAGES},
             "eval_limit": cfg.eval.limit,
         }
@@ -164,7 +180,8 @@ def write_report(
             _plot(results["heldout_by_k"], folder / "accuracy_vs_k.png")
         return {"files": sorted(p.name for p in folder.iterdir())}
 
-    report = store.run("report", dataclasses.asdict(cfg.report), (*stages.values(), *evals.values()), build)
+    multiturn = list(multiturn_evals.values())
+    report = store.run("report", dataclasses.asdict(cfg.report), (*stages.values(), *evals.values(), *multiturn), build)
     out = store.root.parent
     for name in report.summary["files"]:
         if name != "stage.json":

@@ -1,14 +1,16 @@
 """`rpo-jax experiment`: the RPO-vs-DPO experiment of the paper at a scale this machine runs, as cached stages.
 
     model -> instructions -> samples -> pairs -> train-<method>-lr<i> -> select/eval -> report
+    instructions-multiturn -> eval-multiturn-<model> -> report
 
 `model` converts the base GGUF (or takes an HF folder); `instructions` synthesizes training and held-out
 instructions; `samples` self-samples the base model on the training instructions; `pairs` builds RPO pairs, the
 DPO baseline (best vs worst on the original instruction) and IOPO quadruples from the same samples; one model is
 trained per method and candidate learning rate; with several candidates, the rate with the best held-out
 prompt-level accuracy is kept (chosen on held-out synthesized instructions, never on IFEval/IFBench); every kept
-model and the base model are evaluated greedily on every suite; `report` computes accuracies with bootstrap
-intervals and paired differences (see `experiments.report`).
+model and the base model are evaluated greedily on every suite, and on the held-out multi-turn suite turn by turn
+(`experiments.multiturn`); `report` computes accuracies with bootstrap intervals and paired differences (see
+`experiments.report`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from data_pipeline.pairs.build import BuildSettings, build_pairs
 from data_pipeline.pairs.synthesis import write_instructions
 from experiments.config import METHODS, ExperimentConfig
 from experiments.evaluation import evaluate_model
+from experiments.multiturn import evaluate_multiturn, multiturn_instructions_stage
 from experiments.report import write_report
 from experiments.stages import Stage, StageStopped, StageStore
 from rpo_jax.config.loading import config_to_dict, load_config
@@ -62,7 +65,11 @@ def instructions_stage(store: StageStore, cfg: ExperimentConfig) -> Stage:
     def build(folder: Path) -> dict:
         return write_instructions(cfg.instructions, folder / "instructions", overwrite=True)
 
-    return store.run("instructions", dataclasses.asdict(cfg.instructions), (), build)
+    # The conversation settings are always 1 turn and no system constraints here (ExperimentConfig refuses others);
+    # left out of the key, so the stages of experiments made before they existed stay valid.
+    settings = dataclasses.asdict(cfg.instructions)
+    del settings["turns"], settings["system_constraints"]
+    return store.run("instructions", settings, (), build)
 
 
 def samples_stage(store: StageStore, cfg: ExperimentConfig, model: Stage, instructions: Stage) -> Stage:
@@ -208,6 +215,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, only: str | No
     out = Path(output_dir)
     store = StageStore(out / "stages", only=only)
     instructions = instructions_stage(store, cfg)
+    conversations = multiturn_instructions_stage(store, cfg)
     if only == "instructions":
         return out
     model = model_stage(store, cfg)
@@ -228,6 +236,10 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, only: str | No
         name: evaluate_model(store, cfg, f"eval-{name}", stage, cfg.eval.suites, instructions, model_dir(model))
         for name, stage in {"base": model, **kept}.items()
     }
+    multiturn = {
+        name: evaluate_multiturn(store, cfg, f"eval-multiturn-{name}", stage, conversations, model_dir(model))
+        for name, stage in ({"base": model, **kept}.items() if conversations is not None else ())
+    }
     if only == "eval":
         return out
     stages = {
@@ -237,4 +249,6 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, only: str | No
         "pairs": pairs,
         **{f"train-{m}": s for m, s in kept.items()},
     }
-    return write_report(store, cfg, stages, evals, selection)
+    if conversations is not None:
+        stages["instructions-multiturn"] = conversations
+    return write_report(store, cfg, stages, evals, selection, multiturn)

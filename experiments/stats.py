@@ -68,3 +68,39 @@ def paired_difference(
             "high": float(np.quantile(delta, 1.0 - tail)),
         }
     return out | {"num_prompts": int(len(counts)), "replicates": replicates, "level": level}
+
+
+def _two_level(passed: np.ndarray, counts: np.ndarray, replicates: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(point, bootstrap replicates) of Σ passed / Σ counts over seeds [S] and prompts [P], resampling both."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, passed.shape[0], size=(replicates, passed.shape[0]))
+    prompts = rng.integers(0, passed.shape[1], size=(replicates, passed.shape[1]))
+    picked = (seeds[:, :, None], prompts[:, None, :])  # [R, S, P] fancy index: seed s' and prompt p' of replicate r
+    boot = passed[picked].sum(axis=(1, 2)) / counts[picked].sum(axis=(1, 2))
+    return passed.sum() / counts.sum(), boot
+
+
+def seed_prompt_interval(passed, counts, *, replicates: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Accuracy over several training seeds of one model: `passed[s, p]` items right out of `counts[s, p]` for seed
+    s on prompt p. Seeds and prompts are both resampled (a two-level bootstrap): the interval covers the variation
+    between training runs as well as between prompts."""
+    passed, counts = np.asarray(passed, np.float64), np.asarray(counts, np.float64)
+    if passed.ndim != 2 or passed.shape != counts.shape or not passed.size or (counts.sum(axis=0) < 1).any():
+        raise ValueError(f"need [seeds, prompts] arrays with items on every prompt, got {passed.shape}, {counts.shape}")
+    point, boot = _two_level(passed, counts, replicates, seed)
+    tail = (1.0 - level) / 2.0
+    return {"accuracy": float(point), "low": float(np.quantile(boot, tail)), "high": float(np.quantile(boot, 1 - tail))}
+
+
+def seed_prompt_difference(passed_a, passed_b, counts, *, replicates: int = 2000, seed: int = 0, level: float = 0.95):
+    """B minus A over the same seeds and prompts ([seeds, prompts] arrays; seed s of A and of B share their initial
+    weights and data order), resampled together, so the interval is paired."""
+    a, b, counts = (np.asarray(x, np.float64) for x in (passed_a, passed_b, counts))
+    point_a, boot_a = _two_level(a, counts, replicates, seed)
+    point_b, boot_b = _two_level(b, counts, replicates, seed)  # same seed: the same resamples
+    delta, tail = boot_b - boot_a, (1.0 - level) / 2.0
+    return {
+        "delta": float(point_b - point_a),
+        "low": float(np.quantile(delta, tail)),
+        "high": float(np.quantile(delta, 1 - tail)),
+    }

@@ -20,7 +20,7 @@ CONFIG="${RPO_CONFIG:-configs/run/rpo_llama3_2_1b_lora_gpu.yaml}"
 OUTPUT_DIR="${RPO_OUTPUT_DIR:-}"                 # "" = runs/<config file name without .yaml>
 DATA="${RPO_DATA:-}"                             # dir of tokenized shards -> data.train_path; "" = config's
 EVAL_DATA="${RPO_EVAL_DATA:-}"                   # held-out shards -> data.eval_path; none = no evaluation
-# Persistent XLA compilation cache (JAX_COMPILATION_CACHE_DIR): a resumed or repeated run loads its compiled
+# Persistent XLA compilation cache (train.compilation_cache_dir, applied by the trainer): a resumed or repeated run loads its compiled
 # steps instead of compiling them again. "" = no cache.
 COMPILATION_CACHE="${RPO_COMPILATION_CACHE-__OUTPUT_DIR__/jax_compilation_cache}"
 STEPS="${RPO_STEPS:-}"                           # "" = the config's train.steps
@@ -123,13 +123,13 @@ cmd_train() {  # cmd_train [--resume]
   elif [[ -n "$EVAL_DATA" ]]; then
     train+=(--set "data.eval_path=$EVAL_DATA")
   fi
+  # The trainer applies it itself (rpo_jax/runtime/compilation_cache.py); "" turns it off.
+  train+=(--set "train.compilation_cache_dir=$COMPILATION_CACHE")
   local override
   for override in "${OVERRIDES[@]}"; do train+=(--set "$override"); done
   local xla_flags="${XLA_FLAGS:+$XLA_FLAGS }$GPU_XLA_FLAGS"
-  local cache=()
-  [[ -z "$COMPILATION_CACHE" ]] || cache=(JAX_COMPILATION_CACHE_DIR="$COMPILATION_CACHE")
   run env CUDA_VISIBLE_DEVICES="$GPU" XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" \
-    XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION" XLA_FLAGS="$xla_flags" "${cache[@]}" "${train[@]}"
+    XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION" XLA_FLAGS="$xla_flags" "${train[@]}"
 }
 
 note "gpu_single.sh $COMMAND: GPU $GPU; venv $VENV; config $CONFIG; output $OUTPUT_DIR; data ${DATA:-<config>}; \

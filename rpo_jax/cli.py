@@ -14,6 +14,7 @@ import types
 from importlib.metadata import PackageNotFoundError, version
 
 from data_pipeline.errors import UserError
+from data_pipeline.storage import use_storage_emulator
 from rpo_jax.runtime.host_memory import keep_large_buffers_mmapped
 from rpo_jax.runtime.out_of_memory import out_of_memory
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rpo_jax.commands.serve", "OpenAI-compatible chat server on the KV-cache sampler (local LLM judge)"),
     "eval": ("rpo_jax.commands.evaluate", "IFEval / IFBench / any prompt file / held-out pair evaluation"),
     "plan": ("rpo_jax.commands.plan", "compile the train step on abstract shapes and report memory"),
+    "doctor": ("rpo_jax.commands.doctor", "on a GPU/TPU: time a config's train step, check fused attention kernels"),
     "experiment": ("experiments.cli", "run the staged RPO-vs-DPO experiment (instructions -> ... -> report)"),
     "bench": ("benchmarks.bench", "measure step time, throughput, MFU and memory (optionally vs TRL)"),
 }
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(argv[1:])
     args.command_argv = argv[1:]
     keep_large_buffers_mmapped()  # before any step allocates: see rpo_jax.runtime.host_memory
+    use_storage_emulator()  # before any GCS client reads its settings (see data_pipeline.storage)
     try:
         return int(module.run(args) or 0)
     except UserError as err:

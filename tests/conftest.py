@@ -18,3 +18,13 @@ def fake_env(tmp_path):
     from launch_fixtures import fake_environment
 
     return fake_environment(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A GCS emulator (fake-gcs-server, from the `test` extra) on a free local port, with one bucket; started once."""
+    from gcs_fixtures import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    yield emulator
+    emulator.stop()

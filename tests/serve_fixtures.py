@@ -6,10 +6,15 @@ one-hot; the LM head maps the one-hot of token a to a large logit on token b. Gr
 chain (last prompt token -> answer tokens -> EOS) whatever the prompt is. The model still runs the whole
 stack: the tokenizer's chat template, the Llama forward, the KV-cache sampler, EOS stopping and detokenization.
 The tokenizer is the repo's 32k SentencePiece one with the repo's Llama-3 chat template.
+
+`shared_judge` loads one such model into one serving engine for every serve test of a session, so its decode
+programs compile once; each test module starts its own server (its own limits) on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "data_pipeline" / "assets" / "tokenizers" / "llama2-sp-32k"
 CHAT_TEMPLATE = REPO / "data_pipeline" / "assets" / "chat_templates" / "llama3.jinja"
 LOGIT = 10.0
+JUDGE_ANSWER = '{"judgements": [true]}'  # 8 tokens, each once: what the judge model says to any chat
 
 
 def _tokenizer_with_template(path: Path):
@@ -79,3 +85,39 @@ def scripted_llama(path: Path, answer: str) -> Path:
     save_file(tensors, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps(model_config_to_hf(cfg, "float32")))
     return path
+
+
+def judge_settings(folder: Path, **limits):
+    """The serve settings of the shared judge: port 0, model name "judge", max_tokens 32 by default."""
+    from rpo_jax.generate.serving import ServeSettings
+
+    return ServeSettings(model=str(folder), port=0, model_name="judge", default_max_tokens=32, **limits)
+
+
+@functools.cache
+def shared_judge(session_temp: Path) -> tuple[Path, object]:
+    """(model folder, `ChatEngine`) of the scripted judge, built once per session (8 CPU devices, fsdp over all)
+    under `session_temp` (`tmp_path_factory.getbasetemp()`)."""
+    from rpo_jax.config.schema import MeshConfig
+    from rpo_jax.generate.serving import ChatEngine
+
+    folder = scripted_llama(session_temp / "shared-judge", JUDGE_ANSWER)
+    return folder, ChatEngine(judge_settings(folder), MeshConfig(data=1, fsdp=-1, tensor=1))
+
+
+@contextlib.contextmanager
+def counted_compiles():
+    """A list that receives the name of every XLA program compiled in the block, on any thread."""
+    import jax
+
+    compiled: list[str] = []
+
+    def note(event: str, duration_secs: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(note)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(note)

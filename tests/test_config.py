@@ -77,19 +77,25 @@ PATH_SETTINGS = [
     "data.pairs_path",
     "data.eval_pairs_path",
     "data.tokenizer_path",
+    "train.compilation_cache_dir",
 ]
+LOCAL_ONLY = {"data.tokenizer_path"}  # read by transformers, which opens local folders only
 
 
 @pytest.mark.parametrize("setting", PATH_SETTINGS)
 @pytest.mark.parametrize("url", ["gs://bkt/runs/x", "s3://bkt/x", "https://host/x"])
-def test_url_paths_are_refused_naming_the_setting(setting, url):
-    """The code opens these with the local filesystem, where gs://b/x would silently become ./gs:/b/x."""
+def test_path_settings_take_gs_urls_and_refuse_others_naming_the_setting(setting, url):
+    """gs:// goes through data_pipeline.storage; another URL would silently become a local folder ./s3:/b/x."""
     overrides = [f"{setting}={url}"]
     if setting.startswith("data.") and "pairs" in setting:
         overrides.append("data.tokenizer_path=tok")
-    with pytest.raises(ConfigError, match=re.escape(f"{setting}={url}: URLs are not supported yet")) as err:
+    if url.startswith("gs://") and setting not in LOCAL_ONLY:
+        section, key = setting.split(".")
+        assert getattr(getattr(load_config(ROOT / "configs/base.yaml", overrides), section), key) == url
+        return
+    why = "this path must be local" if setting in LOCAL_ONLY else "only gs:// URLs (Google Cloud Storage)"
+    with pytest.raises(ConfigError, match=re.escape(f"{setting}={url}: {why}")):
         load_config(ROOT / "configs/base.yaml", overrides)
-    assert "Filestore/NFS" in str(err.value) and "gcsfuse" in str(err.value)
 
 
 def test_path_settings_cover_every_path_field():
@@ -110,14 +116,20 @@ def test_local_paths_with_colons_are_accepted():
     assert cfg.train.output_dir == "/mnt/shared/runs/a:b"
 
 
-def test_cli_path_flags_refuse_urls(capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export-hf", "--checkpoint", "ckpt", "--output", "s3://bkt/hf"], "--output: s3://bkt/hf: only gs:// URLs"),
+        (["export-hf", "--checkpoint", "ckpt", "--output", "o", "--tokenizer", "gs://b/t"], "this path must be local"),
+    ],
+)
+def test_cli_path_flags_refuse_urls_they_cannot_read(argv, message, capsys):
     from rpo_jax.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["export-hf", "--checkpoint", "ckpt", "--output", "gs://bkt/hf"])
+        main(argv)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --output: gs://bkt/hf: URLs are not supported yet" in err
+    assert message in capsys.readouterr().err
 
 
 def test_unknown_key_in_file_names_it(tmp_path):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rpo_jax.runtime import distributed
-from rpo_jax.runtime.preemption import NO_STOP, STOP_SIGINT, STOP_SIGTERM, StopSignals, StopVote, stopped_early
+from rpo_jax.runtime.preemption import STOP_SIGINT, STOP_SIGTERM, StopSignals, stopped_early
 from rpo_jax.runtime.rendezvous import DistributedSetupError, join, serve
 from rpo_jax.train.resume import ResumeRequest
 
@@ -155,20 +155,3 @@ def test_a_stop_says_how_to_continue(capsys):
     for resume, advice in cases:
         assert stopped_early(STOP_SIGTERM, 3, 6, Checkpointer(), resume)
         assert f"stopped at step 3 of 6 with a checkpoint in run/checkpoints; {advice}" in capsys.readouterr().out
-
-
-def test_one_process_stop_vote_is_read_at_once_and_stays():
-    """One process reads its own signal at the step it arrives (several processes read it a step late, when
-    the all-reduce of their votes is done: tests/test_multihost.py)."""
-    signals = StopSignals()
-    vote = StopVote(signals)
-    vote.cast()
-    assert vote.agreed() == NO_STOP
-    signals.received = STOP_SIGTERM
-    vote.cast()
-    assert vote.agreed() == STOP_SIGTERM
-    signals.received = NO_STOP
-    vote.cast()
-    assert vote.agreed() == STOP_SIGTERM
-    vote.cast()
-    assert vote.agreed() == STOP_SIGTERM

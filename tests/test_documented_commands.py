@@ -30,6 +30,7 @@ import pytest
 from doc_commands import DocCommand, OtherCommand, collect, command_argv, commands_in, is_placeholder
 
 from data_pipeline.files import local_path_arg
+from data_pipeline.storage import storage_path_arg
 from rpo_jax.cli import COMMANDS, command_parser
 from rpo_jax.cli import main as cli_main
 from rpo_jax.config.loading import PATH_SETTINGS, config_from_args, load_config
@@ -48,6 +49,7 @@ MUST_RUN = {
     "README.md": "rpo-jax plan --config configs/run/tiny_rpo.yaml",
     "data_pipeline/README.md": "rpo-jax tokenize",
 }
+PATH_ARGS = (local_path_arg, storage_path_arg)  # flags naming a path (storage_path_arg: or a gs:// URL)
 ALTERNATIVES = re.compile(r"^\{([^{}]+,[^{}]+)\}$")
 
 
@@ -205,11 +207,12 @@ def check_command(doc: Document, command: DocCommand, runs: dict, launched: bool
     reads, writes = [], []
     for _, flag, action, value in option_values(parser, tokens):
         untyped_path = action.type is None and "/" in value and "=" not in value
-        if flag != "--config" and (action.type is local_path_arg or untyped_path) and "://" not in value:
+        if flag != "--config" and (action.type in PATH_ARGS or untyped_path) and "://" not in value:
             (writes if flag in OUTPUT_FLAGS else reads).append(normal(value))
     if sub in READS_CONFIG_PATHS and cfg is not None:
         settings = {f"{s}.{k}": getattr(getattr(cfg, s), k) for s, k in PATH_SETTINGS}
-        reads += [normal(v) for k, v in settings.items() if v and k != "train.output_dir"]
+        written_by_the_run = ("train.output_dir", "train.compilation_cache_dir")
+        reads += [normal(v) for k, v in settings.items() if v and k not in written_by_the_run]
         writes.append(normal(cfg.train.output_dir))
     missing = [path for path in reads if not exists_or_made(doc, path, launched)]
     if missing:
@@ -218,7 +221,7 @@ def check_command(doc: Document, command: DocCommand, runs: dict, launched: bool
     if concrete and runnable_here(doc, sub, args, cfg, reads):
         argv = [sub, *tokens]
         for i, flag, action, value in option_values(parser, tokens):
-            if action.type is local_path_arg:
+            if action.type in PATH_ARGS:
                 argv[i + 1] = with_value(argv[i + 1], flag, doc.real_path(normal(value)))
         if tuple(argv) not in runs:
             runs[tuple(argv)] = run_cli(argv)

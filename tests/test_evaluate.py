@@ -77,12 +77,20 @@ def test_any_prompt_file_with_languages_and_skip_bad(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mine.jsonl:3: field 'instruction_id_list[0]'" in err and "'ja'" in err and "--skip-bad" in err
     out = tmp_path / "out.json"
-    assert main([*argv, "--skip-bad", "--allow-missing", "--output", str(out)]) == 0
+    # The skipped prompt's response is skipped with it, not "a response without a prompt": no --allow-missing.
+    assert main([*argv, "--skip-bad", "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["num_prompts_scored"] == 2 and results["prompt_level_strict_acc"] == 0.5
     assert results["prompts_skipped_bad_by_reason"] == {"unsupported_language": 1}
-    assert results["prompt_keys_skipped_bad"] == ["c"] and results["response_lines_without_prompt"] == [3]
+    assert results["prompt_keys_skipped_bad"] == ["c"] and results["response_lines_skipped"] == [3]
+    assert results["num_responses_without_prompt"] == 0
     assert "skipped 1 bad prompt(s) (unsupported_language: 1)" in capsys.readouterr().out
+    # --allow-missing still means only "no response given": a response truly missing is an error without it.
+    _write_rows(responses, [{"prompt": "Say hi.", "response": "Hi there."}])
+    assert main([*argv, "--skip-bad"]) == 2
+    assert "1 prompt(s) of" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad", "--allow-missing", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["prompt_keys_without_response"] == ["b"]
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

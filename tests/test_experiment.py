@@ -51,6 +51,7 @@ def setup(tmp_path_factory):
             "overrides": ["data.global_batch_size=2", "checkpoint.save_every=2"],
         },
         "eval": {"limit": 3, "max_new_tokens": 8, "batch_size": 4},
+        "multiturn": {"conversations": 3, "turns": 2, "system_constraints": 1, "min_constraints": 2},
         "report": {"bootstrap_replicates": 200},
     }
     path = tmp / "experiment.yaml"
@@ -59,11 +60,15 @@ def setup(tmp_path_factory):
     # committed run's would: three responses per training instruction that differ on several constraints.
     result = experiment(path, tmp / "out", "--stage", "instructions")
     assert result.returncode == 0, result.stderr[-3000:]
-    (instructions,) = (tmp / "out" / "stages").glob("instructions-*/instructions/train_prompts.jsonl")
+    (instructions,) = (tmp / "out" / "stages").glob("instructions-[0-9a-f]*/instructions/train_prompts.jsonl")
     # One stage at a time, in order: `--stage model` stops there (the samples are not asked for yet).
     result = experiment(path, tmp / "out", "--stage", "model")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name.split("-")[0] for p in (tmp / "out" / "stages").iterdir()) == ["instructions", "model"]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp / "out" / "stages").iterdir()) == [
+        "instructions",
+        "instructions-multiturn",
+        "model",
+    ]
     keys = [json.loads(line)["key"] for line in instructions.read_text().splitlines()]
     responses = tmp / "samples.jsonl.gz"
     with gzip.open(responses, "wt") as f:
@@ -96,6 +101,15 @@ def test_every_stage_runs_and_the_report_has_paired_intervals(setup):
                 assert r[level]["low"] <= r[level]["accuracy"] <= r[level]["high"]
     report = (out / "report.md").read_text()
     assert "rpo-dpo" in report and "by number of constraints" in report and (out / "accuracy_vs_k.png").is_file()
+    # The held-out multi-turn suite: 3 conversations of 2 turns, answered turn by turn, scored at each turn.
+    by_turn = results["multiturn"]["by_turn"]
+    assert list(by_turn) == ["turn 1", "turn 2"] and "multi-turn strict accuracy by turn" in report
+    for cells in by_turn.values():
+        assert set(cells) == {"base", "dpo", "rpo", "iopo"} and all(c["num_prompts"] == 3 for c in cells.values())
+    assert sum(cell["base"]["num_prompts"] for cell in results["multiturn"]["by_k"].values() if cell) == 6
+    (responses,) = out.glob("stages/eval-multiturn-rpo-*/multiturn_responses.jsonl")
+    rows = [json.loads(line) for line in responses.read_text().splitlines()]
+    assert len(rows) == 3 and all(len(row["responses"]) == 2 for row in rows)
 
 
 @pytest.mark.slow
@@ -117,6 +131,23 @@ def test_a_single_stage_needs_its_inputs(setup, tmp_path):
     result = experiment(config, tmp_path / "fresh", "--stage", "eval")
     assert result.returncode == 2 and "stage 'instructions' has not run" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_single_turn_chain_keeps_its_stage_keys(tmp_path):
+    """The conversation settings added to the instructions (issue #28) are left out of the instructions stage's key,
+    so an experiment made before them reuses its instructions, samples, pairs, trained models and evaluations; the
+    multi-turn suite only adds stages. Single-turn instructions only: the experiment refuses conversational ones."""
+    from experiments.config import ExperimentConfig
+    from experiments.runner import instructions_stage
+    from experiments.stages import StageStore, stage_key
+    from rpo_jax.config.schema import ConfigError
+
+    preset = ROOT / "configs" / "experiment" / "smollm2_rpo_vs_dpo.yaml"
+    store = StageStore(tmp_path)
+    store.run = lambda name, settings, inputs, build: stage_key(name, settings, inputs)  # the key, nothing built
+    assert instructions_stage(store, load_config(preset, [], ExperimentConfig)) == "257c5b491b1ca5d7"  # as before
+    with pytest.raises(ConfigError, match="multiturn suite"):
+        load_config(preset, ["instructions.turns=2"], ExperimentConfig)
 
 
 def test_a_training_stopped_by_sigterm_leaves_its_stage_unfinished(tmp_path, monkeypatch):

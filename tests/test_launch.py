@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake_env):
     assert any("gsutil -m rsync -r gs://bkt/data/tok rpo-jax-data" in r for r in remote)
     assert any("gsutil -m rsync -r gs://bkt/data/tok-eval rpo-jax-eval-data" in r for r in remote)
     (train,) = [r for r in remote if "rpo-jax train" in r]
-    assert r"JAX_COMPILATION_CACHE_DIR=/mnt/shared/runs/rpo\ 8b/jax_compilation_cache" in train
+    assert r"--set train.compilation_cache_dir=/mnt/shared/runs/rpo\ 8b/jax_compilation_cache" in train
     assert "nohup ~/rpo-jax-venv/bin/rpo-jax train --config configs/run/rpo_llama3_1_8b_v5p8.yaml" in train
     assert 'LIBTPU_INIT_ARGS="--xla_tpu_enable_async_collective_fusion=true' in train
     assert "TPU_STDERR_LOG_LEVEL=2" in train
@@ -187,18 +188,20 @@ def test_tpu_queued_and_gcsfuse(fake_env):
 
 
 @pytest.mark.parametrize("command", ["train", "resume", "all"])
-def test_tpu_output_dir_required_absolute_and_not_a_url(command, fake_env):
-    """Checked before anything runs (no gcloud call), also for `all` / `resume`, which create the slice first."""
+def test_tpu_output_dir_required_a_bucket_or_absolute(command, fake_env):
+    """Checked before anything runs (no gcloud call), also for `all` / `resume`, which create the slice first:
+    gs:// (the default for pods) or an absolute path on a share; a relative path or another URL is refused."""
     missing = _run(TPU, command, env=fake_env)
-    assert missing.returncode != 0 and "--output-dir is required" in missing.stderr
+    assert missing.returncode != 0 and "--output-dir is required: gs://BUCKET/PATH" in missing.stderr
     relative = _run(TPU, command, "--output-dir", "runs/x", env=fake_env)
-    assert relative.returncode != 0 and "--output-dir must be an absolute path" in relative.stderr
-    for url in ("gs://bkt/runs/rpo", "s3://bkt/runs"):
-        refused = _run(TPU, command, "--output-dir", url, env=fake_env)
-        assert refused.returncode != 0
-        assert f"--output-dir {url}: URLs are not supported yet" in refused.stderr
-        assert "Filestore/NFS" in refused.stderr and "gcsfuse renames directories non-atomically" in refused.stderr
+    assert relative.returncode != 0 and "--output-dir must be gs://BUCKET/PATH or an absolute" in relative.stderr
+    refused = _run(TPU, command, "--output-dir", "s3://bkt/runs", env=fake_env)
+    assert refused.returncode != 0 and "s3://bkt/runs: only gs:// URLs are supported" in refused.stderr
     assert _calls(fake_env) == []
+    bucket = _run(TPU, "train", "--dry-run", "--output-dir", "gs://bkt/runs/rpo", env=fake_env)
+    assert bucket.returncode == 0, bucket.stderr
+    assert "--output-dir gs://bkt/runs/rpo" in bucket.stdout
+    assert "--set train.compilation_cache_dir=gs://bkt/runs/rpo/jax_compilation_cache" in bucket.stdout
 
 
 @pytest.mark.parametrize("script", [TPU, GPU], ids=lambda p: p.name)
@@ -211,7 +214,7 @@ def test_data_needs_eval_data_or_none(script, fake_env):
     off = _run(script, *base, "--eval-data", "none", "--compilation-cache", "", env=fake_env)
     assert off.returncode == 0, off.stderr
     assert "--set data.eval_path= --set train.eval_every=0" in off.stdout  # in the printed train command
-    assert "JAX_COMPILATION_CACHE_DIR" not in off.stdout
+    assert re.search(r"--set train\.compilation_cache_dir=(\s|$)", off.stdout)  # "" turns the trainer's cache off
 
 
 def test_tpu_data_url_must_be_gs(fake_env):
@@ -273,6 +276,8 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
         "--set",
         f"data.eval_path={home}/rpo-jax-eval-data",
         "--set",
+        "train.compilation_cache_dir=/mnt/shared/runs/rpo 8b/jax_compilation_cache",
+        "--set",
         "optim.learning_rate=1e-6",
         "--set",
         "train.init_checkpoint=/mnt/shared/ckpt it's",
@@ -280,7 +285,6 @@ def test_tpu_remote_train_command_runs_trainer_with_exact_arguments(fake_env, tm
     assert seen["cwd"] == str(home / "rpo-jax")
     assert seen["env"]["LIBTPU_INIT_ARGS"].split()[0] == "--xla_tpu_enable_async_collective_fusion=true"
     assert seen["env"]["TPU_STDERR_LOG_LEVEL"] == "2"
-    assert seen["env"]["JAX_COMPILATION_CACHE_DIR"] == "/mnt/shared/runs/rpo 8b/jax_compilation_cache"
     host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
     assert "fake trainer ran" in (home / "rpo-jax-logs" / f"train-{host}.log").read_text()
     pid_file = home / "rpo-jax-logs" / f"train-{host}.pid"

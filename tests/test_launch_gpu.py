@@ -18,14 +18,13 @@ def test_gpu_dry_run_prints_flags_and_resume(fake_env):
     assert ["python3.11", "-m", "venv", ".venv"] in cmds
     assert [".venv/bin/python", "-m", "pip", "install", "-e", ".[cuda]"] in cmds
     (train,) = [c for c in cmds if c[0] == "env"]
-    assert train[1:6] == [
+    assert train[1:5] == [
         "CUDA_VISIBLE_DEVICES=1",
         "XLA_PYTHON_CLIENT_PREALLOCATE=true",
         "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
         "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true",
-        "JAX_COMPILATION_CACHE_DIR=runs/rpo_llama3_2_1b_lora_gpu/jax_compilation_cache",
     ]
-    assert train[6:] == [
+    assert train[5:] == [
         ".venv/bin/rpo-jax",
         "train",
         "--config",
@@ -36,6 +35,8 @@ def test_gpu_dry_run_prints_flags_and_resume(fake_env):
         "data.train_path=/data/tok",
         "--set",
         "data.eval_path=/data/tok-eval",
+        "--set",
+        "train.compilation_cache_dir=runs/rpo_llama3_2_1b_lora_gpu/jax_compilation_cache",
         "--set",
         "loss.beta=0.2",
     ]
@@ -59,6 +60,8 @@ def test_gpu_train_runs_trainer_with_printed_environment(fake_env, tmp_path):
         "--output-dir",
         "/tmp/o",
         "--resume",
+        "--set",
+        "train.compilation_cache_dir=/tmp/o/jax_compilation_cache",
     ]
     assert seen["cwd"] == str(REPO)
     assert seen["env"] == {
@@ -69,7 +72,7 @@ def test_gpu_train_runs_trainer_with_printed_environment(fake_env, tmp_path):
         "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
         "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.7",
         "XLA_FLAGS": "--xla_dump_to=/x --xla_gpu_enable_latency_hiding_scheduler=true",
-        "JAX_COMPILATION_CACHE_DIR": "/tmp/o/jax_compilation_cache",
+        "JAX_COMPILATION_CACHE_DIR": None,  # the trainer applies train.compilation_cache_dir itself
     }
 
 

@@ -1,10 +1,10 @@
 """The package layout as rules: which wing may import which, thin commands, module sizes.
 
-data_pipeline's wings import downwards only (records -> pairs -> constraints, plus the base modules `files` and
-`errors`); nothing in data_pipeline imports rpo_jax, JAX, Flax or torch. rpo_jax is a folder of wings whose arrows
-run one way (`WINGS`, the one table): config <- runtime <- model <- objective, io <- train <- plan, generate;
-commands and `cli.py` may use any wing; the training library reads data only through `data_pipeline.records`;
-commands parse flags and call the library, never another command.
+data_pipeline's wings import downwards only (records -> pairs -> constraints, plus the base modules `files`,
+`storage` and `errors`); nothing in data_pipeline imports rpo_jax, JAX, Flax or torch. rpo_jax is a folder of
+wings whose arrows run one way (`WINGS`, the one table): config <- runtime <- model <- objective, io <- train <-
+plan, generate; commands and `cli.py` may use any wing; the training library reads data only through
+`data_pipeline.records`; commands parse flags and call the library, never another command.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = {"data_pipeline.files", "data_pipeline.errors"}
+BASE = {"data_pipeline.files", "data_pipeline.errors", "data_pipeline.storage"}
 # wing -> the other wings it may import (each wing may import itself and BASE). rpo_jax wings are named relative
 # to the package; any other name is absolute.
 WINGS: dict[str, tuple[str, ...]] = {

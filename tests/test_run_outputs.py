@@ -98,10 +98,15 @@ def test_output_folder_policy(tmp_path):
 
 
 class FakeCheckpointer:
-    """Steps whose restore raises (damaged) or returns the step; records what was set aside."""
+    """Steps whose restore raises (damaged) or returns the step, and step folders whose save never committed
+    (`unfinished`); records what was set aside."""
 
-    def __init__(self, tmp_path, steps, damaged=()):
+    def __init__(self, tmp_path, steps, damaged=(), unfinished=()):
         self.directory, self.steps, self.damaged, self.moved = tmp_path / "checkpoints", list(steps), set(damaged), []
+        self.unfinished = list(unfinished)
+
+    def unfinished_steps(self):
+        return list(self.unfinished)
 
     def all_steps(self):
         return sorted(self.steps, reverse=True)
@@ -116,7 +121,7 @@ class FakeCheckpointer:
 
     def set_aside(self, step, destination):
         self.moved.append(step)
-        self.steps.remove(step)
+        (self.unfinished if step in self.unfinished else self.steps).remove(step)
 
 
 def test_resume_falls_back_past_damaged_checkpoints_and_names_them(tmp_path):
@@ -138,3 +143,18 @@ def test_resume_falls_back_past_damaged_checkpoints_and_names_them(tmp_path):
     with pytest.raises(NoUsableCheckpoint, match=r"--resume: no checkpoint .* step 4 \(ValueError"):
         restore_for_resume(named, named.restore, ResumeRequest(step=4), config, prints, said.append)
     assert named.moved == []  # a named step that fails is not replaced by another one
+
+
+def test_resume_names_and_sets_aside_a_save_that_never_committed(tmp_path):
+    """A step folder without its commit marker (in a bucket, a save cut off before commit_success.txt) is named and
+    moved out of the way of the resumed run's own save of that step; the newest committed one is resumed."""
+    from rpo_jax.train.resume import ResumeRequest, restore_for_resume
+
+    said, ckpt = [], FakeCheckpointer(tmp_path, [2], unfinished=[3])
+    config, prints = {"train": {"steps": 10}}, {"data_fingerprint": "abc"}
+    found = restore_for_resume(ckpt, ckpt.restore, ResumeRequest(), config, prints, said.append)
+    assert found == (2, "state 2") and ckpt.moved == [3]
+    assert said == [
+        f"--resume: skipped step 3 in {tmp_path / 'checkpoints'}: its save was cut off before it committed (no "
+        f"commit marker); moved to {tmp_path / 'set_aside_checkpoints'}"
+    ]

@@ -11,17 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 from llama_hf_fixtures import params_and_hf_folder
+from serve_fixtures import counted_compiles
 
 from rpo_jax.cli import main
 from rpo_jax.config.schema import MeshConfig, ModelConfig
-from rpo_jax.generate.sampler import (
-    Sampler,
-    SamplingParams,
-    filter_logits,
-    forward_with_cache,
-    left_pad,
-    truncate_at_stop,
-)
+from rpo_jax.generate.cached_forward import forward_with_cache
+from rpo_jax.generate.sampler import Sampler, SamplingParams, left_pad, truncate_at_stop
+from rpo_jax.generate.token_choice import filter_logits
 from rpo_jax.model.llama import Llama
 from rpo_jax.runtime.sharding import make_mesh
 
@@ -153,6 +149,36 @@ def test_stops_at_any_eos_id(sampler):
     for toks, cut, completion in zip(base, cuts, stopped):
         assert completion.tokens == toks[:cut]
         assert completion.stopped == (cut is not None)
+
+
+def test_sampling_settings_are_traced_and_each_row_keeps_its_own(sampler):
+    """Temperature, top_p and a row's token limit are traced: new values compile nothing. A row of temperature 0 is
+    greedy whatever its neighbours draw, a row stops at its own limit, and decoding in chunks (what the server does)
+    picks the same tokens as one program; a row ended between chunks is no longer extended."""
+    greedy = [c.tokens for c in sampler.generate(PROMPTS, GREEDY, jax.random.key(0))]
+    with counted_compiles() as compiled:
+        for temperature, top_p in [(0.7, 0.9), (1.3, 1.0), (0.2, 0.5)]:
+            settings = dataclasses.replace(GREEDY, temperature=temperature, top_p=top_p)
+            sampler.generate(PROMPTS, settings, jax.random.key(1))
+    assert not [name for name in compiled if "whole" in name], compiled
+    spec, limits = GREEDY.spec(), [12, 5, 9]
+
+    def start():
+        return sampler.start(PROMPTS, [0.0, 1.0, 0.8], [1.0, 0.9, 1.0], limits, spec, 8, jax.random.key(3))
+
+    whole, chunked, ended = start(), start(), start()
+    sampler.advance(whole, spec.new_tokens)
+    with counted_compiles() as compiled:  # other limits, chunk sizes and ended rows: the same two programs
+        sampler.advance(ended, 2, ended_rows=[1])
+        after_two = Sampler.progress(ended).tokens(1)
+        sampler.advance(ended, spec.new_tokens)
+        while not Sampler.progress(chunked).done_B[:3].all():
+            sampler.advance(chunked, 3)
+    assert not [name for name in compiled if "prefill" in name or "decode" in name], compiled
+    rows = [[Sampler.progress(d).tokens(r) for r in range(3)] for d in (whole, chunked, ended)]
+    assert rows[0] == rows[1] and rows[0][0] == greedy[0]
+    assert all(len(tokens) <= limit for tokens, limit in zip(rows[0], limits)) and rows[0][1] != greedy[1]
+    assert rows[2][1] == after_two == rows[0][1][: len(after_two)] and len(after_two) <= 3
 
 
 def test_top_p_keeps_smallest_nucleus():

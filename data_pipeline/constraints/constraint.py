@@ -20,9 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from data_pipeline.constraints.ifeval import ifeval_check, ifeval_description
-from data_pipeline.constraints.languages import refuse_unjudged, row_language
+from data_pipeline.constraints.languages import (
+    UnsupportedLanguageError,
+    refuse_unjudged,
+    row_language,
+    split_language_prefix,
+)
+from data_pipeline.constraints.mifeval_rules import is_language_rule, resolve
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
 from data_pipeline.constraints.reversal import CLEARER_WORDING, NEGATED_BASE, NEGATION_OF, render_negation
 
@@ -157,12 +164,25 @@ def is_reversible(type: str) -> bool:  # noqa: A002 - the published API names it
     return type in REVERSIBLE_TYPES
 
 
-def ifeval_row_entries(row: dict, source: str, line: int) -> tuple[str, list[tuple[str, dict]]]:
-    """(the row's language, its (instruction id, kwargs) pairs), shape-checked; None kwargs dropped.
+class RowEntry(NamedTuple):
+    """One instruction of a row: the id that judges it, its kwargs, and whether the row named it with a language
+    prefix (then the id is M-IFEval's rule for that language, `mifeval_rules.resolve`, and the row-language scope
+    of IFEval's checkers, `languages.refuse_unjudged`, does not apply: the benchmark chose the rule)."""
+
+    instruction_id: str
+    kwargs: dict
+    prefixed: bool
+
+
+def ifeval_row_entries(row: dict, source: str, line: int) -> tuple[str, list[RowEntry]]:
+    """(the row's language, its entries), shape-checked; None kwargs dropped.
 
     kwargs entries whose value is None are absent (HF's IFEval copy lists every parameter name with None). A
-    language prefix on an id (`es:keywords:existence`) is taken off the id and gives the row's language, as a
-    `language` field does (`languages.row_language`). The ids and parameters are validated by the caller.
+    language prefix on an id (`es:keywords:existence`) gives the row's language, as a `language` field does
+    (`languages.row_language`), and picks that language's rule (`mifeval_rules.resolve`: an IFEval id with its
+    relation words translated, or a rule written for the language; an id without one raises
+    UnsupportedLanguageError). The IFEval and IFBench ids (given or resolved) and their parameters are validated by
+    the caller; a rule written for a language was validated by `resolve`.
     """
     ids = row.get("instruction_id_list")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -173,12 +193,17 @@ def ifeval_row_entries(row: dict, source: str, line: int) -> tuple[str, list[tup
             f"{where(source, line, 'kwargs')}: must be a list with one dict per "
             f"instruction id ({len(ids)}), got {kwargs_list!r}"
         )
-    language, ids = row_language(row, ids, source, line)
+    language, bases = row_language(row, ids, source, line)
     entries = []
-    for index, (type_, raw_kwargs) in enumerate(zip(ids, kwargs_list, strict=True)):
+    for index, (raw_id, base, raw_kwargs) in enumerate(zip(ids, bases, kwargs_list, strict=True)):
         if not isinstance(raw_kwargs, dict):
             raise ConstraintError(f"{where(source, line, f'kwargs[{index}]')}: must be a dict, got {raw_kwargs!r}")
-        entries.append((type_, {name: value for name, value in raw_kwargs.items() if value is not None}))
+        kwargs = {name: value for name, value in raw_kwargs.items() if value is not None}
+        prefix, _ = split_language_prefix(raw_id)
+        if prefix is None:
+            entries.append(RowEntry(base, kwargs, False))
+        else:
+            entries.append(RowEntry(*resolve(prefix.lower(), base, kwargs, source, line, index), True))
     return language, entries
 
 
@@ -192,7 +217,13 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
     """
     constraints: list[Constraint] = []
     language, entries = ifeval_row_entries(row, source, line)
-    for index, (type_, kwargs) in enumerate(entries):
+    for index, (type_, kwargs, prefixed) in enumerate(entries):
+        if is_language_rule(type_):
+            raise UnsupportedLanguageError(
+                f"{where(source, line, f'instruction_id_list[{index}]')}: {type_} is judged by a rule written for "
+                f"{language!r}, which has no reversal here, so no pair is labelled with it (nor with the English "
+                "rule); skip such rows with --skip-bad"
+            )
         validate_constraint(
             type_,
             kwargs,
@@ -201,7 +232,8 @@ def constraints_from_ifeval_row(row: dict, source: str, line: int) -> list[Const
             type_field=f"instruction_id_list[{index}]",
             field_prefix=f"kwargs[{index}]",
         )
-        refuse_unjudged(type_, language, source, line, f"instruction_id_list[{index}]")
+        if not prefixed:
+            refuse_unjudged(type_, language, source, line, f"instruction_id_list[{index}]")
         if type_ in SINGLE_ITEM_PARAM:
             name = SINGLE_ITEM_PARAM[type_]
             for keyword in dict.fromkeys(kwargs[name]):

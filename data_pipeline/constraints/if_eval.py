@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.constraints import scoring
+from data_pipeline.constraints.conversation_files import conversation_layout
+from data_pipeline.constraints.multi_turn import run_multi_turn_eval
 from data_pipeline.constraints.score_report import format_results, write_per_prompt
 from data_pipeline.errors import UserError
 from data_pipeline.files import write_json_atomic
@@ -25,9 +27,9 @@ class IFEvalSettings:
     """What to score; the flags of `rpo-jax eval` map onto these one to one."""
 
     suite: str | None = None  # ifeval | ifbench: its shipped prompts and its missing-response rule
-    prompts: str | None = None  # any IFEval-format prompt file (overrides the suite's)
+    prompts: str | None = None  # any IFEval-format prompt file, or a conversation file (overrides the suite's)
     responses: str | None = None  # None: the caller's generator writes them
-    limit: int = 0  # only the first N prompts (0 = all)
+    limit: int = 0  # only the first N prompts or conversations (0 = all)
     skip_unsupported: bool = False  # leave out prompts using ids whose NLTK data is not shipped
     skip_bad: bool = False  # leave out (and count) rows with unknown ids, bad params or an unjudged language
     allow_missing: bool = False  # prompts without a response / responses without a prompt are not an error
@@ -48,7 +50,12 @@ class IFEvalSettings:
 
 
 def run_if_eval(settings: IFEvalSettings, generate: Generator | None = None) -> dict:
-    """Scores (generating first when `settings.responses` is None), prints the report, writes the outputs."""
+    """Scores (generating first when `settings.responses` is None), prints the report, writes the outputs.
+    A conversation file (Multi-IF's columns, or a system prompt and turns) is judged turn by turn (`multi_turn`),
+    the generator answering its turns one after the other with its earlier answers in context."""
+    layout = conversation_layout(settings.prompts) if settings.prompts else None
+    if layout is not None:
+        return run_multi_turn_eval(settings, generate, layout)
     benchmark = scoring.BENCHMARKS[settings.suite or "ifeval"]
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)

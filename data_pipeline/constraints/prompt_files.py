@@ -17,9 +17,11 @@ from pathlib import Path
 
 from data_pipeline.constraints.constraint import ifeval_row_entries
 from data_pipeline.constraints.ifbench import ifbench_registry, validate_ifbench_entry
-from data_pipeline.constraints.languages import UnsupportedLanguageError, refuse_unjudged
+from data_pipeline.constraints.languages import UnsupportedLanguageError, refuse_unjudged, split_language_prefix
+from data_pipeline.constraints.mifeval_rules import has_rule, is_language_rule, refusal
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError, validate_params, where
 from data_pipeline.errors import malformed_json
+from data_pipeline.files import read_utf8
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,13 @@ class SkippedRows:
 
     counts: Counter = field(default_factory=Counter)
     keys: list = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # their prompt texts, so their responses count as skipped too
 
-    def add(self, reason: str, key: object) -> None:
+    def add(self, reason: str, key: object, prompt: object = None) -> None:
         self.counts[reason] += 1
         self.keys.append(key)
+        if isinstance(prompt, str):
+            self.prompts.append(prompt)
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
@@ -50,17 +55,16 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise ConstraintError(f"{path}: no such file")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text.rstrip("\r\n"))  # a row cut short breaks at its end, not on "line 2"
-            except json.JSONDecodeError as err:
-                raise ConstraintError(f"{path}:{line_number}: field '<line>': {malformed_json(err)}") from err
-            if not isinstance(record, dict):
-                raise ConstraintError(f"{path}:{line_number}: field '<line>': must be a JSON object")
-            records.append((line_number, record))
+    for line_number, text in enumerate(read_utf8(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text.rstrip("\r"))  # a row cut short breaks at its end, not on "line 2"
+        except json.JSONDecodeError as err:
+            raise ConstraintError(f"{path}:{line_number}: field '<line>': {malformed_json(err)}") from err
+        if not isinstance(record, dict):
+            raise ConstraintError(f"{path}:{line_number}: field '<line>': must be a JSON object")
+        records.append((line_number, record))
     return records
 
 
@@ -72,6 +76,10 @@ def string_field(record: dict, name: str, path: Path, line: int) -> str:
 
 
 def is_known_id(instruction_id: str) -> bool:
+    """An IFEval or IFBench id, or a language-prefixed id with a rule for its language (`mifeval_rules`)."""
+    prefix, base = split_language_prefix(instruction_id)
+    if prefix is not None:
+        return has_rule(prefix.lower(), base)
     return instruction_id in IFEVAL_PARAM_SCHEMAS or instruction_id in ifbench_registry()
 
 
@@ -84,26 +92,39 @@ def validate_entry(instruction_id: str, kwargs: dict, source: str, line: int, in
         validate_ifbench_entry(instruction_id, kwargs, source, line, index)
 
 
-def _unknown_ids_error(path: Path, unknown: dict[str, list[int]]) -> ConstraintError:
+def unknown_ids_error(path: Path, unknown: dict[str, list[int]]) -> ConstraintError:
     listing = "; ".join(
         f"{i!r} on {len(lines)} prompt(s), first line {lines[0]}" for i, lines in sorted(unknown.items())
     )
+    prefixed = sorted(i for i in unknown if split_language_prefix(i)[0] is not None)
+    if len(prefixed) == len(unknown):  # every unknown id names a language whose rule for it is not written here
+        return UnsupportedLanguageError(
+            f"{path}: {refusal(prefixed)}: {listing}. Leave those prompts out with --skip-bad."
+        )
     return ConstraintError(
-        f"{path}: {len(unknown)} instruction id(s) have no checker here (IFEval's 25 and IFBench's 58 ids do): "
-        f"{listing}. Fix the ids, or leave those prompts out with --skip-bad."
+        f"{path}: {len(unknown)} instruction id(s) have no checker here (IFEval's 25 and IFBench's 58 ids do, and "
+        f"M-IFEval's prefixed ids listed in mifeval_rules): {listing}. Fix the ids, or leave those prompts out "
+        "with --skip-bad."
     )
 
 
-def _parse_row(path: Path, line: int, record: dict) -> InputRow:
+def _ids_of(record: dict) -> list[str]:
+    ids = record.get("instruction_id_list")
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+def parse_row(path: Path, line: int, record: dict) -> InputRow:
     if "key" not in record:
         raise ConstraintError(f"{where(str(path), line, 'key')}: missing")
     prompt = string_field(record, "prompt", path, line)
     language, entries = ifeval_row_entries(record, str(path), line)
-    for index, (instruction_id, kwargs) in enumerate(entries):
-        validate_entry(instruction_id, kwargs, str(path), line, index)
-        refuse_unjudged(instruction_id, language, str(path), line, f"instruction_id_list[{index}]")
-    ids = tuple(i for i, _ in entries)
-    return InputRow(record["key"], prompt, ids, tuple(k for _, k in entries), line, language)
+    for index, (instruction_id, kwargs, prefixed) in enumerate(entries):
+        if not is_language_rule(instruction_id):  # those were validated against their own schema
+            validate_entry(instruction_id, kwargs, str(path), line, index)
+        if not prefixed:
+            refuse_unjudged(instruction_id, language, str(path), line, f"instruction_id_list[{index}]")
+    ids = tuple(entry.instruction_id for entry in entries)
+    return InputRow(record["key"], prompt, ids, tuple(entry.kwargs for entry in entries), line, language)
 
 
 def load_input_rows(path: str | Path, skipped: SkippedRows | None = None) -> list[InputRow]:
@@ -115,28 +136,26 @@ def load_input_rows(path: str | Path, skipped: SkippedRows | None = None) -> lis
     records = read_jsonl(path)
     unknown: dict[str, list[int]] = {}
     for line, record in records:
-        try:
-            _, entries = ifeval_row_entries(record, str(path), line)
-        except ConstraintError:
-            continue  # reported with its field when the row is parsed below
-        for instruction_id, _ in entries:
+        for instruction_id in _ids_of(record):
             if not is_known_id(instruction_id):
                 unknown.setdefault(instruction_id, []).append(line)
     if unknown and skipped is None:
-        raise _unknown_ids_error(path, unknown)
+        raise unknown_ids_error(path, unknown)
     unknown_lines = {line for lines in unknown.values() for line in lines}
     rows = []
     for line, record in records:
         if line in unknown_lines:
-            skipped.add("unknown_instruction_id", record.get("key", f"line {line}"))  # type: ignore[union-attr]
+            language_prefixed = any(split_language_prefix(i)[0] is not None for i in _ids_of(record))
+            reason = "unsupported_language" if language_prefixed else "unknown_instruction_id"
+            skipped.add(reason, record.get("key", f"line {line}"), record.get("prompt"))  # type: ignore[union-attr]
             continue
         try:
-            rows.append(_parse_row(path, line, record))
+            rows.append(parse_row(path, line, record))
         except ConstraintError as err:
             if skipped is None:
                 raise
             reason = "unsupported_language" if isinstance(err, UnsupportedLanguageError) else "bad_row"
-            skipped.add(reason, record.get("key", f"line {line}"))
+            skipped.add(reason, record.get("key", f"line {line}"), record.get("prompt"))
     return rows
 
 

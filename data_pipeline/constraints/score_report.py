@@ -21,6 +21,7 @@ class PromptVerdicts:
     has_response: bool
     strict: list[bool] | None
     loose: list[bool] | None
+    turn: int | None = None  # the turn of a conversation (multi-turn evaluation), 1-based
 
     @property
     def scored(self) -> bool:
@@ -31,6 +32,7 @@ class PromptVerdicts:
         verdicts = zip(ids, self.strict or [None] * len(ids), self.loose or [None] * len(ids), strict=True)
         return {
             "key": self.row.key,
+            **({"turn": self.turn} if self.turn is not None else {}),
             "line": self.row.line,
             "language": self.row.language,
             "has_response": self.has_response,
@@ -102,6 +104,8 @@ def format_results(results: dict) -> str:
     if results["num_prompts_without_response"]:
         rule = "counted as failed" if results["missing_responses_count_as_failed"] else "left out"
         lines.append(f"{results['num_prompts_without_response']} prompt(s) without a response ({rule})")
+    if results.get("num_responses_skipped"):
+        lines.append(f"{results['num_responses_skipped']} response(s) skipped with their prompts")
     if results["num_responses_without_prompt"]:
         lines.append(f"{results['num_responses_without_prompt']} response(s) without a prompt (not scored)")
     return "\n".join(lines)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from data_pipeline.constraints import ifbench
 from data_pipeline.constraints.ifeval import ifeval_check
+from data_pipeline.constraints.mifeval_rules import is_language_rule, language_rule_check
 from data_pipeline.constraints.params import IFEVAL_PARAM_SCHEMAS, ConstraintError
 from data_pipeline.constraints.prompt_files import InputRow, SkippedRows, load_input_rows, load_responses, match_prompts
 from data_pipeline.constraints.score_report import PromptVerdicts, summarize
-from data_pipeline.files import ASSETS_DIR
+from data_pipeline.files import ASSETS_DIR, read_utf8
 
 # The prompts each suite scores, as shipped (provenance in assets/README.md).
 SUITE_INPUTS = {
@@ -49,15 +50,27 @@ IFBENCH = Benchmark("ifbench", missing_response_fails=True)
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (IFEVAL, IFBENCH)}
 
 
+@dataclass(frozen=True)
+class _Prompt:
+    """What `match_prompts` reads of a row: its prompt text and a line to key the match by."""
+
+    prompt: str
+    line: int
+
+
 def check_instruction(instruction_id: str, kwargs: Mapping, response: str, prompt: str | None) -> bool:
-    """The strict verdict of one IFEval or IFBench instruction."""
+    """The strict verdict of one IFEval or IFBench instruction, or of an M-IFEval rule for one language."""
+    if is_language_rule(instruction_id):
+        return language_rule_check(instruction_id, kwargs, response)
     if instruction_id in IFEVAL_PARAM_SCHEMAS:
         return ifeval_check(instruction_id, kwargs, response, prompt)
     return ifbench.ifbench_check(instruction_id, kwargs, response, prompt)
 
 
 def unsupported_reason(instruction_id: str) -> str | None:
-    return None if instruction_id in IFEVAL_PARAM_SCHEMAS else ifbench.unsupported_reason(instruction_id)
+    if instruction_id in IFEVAL_PARAM_SCHEMAS or is_language_rule(instruction_id):
+        return None
+    return ifbench.unsupported_reason(instruction_id)
 
 
 def split_unsupported(
@@ -97,7 +110,7 @@ def limited_input(input_path: str | Path, limit: int, scratch_dir: Path) -> Path
     if not limit:
         return input_path
     out = scratch_dir / input_path.name
-    out.write_text("".join(line + "\n" for line in input_path.read_text().splitlines()[:limit]))
+    out.write_text("".join(line + "\n" for line in read_utf8(input_path).splitlines()[:limit]), encoding="utf-8")
     return out
 
 
@@ -167,11 +180,17 @@ def score_detailed(
             f"{input_path}: no prompt left to score ({len(skipped)} skipped as unsupported, {len(bad.keys)} as bad)"
         )
     responses = load_responses(responses_path)
-    # Skipped prompts are matched too, so that their responses are not reported as having no prompt.
-    matches = match_prompts(rows + skipped, responses)
+    matches = match_prompts(rows, responses)
     missing_keys = [row.key for row in rows if row.line not in matches]
+    # The responses of prompts left out (unsupported ids, bad rows under skip_bad) are skipped with them: they
+    # do not "match no prompt", so allow_missing keeps meaning only that a response or prompt is missing.
+    left_out = [row.prompt for row in skipped] + bad.prompts
+    skipped_prompts = set(match_prompts([_Prompt(p, n) for n, p in enumerate(left_out)], responses).values())
     matched_prompts = set(matches.values())
-    unmatched_lines = sorted(line for prompt, (_, line) in responses.items() if prompt not in matched_prompts)
+    skipped_lines = sorted(line for prompt, (_, line) in responses.items() if prompt in skipped_prompts)
+    unmatched_lines = sorted(
+        line for prompt, (_, line) in responses.items() if prompt not in matched_prompts | skipped_prompts
+    )
     if not allow_missing:
         _refuse_missing(input_path, responses_path, missing_keys, unmatched_lines)
     if not any(row.line in matches for row in rows):
@@ -191,6 +210,8 @@ def score_detailed(
         "prompt_keys_without_response": missing_keys,
         "num_responses_without_prompt": len(unmatched_lines),
         "response_lines_without_prompt": unmatched_lines,
+        "num_responses_skipped": len(skipped_lines),
+        "response_lines_skipped": skipped_lines,
         "missing_responses_count_as_failed": benchmark.missing_response_fails,
         "unsupported_instruction_ids": unsupported,
         "num_prompts_skipped_unsupported": len(skipped),

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from data_pipeline.constraints.llm_judge import JudgeConfig, LLMJudge
 from data_pipeline.errors import UserError
-from data_pipeline.files import file_sha256
 from data_pipeline.pairs.dpo import DPO_PAIRINGS, dpo_baseline_pairs
 from data_pipeline.pairs.imports import FORMATS, import_pairs
 from data_pipeline.pairs.iopo import iopo_quads
@@ -32,6 +31,7 @@ from data_pipeline.pairs.readers import BadRows, read_instructions, read_respons
 from data_pipeline.pairs.rpo import rpo_pairs
 from data_pipeline.pairs.schema import RECIPES, PairRecord
 from data_pipeline.pairs.stats import BuildStats
+from data_pipeline.pairs.table_rows import input_sha256
 
 DEFAULT_MIN_G = 3  # RPO keeps g >= 3 (`margin > 2`), docs/algorithms.md §5 step 7
 
@@ -195,7 +195,7 @@ def build_pairs(settings: BuildSettings) -> dict:
     stats.split = {"train": len(train), "eval": len(held_out)}
     summary = stats.to_json()
     summary["settings"] = {
-        "inputs": {p: file_sha256(p) for p in (settings.input, settings.responses) if p},
+        "inputs": {p: input_sha256(p) for p in (settings.input, settings.responses) if p},
         "recipe": settings.recipe,
         "format": settings.format,
         "min_g": settings.effective_min_g if settings.responses else None,

@@ -6,6 +6,7 @@ Flags map one to one onto `data_pipeline.pairs.build.BuildSettings`; see data_pi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from data_pipeline.errors import UserError
@@ -14,6 +15,7 @@ from data_pipeline.pairs.build import DEFAULT_MIN_G, BuildSettings, JudgeSetting
 from data_pipeline.pairs.dpo import DPO_PAIRINGS
 from data_pipeline.pairs.imports import FORMATS
 from data_pipeline.pairs.schema import RECIPES, DataError
+from data_pipeline.storage import is_bucket_path, local_cache_dir, local_copy, staged_output, storage_path_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,16 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg(
         "--input",
         required=True,
-        type=local_path_arg,
-        help="instructions (IFEval rows or our schema), or a preference file to import when --responses is not given",
+        type=storage_path_arg,
+        help="instructions (IFEval rows or our schema), or, when --responses is not given, preference rows to import: "
+        "JSON/JSONL, a .parquet file or a Hugging Face datasets folder (save_to_disk)",
     )
     arg(
         "--responses",
-        type=local_path_arg,
+        type=storage_path_arg,
         help="responses jsonl (key|prompt, response, optional sample_id); default: none, --input is a preference "
         "file to import",
     )
-    arg("--output", required=True, type=local_path_arg, help="output folder (must not exist unless --overwrite)")
+    arg(
+        "--output",
+        required=True,
+        type=storage_path_arg,
+        help="output folder, local or gs:// (must not exist unless --overwrite)",
+    )
     arg("--overwrite", action="store_true", help="replace an existing output folder")
     arg("--min-g", type=int, default=None, help=f"pool recipes: least g kept (default: {DEFAULT_MIN_G})")
     arg("--skip-bad", action="store_true", help="count and skip bad rows instead of failing")
@@ -89,8 +97,16 @@ def settings_from_args(args: argparse.Namespace) -> BuildSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    judge = settings.judge
+    if judge is not None and judge.cache_dir is None and is_bucket_path(settings.output):  # the cache stays here
+        judge = dataclasses.replace(judge, cache_dir=str(local_cache_dir("judge_cache", settings.output)))
     try:
-        summary = build_pairs(settings)
+        # A gs:// output is built on local disk, then uploaded with stats.json last (data_pipeline.storage).
+        with staged_output(settings.output, marker="stats.json", overwrite=settings.overwrite) as output:
+            inputs = {"input": local_copy(settings.input, "inputs"), "output": output, "judge": judge}
+            if settings.responses:
+                inputs["responses"] = local_copy(settings.responses, "inputs")
+            summary = build_pairs(dataclasses.replace(settings, **inputs))
     except DataError as err:
         raise UserError(f"bad input: {err} (pass --skip-bad to count and skip bad rows)") from err
     split = summary["split"]

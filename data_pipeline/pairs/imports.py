@@ -10,10 +10,16 @@ Formats (`--format`, or `auto` from the first row and the recipe):
   are dropped (`prefix_mismatch`).
 - `iopo-sharegpt`: IOPO's own data (`IOPO/data/trace.json`): `conversations` = [x1, x2] (two human turns),
   `chosen` = y1 (fits x1), `rejected` = y2 (fits x2) → G=4 in the order (x1,y1) (x1,y2) (x2,y2) (x2,y1).
+
+The rows come from JSON / JSONL, a Parquet file or a Hugging Face `datasets` folder (`save_to_disk`;
+`table_rows`). A row with a pair of scores (`SCORE_FIELDS`) whose chosen response does not score higher is dropped
+and counted (`ties`, `chosen_scored_lower`), never trained as a preference; the scores of the others go to the
+provenance.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -22,10 +28,18 @@ from data_pipeline.errors import UserError
 from data_pipeline.pairs.readers import BadRows, guard, iter_json_rows, unparsed_count
 from data_pipeline.pairs.schema import DataError, Message, PairRecord, Sequence, validate_prompt_messages
 from data_pipeline.pairs.stats import BuildStats
+from data_pipeline.pairs.table_rows import is_table_input, iter_table_rows
 
 FORMATS = ("trl", "sharegpt", "hh-rlhf", "iopo-sharegpt")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 HH_ASSISTANT = "\n\nAssistant:"
+# (chosen, rejected) score columns: TRL / UltraFeedback-binarized, the reverse order, Argilla's ratings (two spellings).
+SCORE_FIELDS = (
+    ("score_chosen", "score_rejected"),
+    ("chosen_score", "rejected_score"),
+    ("chosen_rating", "rejected_rating"),
+    ("chosen-rating", "rejected-rating"),
+)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
@@ -169,8 +183,34 @@ def parse_hh(row: Any, source: str, line: int) -> tuple[tuple[Message, ...], str
     return messages, chosen, rejected
 
 
-def _to_record(fmt: str, recipe: str, parsed: tuple, source: str, line: int) -> PairRecord:
+def row_scores(row: Any, source: str, line: int) -> tuple[float, float] | None:
+    """(chosen, rejected) scores of a row holding a pair of `SCORE_FIELDS` (None when it has none, or one is null).
+    Raises DroppedRow `ties` when they are equal and `chosen_scored_lower` when the chosen one scores lower: such a
+    row states no preference, or the opposite one."""
+    if not isinstance(row, dict):
+        return None
+    for keys in SCORE_FIELDS:
+        if not any(key in row for key in keys):
+            continue
+        if any(row.get(key) is None for key in keys):
+            return None
+        for key in keys:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise DataError(source, line, key, f"must be a finite number, got {value!r:.80}")
+        chosen, rejected = (float(row[key]) for key in keys)
+        if chosen == rejected:
+            raise DroppedRow("ties")
+        if chosen < rejected:
+            raise DroppedRow("chosen_scored_lower")
+        return chosen, rejected
+    return None
+
+
+def _to_record(fmt: str, recipe: str, parsed: tuple, source: str, line: int, scores=None) -> PairRecord:
     provenance = {"source": source, "line": line, "format": fmt}
+    if scores is not None:
+        provenance["scores"] = list(scores)
     if fmt == "iopo-sharegpt":
         x1, x2, y1, y2 = parsed
         sequences = (Sequence(x1, y1), Sequence(x1, y2), Sequence(x2, y2), Sequence(x2, y1))
@@ -190,7 +230,7 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
     bad_before = bad.total if bad is not None else 0
     unparsed_before = unparsed_count(bad)
     seen: set[str] = set()
-    for line, row in iter_json_rows(path, bad):
+    for line, row in iter_table_rows(path) if is_table_input(path) else iter_json_rows(path, bad):
         stats.inputs["pair_rows"] += 1
         if fmt == "auto":
             fmt = detect_format(row, recipe, path, line)
@@ -199,7 +239,9 @@ def import_pairs(path: str, fmt: str, recipe: str, stats: BuildStats, bad: BadRo
         try:
             record = guard(
                 bad,
-                lambda row=row, line=line, fmt=fmt: _to_record(fmt, recipe, PARSERS[fmt](row, path, line), path, line),
+                lambda row=row, line=line, fmt=fmt: _to_record(
+                    fmt, recipe, PARSERS[fmt](row, path, line), path, line, row_scores(row, path, line)
+                ),
             )
         except DroppedRow as drop:
             stats.outcomes[drop.reason] += 1

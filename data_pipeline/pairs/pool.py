@@ -1,10 +1,12 @@
 """The response pool of one instruction: verdicts, dedupe, reversed prompts x_S, their re-check (docs/algorithms.md §5).
 
 For a deduped response y_i with verdicts v_i, its prompt x_{S_i} lists every constraint as c_k when v_i[k] and
-rev(c_k) otherwise, so y_i satisfies all of them. The prompt depends on v_i only, so it is built once per response
-(`Variant`). A constraint with no clean reversal that y_i fails cannot be listed; it is dropped from x_{S_i} when
-the instruction keeps its task apart from its constraints (`Instruction.task`), and otherwise (the constraint is
-written into the request text, as in IFEval) y_i gets no prompt at all: it can then never be a chosen response.
+rev(c_k) otherwise, so y_i satisfies all of them; each constraint is listed in the message that states it (the
+system prompt, an earlier user turn or the final one). The prompt depends on v_i only, so it is built once per
+response (`Variant`). A constraint with no clean reversal that y_i fails cannot be listed; it is dropped from
+x_{S_i} when the instruction keeps the task of its message apart from its constraints (`Instruction.task_at`), and
+otherwise (the constraint is written into the request text, as in IFEval) y_i gets no prompt at all: it can then
+never be a chosen response.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, replace
 from data_pipeline import constraints as cons
 from data_pipeline.constraints.llm_judge import JudgeParseError, LLMJudge
 from data_pipeline.errors import UserError
-from data_pipeline.pairs.instructions import FREE_FORM, ConstraintSpec, Instruction, ResponseRecord
+from data_pipeline.pairs.constraint_specs import FREE_FORM, ConstraintSpec, Location
+from data_pipeline.pairs.instructions import Instruction, ResponseRecord
 from data_pipeline.pairs.schema import Message
 from data_pipeline.pairs.stats import BuildStats
 
@@ -135,38 +138,53 @@ def dedupe(judged: Sequence[Judged]) -> tuple[list[Judged], list[Judged]]:
     return list(kept.values()), duplicates
 
 
-def requirement_prompt(instruction: Instruction, specs: Sequence[ConstraintSpec]) -> str:
+def requirement_message(instruction: Instruction, location: Location, specs: Sequence[ConstraintSpec]) -> str:
+    """The message at `location` stating `specs` instead of its original constraints: its task followed by the
+    numbered requirements when the source kept the task apart, else the original message, the override header and
+    the requirements."""
     numbered = "\n".join(f"{i}. {s.text}" for i, s in enumerate(specs, start=1))
-    if instruction.task is not None:
-        return f"{instruction.task}\n\n{TASK_HEADER}\n{numbered}"
-    return f"{instruction.final_user_message}\n\n{OVERRIDE_HEADER}\n{numbered}"
+    task = instruction.task_at(location)
+    if task is not None:
+        return f"{task}\n\n{TASK_HEADER}\n{numbered}" if specs else task
+    return f"{instruction.message_at(location)}\n\n{OVERRIDE_HEADER}\n{numbered}"
 
 
 def build_variant(
     instruction: Instruction, verdicts: Sequence[bool], oracle: ConstraintOracle, stats: BuildStats
 ) -> Variant | None:
-    """x_{S} for a response with `verdicts`; None when a non-reversible constraint it fails cannot be removed."""
+    """x_{S} for a response with `verdicts`; None when a non-reversible constraint it fails cannot be removed.
+
+    Only the messages that state a constraint the response fails are rewritten (each lists every constraint it
+    states, kept or reversed); the others, and the earlier assistant turns, stay as they are."""
     listed: list[tuple[int, ConstraintSpec, bool]] = []
-    changed = False
+    changed: list[Location] = []  # the locations to rewrite, in the order their first failure is met
     for k, spec in enumerate(instruction.constraints):
         if verdicts[k]:
             listed.append((k, spec, False))
             continue
-        changed = True
+        location = instruction.location(spec)
+        if location not in changed:
+            changed.append(location)
         reversed_spec = oracle.reversal(instruction, spec)
         if reversed_spec is not None:
             listed.append((k, reversed_spec, True))
             continue
         stats.constraint_type(spec.type)["non_reversible_skipped"] += 1
-        if instruction.task is None:
+        if instruction.task_at(location) is None:
             return None
     if not changed:
         return Variant(tuple(listed), instruction.prompt_messages())
-    text = requirement_prompt(instruction, [s for _, s, _ in listed])
+    stated_at = [instruction.location(instruction.constraints[k]) for k, _, _ in listed]
+    rewritten = {
+        location: requirement_message(
+            instruction, location, [s for (_, s, _), at in zip(listed, stated_at, strict=True) if at == location]
+        )
+        for location in changed
+    }
     for k, _, was_reversed in listed:
         if was_reversed:
             stats.constraint_type(instruction.constraints[k].type)["reversed_in_prompts"] += 1
-    return Variant(tuple(listed), instruction.prompt_messages(text))
+    return Variant(tuple(listed), instruction.prompt_messages(rewritten))
 
 
 def verify_direction(

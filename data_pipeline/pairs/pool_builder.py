@@ -1,6 +1,8 @@
 """From instructions + response rows to judged, deduped pools and their valid (chosen i, rejected j) directions.
 
-Shared by the pool recipes (rpo, iopo, dpo baseline). Every response row gets exactly one outcome in the stats:
+Shared by the pool recipes (rpo, iopo, dpo baseline). A conversation that awaits its earlier answers
+(`Instruction.awaits_answers`) gets one pool per set of answers its responses carry (`rpo-jax generate` answers the
+earlier turns once per conversation, so its samples share them). Every response row gets exactly one outcome:
 `unmatched_instruction`, `judge_parse_error`, `duplicate_verdicts`, `in_pair` or `no_pair` (bad rows are counted
 by the reader under `bad_input`).
 """
@@ -51,11 +53,15 @@ def match_responses(
             continue
         sample = r.sample_id if r.sample_id is not None else f"line{r.line}"
         response_id = f"{instruction.id}#{sample}"
+        problem = history_problem(instruction, r.history)
+        if problem is not None and _skipped(DataError(r.source, r.line, "responses", problem, "history_mismatch"), bad):
+            stats.outcomes["bad_input"] += 1
+            continue
         if response_id in seen_ids:
             err = DataError(
                 r.source, r.line, "sample_id", f"duplicate response {response_id!r}", reason="duplicate_response"
             )
-            if guard(bad, lambda err=err: _raise(err)) is None:
+            if _skipped(err, bad):
                 stats.outcomes["bad_input"] += 1
                 continue
         seen_ids.add(response_id)
@@ -65,8 +71,28 @@ def match_responses(
             "sample_id": r.sample_id,
             **({"sampler": r.sampler} if r.sampler else {}),
         }
-        matched[instruction.id].append(ResponseRecord(instruction.id, response_id, r.text, source))
+        history = r.history if instruction.awaits_answers else ()  # a given history is the instruction's own
+        matched[instruction.id].append(ResponseRecord(instruction.id, response_id, r.text, source, history=history))
     return matched
+
+
+def history_problem(instruction: Instruction, history: tuple[str, ...]) -> str | None:
+    """Why a response's answers to the earlier turns (`history`) do not fit `instruction`, or None."""
+    earlier = instruction.user_turn_count - 1
+    if instruction.awaits_answers and len(history) != earlier:
+        return (
+            f"instruction {instruction.id!r} has {earlier + 1} user turns and awaits the answers to the first "
+            f"{earlier}: give one answer per user turn, the last being the response (got {len(history) + 1})"
+        )
+    own = tuple(t.content for t in instruction.turns if t.role == "assistant")
+    if not instruction.awaits_answers and history and history != own:
+        return f"the earlier answers differ from instruction {instruction.id!r}'s own assistant turns"
+    return None
+
+
+def _skipped(err: DataError, bad: BadRows | None) -> bool:
+    """Raise `err`, or, under --skip-bad, record it and return True."""
+    return guard(bad, lambda: _raise(err)) is None
 
 
 def _raise(err: Exception):
@@ -86,12 +112,18 @@ def build_pools(
         if not records:
             stats.instructions_without_responses += 1
             continue
-        judged = oracle.verdicts(instruction, records)
-        stats.outcomes["judge_parse_error"] += sum(j is None for j in judged)
-        kept, duplicates = dedupe([j for j in judged if j is not None])
-        stats.outcomes["duplicate_verdicts"] += len(duplicates)
-        variants = [build_variant(instruction, j.verdicts, oracle, stats) for j in kept]
-        yield InstructionPool(instruction, kept, variants)
+        # Responses answer one prompt only when they share the answers to the earlier turns: one pool per history.
+        by_history: dict[tuple[str, ...], list[ResponseRecord]] = {}
+        for record in records:
+            by_history.setdefault(record.history, []).append(record)
+        for history, group in by_history.items():
+            answered = instruction.answered(history)
+            judged = oracle.verdicts(answered, group)
+            stats.outcomes["judge_parse_error"] += sum(j is None for j in judged)
+            kept, duplicates = dedupe([j for j in judged if j is not None])
+            stats.outcomes["duplicate_verdicts"] += len(duplicates)
+            variants = [build_variant(answered, j.verdicts, oracle, stats) for j in kept]
+            yield InstructionPool(answered, kept, variants)
 
 
 def valid_directions(pool: InstructionPool, min_g: int, stats: BuildStats) -> dict[tuple[int, int], int]:

@@ -166,6 +166,20 @@ class RawResponse:
     source: str
     line: int
     sampler: dict
+    history: tuple[str, ...] = ()  # answers to the earlier user turns of a conversation (`responses` but the last)
+
+
+def _turn_answers(obj: dict, text: str, source: str, line: int) -> tuple[str, ...]:
+    """The answers before the last of a conversation row (`responses`: one answer per user turn, the last being
+    `response`, as `rpo-jax generate` writes for conversation prompts); () when the row has none."""
+    answers = obj.get("responses")
+    if answers is None:
+        return ()
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise DataError(source, line, "responses", f"must be a non-empty list of strings, got {answers!r:.80}")
+    if answers[-1] != text:
+        raise DataError(source, line, "responses", "its last answer must be the row's response")
+    return tuple(answers[:-1])
 
 
 def parse_response(obj: Any, source: str, line: int) -> RawResponse:
@@ -197,7 +211,7 @@ def parse_response(obj: Any, source: str, line: int) -> RawResponse:
     sampler = {
         k: v
         for k, v in obj.items()
-        if k not in ("key", "instruction_id", "prompt", text_key, "sample_id", "response_id")
+        if k not in ("key", "instruction_id", "prompt", text_key, "sample_id", "response_id", "responses")
     }
     return RawResponse(
         None if key is None else str(key),
@@ -207,6 +221,7 @@ def parse_response(obj: Any, source: str, line: int) -> RawResponse:
         source,
         line,
         sampler,
+        _turn_answers(obj, text, source, line),
     )
 
 

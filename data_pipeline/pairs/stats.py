@@ -73,6 +73,9 @@ class BuildStats:
             "inputs": dict(sorted(self.inputs.items())),
             self.unit: {"total": self.total_units(), "by_outcome": dict(sorted(self.outcomes.items()))},
             "emitted_records": self.emitted,
+            # Pairs whose two scores are equal, dropped (never trained as a preference): imported rows with equal
+            # score fields, and pool pairs with as many constraints met on both sides.
+            "ties": self.outcomes["ties"] + self.candidate_drops["dpo_equal_scores"],
             "split": self.split,
             "pairs_by_g": {str(g): n for g, n in sorted(self.pairs_by_g.items())},
             "candidate_drops": dict(sorted(self.candidate_drops.items())),

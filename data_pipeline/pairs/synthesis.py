@@ -9,8 +9,9 @@ words in common with any of them is dropped and counted (the build records the c
 Each instruction gets K constraints (K uniform in [min_constraints, max_constraints]) drawn from the IFEval checker
 registry's reversible ids, with parameters from `PARAM_SAMPLERS`, never two that the registry lists as conflicting
 (or two of one id). The prompt is the task followed by the numbered constraint sentences (IFEval's own wording), the
-same format RPO uses for its reversed prompts (`pool.requirement_prompt`), so the original and reversed prompts of a
-pair differ only in the constraints.
+same format RPO uses for its reversed prompts (`pool.requirement_message`), so the original and reversed prompts of a
+pair differ only in the constraints. With `turns` > 1 or `system_constraints` > 0 the constraints are spread over a
+system prompt and several user turns instead (`synthesis_conversations`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from data_pipeline import constraints as cons
@@ -27,7 +28,12 @@ from data_pipeline.constraints.ifeval import conflicting_ids
 from data_pipeline.errors import UserError
 from data_pipeline.files import ASSETS_DIR
 from data_pipeline.pairs.build import write_output_atomically
-from data_pipeline.pairs.pool import TASK_HEADER
+from data_pipeline.pairs.synthesis_conversations import (
+    conversation_files,
+    conversation_row,
+    conversation_texts,
+    requirements_text,
+)
 
 TASKS_DIR = ASSETS_DIR / "instruction_tasks"
 BENCHMARK_PROMPTS = (ASSETS_DIR / "ifeval" / "input_data.jsonl", ASSETS_DIR / "ifbench" / "IFBench_test.jsonl")
@@ -120,6 +126,13 @@ class SynthesisSettings:
     heldout_min_constraints: int = 1
     heldout_max_constraints: int = 8
     seed: int = 0
+    turns: int = 1  # user turns per instruction, its constraints spread over them (`synthesis_conversations`)
+    system_constraints: int = 0  # of each instruction's K constraints (at most K - 1) stated in a system prompt
+
+    @property
+    def conversational(self) -> bool:
+        """Instructions with a system prompt or several turns, answered turn by turn by the sampler."""
+        return self.turns > 1 or self.system_constraints > 0
 
     def __post_init__(self):
         for low, high in (
@@ -133,6 +146,10 @@ class SynthesisSettings:
                 )
         if self.num_train < 0 or self.num_heldout < 0:
             raise UserError("--num-train and --num-heldout must be >= 0")
+        if self.turns < 1:
+            raise UserError(f"--turns must be >= 1, got {self.turns}")
+        if self.system_constraints < 0:
+            raise UserError(f"--system-constraints must be >= 0, got {self.system_constraints}")
 
 
 def word_ngrams(text: str, n: int = OVERLAP_N) -> set[tuple[str, ...]]:
@@ -174,17 +191,12 @@ def sample_constraints(rng: random.Random, k: int) -> list[cons.Constraint]:
     return [cons.Constraint.make(t, **PARAM_SAMPLERS[t](rng)) for t in chosen]
 
 
-def prompt_text(task: str, constraints: Iterable[cons.Constraint]) -> str:
-    numbered = "\n".join(f"{i}. {cons.render(c)}" for i, c in enumerate(constraints, start=1))
-    return f"{task}\n\n{TASK_HEADER}\n{numbered}"
-
-
 def instruction_row(instruction_id: str, task: str, constraints: list[cons.Constraint]) -> dict:
     """A row of our instruction schema (`pairs.instructions.Instruction`)."""
     return {
         "id": instruction_id,
         "task": task,
-        "turns": [{"role": "user", "content": prompt_text(task, constraints)}],
+        "turns": [{"role": "user", "content": requirements_text(task, constraints)}],
         "constraints": [
             {"id": f"c{i}", "type": c.type, "params": c.kwargs, "text": cons.render(c)}
             for i, c in enumerate(constraints)
@@ -196,10 +208,16 @@ def synthesize(settings: SynthesisSettings) -> tuple[list[dict], list[dict], dic
     """(train rows, held-out rows, stats): instructions for both splits and the overlap check's record."""
     rng = random.Random(settings.seed)
     grams = benchmark_ngrams()
-    tasks, overlapping = {}, {}
+    tasks, overlapping, conversation = {}, {}, {}
+
+    def overlaps(text: str) -> bool:
+        return bool(word_ngrams(text) & grams)
+
     for split, texts in base_tasks().items():
-        tasks[split] = [t for t in texts if not word_ngrams(t) & grams]
-        overlapping[split] = [t for t in texts if word_ngrams(t) & grams]
+        tasks[split] = [t for t in texts if not overlaps(t)]
+        overlapping[split] = [t for t in texts if overlaps(t)]
+        conversation[split], dropped = conversation_texts(TASKS_DIR / "tasks.json", split, overlaps)
+        overlapping[split] += dropped
     rows, ks = {}, {}
     for split, count, low, high in (
         ("train", settings.num_train, settings.min_constraints, settings.max_constraints),
@@ -210,9 +228,14 @@ def synthesize(settings: SynthesisSettings) -> tuple[list[dict], list[dict], dic
         order = rng.sample(tasks[split], len(tasks[split]))
         rows[split], ks[split] = [], {}
         for i in range(count):
-            k = rng.randint(low, high)
+            k, instruction_id = rng.randint(low, high), f"{split}-{i:05d}"
             ks[split][k] = ks[split].get(k, 0) + 1
-            rows[split].append(instruction_row(f"{split}-{i:05d}", order[i % len(order)], sample_constraints(rng, k)))
+            row = (instruction_id, order[i % len(order)], sample_constraints(rng, k))
+            if settings.conversational:
+                turns, in_system = settings.turns, settings.system_constraints
+                rows[split].append(conversation_row(*row, turns, in_system, conversation[split], rng))
+            else:
+                rows[split].append(instruction_row(*row))
     stats = {
         "settings": dataclasses.asdict(settings),
         "base_tasks": {split: len(tasks[split]) for split in tasks},
@@ -245,13 +268,13 @@ def write_instructions(settings: SynthesisSettings, output: str | Path, *, overw
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it")
     train, heldout, stats = synthesize(settings)
-    write_output_atomically(
-        output,
-        {
-            "train_instructions.jsonl": train,
+    files = {"train_instructions.jsonl": train, "stats.json": stats}
+    if settings.conversational:
+        files |= conversation_files(train, heldout)
+    else:
+        files |= {
             "train_prompts.jsonl": [{"key": r["id"], "prompt": r["turns"][-1]["content"]} for r in train],
             "heldout_ifeval.jsonl": [ifeval_row(r) for r in heldout],
-            "stats.json": stats,
-        },
-    )
+        }
+    write_output_atomically(output, files)
     return stats

@@ -4,6 +4,10 @@
 Writes into a new folder `--output`: `train_instructions.jsonl` (our instruction schema: the `--input` of
 `build-pairs`), `train_prompts.jsonl` (`key`, `prompt`: the `--prompts` of `generate`), `heldout_ifeval.jsonl`
 (IFEval format, for `eval --prompts`) and `stats.json` (settings, constraints per instruction, overlap check).
+With `--turns N` > 1 or `--system-constraints M` > 0 the instructions are conversations: `train_prompts.jsonl` holds
+conversation prompts (`key`, `system`, `user_turns`, answered turn by turn by `generate`), and the held-out ones
+are written as `heldout_conversations.jsonl` (our schema), `heldout_prompts.jsonl` (for `generate`) and
+`heldout_multiturn.jsonl` (for `eval --prompts`, judged at every turn) instead of `heldout_ifeval.jsonl`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--heldout-min-constraints", type=int, default=1, help="least constraints per held-out instruction")
     arg("--heldout-max-constraints", type=int, default=8, help="most constraints per held-out instruction")
     arg("--seed", type=int, default=0, help="seed of the task order, constraint draws and parameters")
+    arg("--turns", type=int, default=1, help="user turns per instruction; its constraints are spread over them")
+    arg(
+        "--system-constraints",
+        type=int,
+        default=0,
+        help="constraints per instruction stated in a system prompt (0 = none: no system prompt)",
+    )
     arg("--overwrite", action="store_true", help="replace an existing --output folder")
 
 
@@ -37,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         heldout_min_constraints=args.heldout_min_constraints,
         heldout_max_constraints=args.heldout_max_constraints,
         seed=args.seed,
+        turns=args.turns,
+        system_constraints=args.system_constraints,
     )
     stats = write_instructions(settings, args.output, overwrite=args.overwrite)
     print(

@@ -15,11 +15,15 @@ from data_pipeline.errors import UserError
 from data_pipeline.files import local_path_arg
 from data_pipeline.records.build import build_shards
 from data_pipeline.records.truncation import TRUNCATION_MODES, TruncationSettings
+from data_pipeline.storage import local_copy, staged_output, storage_path_arg
+
+# Uploaded last to a gs:// --output: `is_shard_folder` takes a folder holding either for a complete one.
+SHARD_MARKERS = ("dataset_info.json", "manifest.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--input", required=True, type=local_path_arg, help="pairs JSONL written by `rpo-jax build-pairs`"
+        "--input", required=True, type=storage_path_arg, help="pairs JSONL written by `rpo-jax build-pairs` (or gs://)"
     )
     parser.add_argument(
         "--tokenizer",
@@ -30,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         required=True,
-        type=local_path_arg,
-        help="shard folder to create (written atomically; TFDS reads it as the split train)",
+        type=storage_path_arg,
+        help="shard folder to create, local or gs:// (written atomically, or uploaded with manifest.json last; "
+        "TFDS reads it as the split train)",
     )
     parser.add_argument("--max-length", type=int, required=True, help="max tokens per sequence (prompt+response)")
     parser.add_argument(
@@ -65,16 +70,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from err
     try:
-        manifest = build_shards(
-            args.input,
-            args.tokenizer,
-            args.output,
-            settings,
-            chat_template_path=args.chat_template,
-            num_shards=args.num_shards,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-        )
+        with staged_output(args.output, marker=SHARD_MARKERS, overwrite=args.overwrite) as output:
+            manifest = build_shards(
+                local_copy(args.input, "pairs"),
+                args.tokenizer,
+                output,
+                settings,
+                chat_template_path=args.chat_template,
+                num_shards=args.num_shards,
+                skip_bad=args.skip_bad,
+                overwrite=args.overwrite,
+            )
     except (FileNotFoundError, FileExistsError) as err:
         raise UserError(str(err)) from err
     counts = manifest["counts"]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.records.loader import PairBatchIterator, _checked_ref_logps, _mark_absl_flags_parsed
+from data_pipeline.records.batching import iterate
+from data_pipeline.records.loader import PairBatchIterator, _checked_ref_logps
 from data_pipeline.records.packing import layout_row, packed_length, packed_row_length, packing_efficiency, plan_rows
 from data_pipeline.records.pair_example import ShardRecords
 from data_pipeline.records.shards import read_manifest
@@ -78,6 +79,21 @@ def example_packed_lengths(records: ShardRecords, num_examples: int, shared_prom
     return np.asarray([packed_length(records[i], shared_prompt) for i in range(num_examples)], np.int64)
 
 
+def plan_packed_rows(
+    records: ShardRecords, manifest: dict, shard_dir, shared_prompt: bool, group_mirrors: bool, capacity: int
+) -> tuple[list[tuple[int, ...]], np.ndarray, int]:
+    """(planned rows of example indices, each example's packed length, mirror units split because they are
+    longer than a row together: packed as two single examples, so their halves may fall in different steps)."""
+    lengths = example_packed_lengths(records, manifest["num_examples"], shared_prompt)
+    units, split = [], 0
+    for unit in packing_units(manifest, shard_dir, group_mirrors):
+        # An example and its mirror longer than a row together go to rows of their own (counted, not hidden).
+        fits = sum(int(lengths[e]) for e in unit) <= capacity
+        units.extend([unit] if fits else [(e,) for e in unit])
+        split += not fits
+    return [tuple(r) for r in plan_rows(units, lengths, capacity)], lengths, split
+
+
 def make_packed_loader(
     shard_dir: str | Path,
     *,
@@ -116,17 +132,10 @@ def make_packed_loader(
     if ref_logps is not None:
         ref_logps = _checked_ref_logps(np.asarray(ref_logps), manifest, shard_dir)
     records = ShardRecords(shard_dir, manifest)
-    lengths = example_packed_lengths(records, manifest["num_examples"], shared_prompt)
     capacity = packed_row_length(max_length, manifest["group_size"])
-    units, split = [], 0
-    for unit in packing_units(manifest, shard_dir, group_mirrors):
-        # An example and its mirror longer than a row together go to rows of their own (counted, not hidden).
-        fits = sum(int(lengths[e]) for e in unit) <= capacity
-        units.extend([unit] if fits else [(e,) for e in unit])
-        split += not fits
-    rows = plan_rows(units, lengths, capacity)
+    rows, lengths, split = plan_packed_rows(records, manifest, shard_dir, shared_prompt, group_mirrors, capacity)
     slots = max(len(r) for r in rows)
-    ds = grain.MapDataset.source([tuple(r) for r in rows]).shuffle(seed=seed).repeat(num_epochs)
+    ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(num_epochs)
     num_batches = None
     if num_epochs is not None:
         global_batch = rows_per_batch * shard_count
@@ -137,11 +146,7 @@ def make_packed_loader(
     ds = ds[shard_index::shard_count].map(ReadPackedRow(records))
     collate = CollatePackedRows(capacity, slots, manifest["pad_token_id"], shared_prompt, ref_logps)
     ds = ds.batch(rows_per_batch, drop_remainder=True, batch_fn=collate)
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads)))
-    if num_workers > 0:
-        _mark_absl_flags_parsed()
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    iterator = PairBatchIterator(iter_ds, manifest, num_batches)
+    iterator = PairBatchIterator(iterate(ds, read_threads, num_workers), manifest, num_batches)
     iterator.packing = {
         "rows": len(rows),
         "mirror_units_split": split,

@@ -36,6 +36,7 @@ from data_pipeline.records.tfds_folder import (
     write_tfds_metadata,
 )
 from data_pipeline.records.tokenize import TokenizedExample
+from data_pipeline.storage import storage_path
 
 # 2: manifest lists `mirror_pairs`; 3: row_lengths.npy; 4: tf.train.Example records in a TFDS folder
 SCHEMA_VERSION = 4
@@ -178,7 +179,8 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 def is_shard_folder(path: str | Path) -> bool:
     """Whether `read_manifest` has something to read there: our manifest.json, or TFDS's dataset_info.json."""
-    return (Path(path) / MANIFEST_NAME).is_file() or (Path(path) / TFDS_INFO_NAME).is_file()
+    folder = storage_path(path)  # gs:// too: `rpo-jax tokenize` uploads manifest.json last
+    return (folder / MANIFEST_NAME).is_file() or (folder / TFDS_INFO_NAME).is_file()
 
 
 def read_manifest(shard_dir: str | Path) -> dict:

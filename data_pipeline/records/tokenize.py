@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.errors import DataFileError, UserError
-from data_pipeline.files import ASSETS_DIR
+from data_pipeline.files import ASSETS_DIR, read_utf8
 from data_pipeline.pairs.schema import DataError, Message, PairRecord
 from data_pipeline.records.truncation import TruncatedGroup, TruncationSettings, truncate_group
 
@@ -59,7 +59,7 @@ def resolve_chat_template(tokenizer, template_path: str | Path | None) -> tuple[
         path = Path(template_path)
         if not path.is_file():
             raise DataFileError(f"{path}: chat template file not found")
-        return path.read_text(encoding="utf-8"), str(path)
+        return read_utf8(path), str(path)
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, str) and own:
         return own, "tokenizer"

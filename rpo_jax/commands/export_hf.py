@@ -6,6 +6,7 @@ import argparse
 import re
 
 from data_pipeline.files import local_path_arg
+from data_pipeline.storage import storage_path_arg
 from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -26,11 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        type=local_path_arg,
+        type=storage_path_arg,
         help="params checkpoint folder (import-hf, import-gguf) or a training step checkpoint "
         "(<output_dir>/checkpoints/<step>)",
     )
-    parser.add_argument("--output", required=True, type=local_path_arg, help="new HF folder (must not exist)")
+    parser.add_argument(
+        "--output", required=True, type=storage_path_arg, help="new HF folder, local or gs:// (must not exist)"
+    )
     parser.add_argument(
         "--tokenizer",
         default=None,

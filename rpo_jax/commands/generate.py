@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", required=True, type=local_path_arg, help="HF tokenizer folder (with its chat template)"
     )
     parser.add_argument(
-        "--prompts", required=True, type=local_path_arg, help="JSONL with `key` and `prompt` or `messages`"
+        "--prompts",
+        required=True,
+        type=local_path_arg,
+        help="JSONL with `key` and `prompt`, `messages` or `user_turns` (a conversation, answered turn by turn)",
     )
     parser.add_argument("--output", required=True, type=local_path_arg, help="responses JSONL to write")
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")

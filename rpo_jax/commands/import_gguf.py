@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
+from data_pipeline.storage import storage_path_arg
 from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf", required=True, type=local_path_arg, help="llama.cpp GGUF file of a Llama model")
     parser.add_argument(
-        "--output", required=True, type=local_path_arg, help="new params checkpoint folder (must not exist)"
+        "--output",
+        required=True,
+        type=storage_path_arg,
+        help="new params checkpoint folder, local or gs:// (must not exist)",
     )
     parser.add_argument(
         "--hf-output",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
+from data_pipeline.storage import storage_path_arg
 from rpo_jax.config.loading import add_mesh_argument, mesh_from_args
 
 
@@ -16,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, type=local_path_arg, help="HF folder with config.json and *.safetensors"
     )
     parser.add_argument(
-        "--output", required=True, type=local_path_arg, help="new params checkpoint folder (must not exist)"
+        "--output",
+        required=True,
+        type=storage_path_arg,
+        help="new params checkpoint folder, local or gs:// (must not exist)",
     )
     parser.add_argument(
         "--param-dtype",

@@ -5,8 +5,8 @@ Compiles the real train step for the config's model on abstract shapes (no param
 simulated CPU devices (`rpo_jax.runtime.cpu_devices`), and prints per-device memory, FLOPs and the parameter/optimizer
 arithmetic (`rpo_jax.plan.planning`). A -1 mesh axis is resolved as training resolves it, against `--devices`, else
 the topology planned for, else this machine's devices (`rpo_jax.plan.target_mesh`); the report names the mesh.
-`--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology when the default backend is TPU;
-elsewhere the report says that compile was skipped.
+`--topology NAME` (e.g. `v5p:2x2x1`) also compiles for that TPU topology (`mesh.dcn_data` slices of it) when the
+default backend is TPU; elsewhere the report says that compile was skipped.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--devices",
         type=int,
         metavar="N",
-        help="plan for N devices: a -1 mesh axis takes what the others leave of N; an explicit mesh must use N "
-        "(default: the --topology's devices on a TPU backend, else the devices JAX sees on this machine)",
+        help="plan for N devices, all slices together: a -1 mesh axis takes what the others leave of a slice; an "
+        "explicit mesh must use N (default: the --topology's devices on a TPU backend, else this machine's devices)",
     )
     parser.add_argument("--hbm-gb", type=float, help="device GiB: report whether the step fits (default: not checked)")
     parser.add_argument("--batch-size", type=int, help="global batch (groups; default: data.global_batch_size)")
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per row; default the largest data.length_buckets entry, else data.max_length",
     )
     parser.add_argument(
-        "--topology", default="", help="TPU topology to also compile for (TPU backend only; default: none)"
+        "--topology", default="", help="TPU slice topology to compile for too, dcn_data times (TPU only; default: none)"
     )
     parser.add_argument(
         "--exact-dtypes",
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     if -1 in sizes or args.devices is not None:
-        count, source = planned_device_count(args.devices, args.topology)
+        count, source = planned_device_count(args.devices, args.topology, cfg.mesh.dcn_data)
     else:
-        count, source = math.prod(sizes), "the mesh as given"
+        count, source = math.prod(sizes) * cfg.mesh.dcn_data, "the mesh as given"
     if not ensure_cpu_devices(count):
         return rerun_with_cpu_devices(count, ["plan", *args.command_argv])
     cfg, mesh_from = resolve_plan_mesh(cfg, count, source)

@@ -19,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rpo_jax.config.loading import config_from_args
     from rpo_jax.train.precompute import precompute_reference_logps
+    from rpo_jax.train.preflight import refuse_precomputed_mixture
     from rpo_jax.train.run_data import check_output_dir, prepare_run_data
 
     cfg = config_from_args(args, "train.reference_mode=precomputed")
+    refuse_precomputed_mixture(cfg)
     check_output_dir(cfg.train.output_dir)
     cfg = prepare_run_data(cfg)
     for path in (cfg.data.train_path, cfg.data.eval_path):

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from data_pipeline.errors import UserError
-from data_pipeline.files import local_path_arg
+from data_pipeline.storage import storage_path_arg
 from rpo_jax.config.loading import add_config_arguments
 
 
@@ -20,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument(
         "--output-dir",
-        type=local_path_arg,
-        help="overrides train.output_dir, relative to the current directory (default: the config's)",
+        type=storage_path_arg,
+        help="overrides train.output_dir: a folder, relative to the current directory, or gs://BUCKET/PATH "
+        "(default: the config's)",
     )
     parser.add_argument("--steps", type=int, help="overrides train.steps (default: the config's)")
     parser.add_argument(

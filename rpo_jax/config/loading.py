@@ -33,7 +33,15 @@ PATH_SETTINGS = (
     ("data", "tokenizer_path"),
     ("train", "output_dir"),
     ("train", "init_checkpoint"),
+    ("train", "compilation_cache_dir"),
 )
+# The settings holding a list of {path, ...} mappings, each `path` read as PATH_SETTINGS are.
+PATH_LIST_SETTINGS = (("data", "sources"),)
+# Keys that were renamed: an old config naming one is told what to write instead.
+RENAMED_SETTINGS = {
+    "train.tensorboard": "train.tensorboard was replaced by train.trackers: write `trackers: [tensorboard]` in the "
+    "train section (or --set 'train.trackers=[tensorboard]'; also wandb, trackio)",
+}
 
 
 # The source checkout this package runs from (configs/ beside rpo_jax/).
@@ -56,12 +64,22 @@ def path_rule() -> str:
 
 def absolute_paths(raw: dict, base: Path) -> dict:
     """`raw` with each relative path setting made absolute against `base` ('' and URLs are left alone: '' means
-    unset, and a URL is refused by the config with its own message)."""
+    unset, a gs:// URL has no current directory, and any other URL is refused by the config with its own message)."""
     out = dict(raw)
-    for section, key in PATH_SETTINGS:
+
+    def absolute(value):
+        if not isinstance(value, str) or not value or url_path_problem(value) or value.startswith("{output_dir}"):
+            return value  # unset, a URL, or relative to train.output_dir (TrainConfig.compilation_cache_dir)
+        return value if Path(value).is_absolute() else str(base / value)
+
+    for section, key in PATH_SETTINGS + PATH_LIST_SETTINGS:
         value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
-        if isinstance(value, str) and value and not url_path_problem(value) and not Path(value).is_absolute():
-            out[section] = {**out[section], key: str(base / value)}
+        if key == "sources" and isinstance(value, list):
+            value = [{**v, "path": absolute(v["path"])} if isinstance(v, dict) and "path" in v else v for v in value]
+        elif value is not None:
+            value = absolute(value)
+        if value is not None:
+            out[section] = {**out[section], key: value}
     return out
 
 
@@ -112,6 +130,9 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
+        renamed = [RENAMED_SETTINGS[where + k] for k in unknown if where + k in RENAMED_SETTINGS]
+        if renamed:
+            raise ConfigError(renamed[0])
         raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     try:
@@ -186,6 +207,15 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), cls
     return _build(cls, raw, "")
 
 
+def config_from_stored(raw: dict) -> Config:
+    """The run config a checkpoint stored (`config_to_dict`), by this version or an earlier one: a renamed key is
+    carried over to its new name (train.tensorboard: true -> train.trackers: [tensorboard])."""
+    train = dict(raw.get("train", {}))
+    if "tensorboard" in train:
+        train["trackers"] = ["tensorboard"] if train.pop("tensorboard") else []
+    return config_from_dict({**raw, "train": train})
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
     """Loads a YAML config (with includes) as `cls` and applies `a.b=value` overrides. A run config's relative
     paths are read from `REPO_ROOT` (see `config_root`); other configs resolve their own paths."""
@@ -207,13 +237,14 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def parse_mesh_sizes(text: str) -> dict[str, int]:
-    """argparse `type=` for `--mesh`: `data=1,fsdp=-1,tensor=1` -> {"data": 1, "fsdp": -1, "tensor": 1}; omitted
-    axes are left out (a config's mesh section, or MeshConfig's defaults, fill them)."""
+    """argparse `type=` for `--mesh`: `data=1,fsdp=-1,tensor=1` -> {"data": 1, "fsdp": -1, "tensor": 1} (and
+    `dcn_data=N`, the slices); omitted axes are left out (a config's mesh section, or MeshConfig's defaults, fill
+    them)."""
     sizes = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
-        if not sep or name not in MESH_AXES:
-            raise argparse.ArgumentTypeError(f"{part!r} must look like data=N, fsdp=N or tensor=N")
+        if not sep or name not in (*MESH_AXES, "dcn_data"):
+            raise argparse.ArgumentTypeError(f"{part!r} must look like data=N, fsdp=N, tensor=N or dcn_data=N")
         try:
             sizes[name] = int(value)
         except ValueError as e:
@@ -231,8 +262,8 @@ def add_mesh_argument(parser: argparse.ArgumentParser) -> None:
         type=parse_mesh_sizes,
         default={},
         metavar="data=D,fsdp=F,tensor=T",
-        help="device mesh axis sizes, -1 = all remaining devices (default: the config's mesh "
-        "section where there is a config, else data=1,fsdp=-1,tensor=1)",
+        help="device mesh axis sizes within a slice, -1 = all remaining devices; dcn_data=N: data parallel over N "
+        "TPU slices (default: the config's mesh section where there is a config, else data=1,fsdp=-1,tensor=1)",
     )
 
 

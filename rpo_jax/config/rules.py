@@ -16,6 +16,7 @@ import math
 
 from data_pipeline.errors import UserError
 from data_pipeline.files import url_path_problem
+from data_pipeline.storage import storage_path_problem
 
 # The one non-numeric choice kept here so schema.py stays short: data.packing (data_pipeline.records.packing).
 PACKING_CHOICES = ("none", "packed", "packed_shared_prompt")
@@ -42,8 +43,8 @@ BOUNDS: dict[str, dict[str, str]] = {
         "high_freq_factor": POSITIVE,
         "original_max_position_embeddings": AT_LEAST_ONE,
     },
-    "lora": {"rank": NON_NEGATIVE, "alpha": POSITIVE, "dropout": UNIT_OPEN},
-    "mesh": {"max_replicated_fraction": UNIT},
+    "lora": {"rank": NON_NEGATIVE, "alpha": POSITIVE, "dropout": UNIT_OPEN, "quantization_block_size": AT_LEAST_ONE},
+    "mesh": {"dcn_data": AT_LEAST_ONE, "max_replicated_fraction": UNIT},
     "data": {
         "max_length": "[2, inf)",
         "global_batch_size": AT_LEAST_ONE,
@@ -75,7 +76,7 @@ BOUNDS: dict[str, dict[str, str]] = {
         "eval_every": NON_NEGATIVE,
         "max_consecutive_nonfinite": AT_LEAST_ONE,
     },
-    "checkpoint": {"save_every": AT_LEAST_ONE, "keep_last": AT_LEAST_ONE},
+    "checkpoint": {"save_every": AT_LEAST_ONE, "save_every_minutes": NON_NEGATIVE, "keep_last": AT_LEAST_ONE},
 }
 # Numeric settings checked beside their dataclass instead (their range depends on another value).
 CHECKED_WITH_OTHERS = {"mesh.data", "mesh.fsdp", "mesh.tensor", "model.bos_token_id", "model.eos_token_id"}
@@ -125,9 +126,18 @@ def check_bounds(section: str, settings) -> None:
 
 
 def check_local_path(path: str, setting: str) -> str:
-    """Returns `path`; raises ConfigError naming `setting` (e.g. train.output_dir) when it is a URL
-    (see `data_pipeline.files`)."""
+    """Returns `path`; raises ConfigError naming `setting` (e.g. data.tokenizer_path) when it is a URL: what reads
+    it opens local files only (see `data_pipeline.files`)."""
     problem = url_path_problem(path)
+    if problem:
+        raise ConfigError(f"{setting}={problem}")
+    return path
+
+
+def check_storage_path(path: str, setting: str) -> str:
+    """Returns `path`, a local path or a gs:// URL; raises ConfigError naming `setting` (e.g. train.output_dir)
+    for any other URL (see `data_pipeline.storage`)."""
+    problem = storage_path_problem(path)
     if problem:
         raise ConfigError(f"{setting}={problem}")
     return path

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rpo_jax.config.rules import PACKING_CHOICES, ConfigError, check_bounds, check_local_path
+from rpo_jax.config.data import DataConfig
+from rpo_jax.config.lora import LoraConfig
+from rpo_jax.config.rules import ConfigError, check_bounds, check_storage_path
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -91,31 +93,17 @@ ATTENTION_NAMES = ("auto", "xla", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """LoRA adapters; with `rank == 0` the full model is trained."""
-
-    rank: int = 0
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-
-    def __post_init__(self):
-        allowed = {"q", "k", "v", "o", "gate", "up", "down"}
-        bad = set(self.target_modules) - allowed
-        if bad:
-            raise ConfigError(f"lora.target_modules: unknown {sorted(bad)}; allowed {sorted(allowed)}")
-        check_bounds("lora", self)
-        if self.rank > 0 and not self.target_modules:
-            raise ConfigError("lora.target_modules is empty but lora.rank > 0: no layer would get adapters")
-
-
-@dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh over (data, fsdp, tensor); -1 takes all remaining devices (at most one axis)."""
+    """Device mesh over (data, fsdp, tensor) within one slice; -1 takes all remaining devices (at most one axis).
+
+    `dcn_data` > 1 adds data parallelism across that many TPU slices (multislice, over the data-center network):
+    the mesh's data axis becomes dcn_data × data, while fsdp and tensor stay inside a slice
+    (`rpo_jax.runtime.multislice`)."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    dcn_data: int = 1
     max_replicated_fraction: float = 0.02
 
     def __post_init__(self):
@@ -125,42 +113,6 @@ class MeshConfig:
         if any(s == 0 or s < -1 for s in sizes):
             raise ConfigError(f"mesh: axis sizes must be positive or -1, got {sizes}")
         check_bounds("mesh", self)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where tokenized pair shards live, how they are built from pair JSONL, and how batches are formed."""
-
-    train_path: str = ""
-    eval_path: str = ""
-    # When set, `rpo-jax train` (re)builds train_path / eval_path from these pair files if missing or stale.
-    pairs_path: str = ""
-    eval_pairs_path: str = ""
-    tokenizer_path: str = ""
-    truncation: str = "drop"
-    max_length: int = 1024
-    global_batch_size: int = 8
-    shuffle_seed: int = 0
-    num_workers: int = 0
-    length_buckets: tuple[int, ...] = ()
-    group_mirrors: bool = False
-    packing: str = "none"
-
-    def __post_init__(self):
-        for name in ("train_path", "eval_path", "pairs_path", "eval_pairs_path", "tokenizer_path"):
-            check_local_path(getattr(self, name), f"data.{name}")
-        if (self.pairs_path or self.eval_pairs_path) and not self.tokenizer_path:
-            raise ConfigError("data.pairs_path / data.eval_pairs_path need data.tokenizer_path")
-        for name, allowed in (("truncation", ("drop", "keep_start", "split")), ("packing", PACKING_CHOICES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        check_bounds("data", self)
-        bad_buckets = [b for b in self.length_buckets if not 1 <= b <= self.max_length]
-        if bad_buckets:
-            raise ConfigError(
-                f"data.length_buckets: {bad_buckets} not in [1, data.max_length={self.max_length}] (a bucket pads "
-                "a batch to its length; rows are at most max_length tokens)"
-            )
 
 
 # The registered losses (`rpo_jax.objective.losses.LOSSES` implements exactly these) and those reading label_smoothing.
@@ -254,16 +206,30 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 0
     max_consecutive_nonfinite: int = 5
-    tensorboard: bool = False
+    # Where metrics go besides metrics.jsonl, on process 0 (rpo_jax/train/trackers.py): any of TRACKER_NAMES.
+    trackers: tuple[str, ...] = ()
+    tracker_project: str = "rpo-jax"  # the wandb / trackio project the run is logged to
+    compilation_cache_dir: str = "{output_dir}/jax_compilation_cache"  # runtime.compilation_cache; "" = off
 
     def __post_init__(self):
-        for name in ("output_dir", "init_checkpoint"):
-            check_local_path(getattr(self, name), f"train.{name}")
+        for name in ("output_dir", "init_checkpoint", "compilation_cache_dir"):
+            check_storage_path(getattr(self, name), f"train.{name}")
         if self.reference_mode not in ("separate", "lora_base", "precomputed", "none"):
             raise ConfigError(
                 f"train.reference_mode must be separate, lora_base, precomputed or none, got {self.reference_mode!r}"
             )
         check_bounds("train", self)
+        unknown = [t for t in self.trackers if t not in TRACKER_NAMES]
+        if unknown or len(set(self.trackers)) != len(self.trackers):
+            raise ConfigError(
+                f"train.trackers: {list(self.trackers)} must name each of {', '.join(TRACKER_NAMES)} at most once"
+            )
+        if self.trackers and not self.tracker_project.strip():
+            raise ConfigError("train.tracker_project is empty (the wandb / trackio project name)")
+
+
+# Names only: rpo_jax/train/trackers.py implements them (each an optional extra of the same name).
+TRACKER_NAMES = ("tensorboard", "wandb", "trackio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +237,9 @@ class CheckpointConfig:
     """Orbax step checkpoints."""
 
     save_every: int = 50
+    # Also save once this many minutes have passed since the last save (process 0's clock, agreed by every
+    # process through the stop vote); 0 = by steps only. Bounds what a VM lost without notice costs.
+    save_every_minutes: float = 0.0
     keep_last: int = 3
     async_save: bool = True
 

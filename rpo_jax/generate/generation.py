@@ -1,10 +1,11 @@
 """Sampling responses for a prompt file with the KV-cache sampler (what `rpo-jax generate` and `eval` run).
 
-Input: JSONL rows with `key` and either `prompt` (a user message) or `messages` (a chat, list of
-{role, content}); both go through the tokenizer's chat template (`raw_prompt` feeds `prompt` as-is).
-Output: JSONL rows `key`, `prompt`, `sample_id`, `response`, plus `finish_reason` ("eos", "stop_string" or
-"length") and `num_tokens` - the format `build-pairs --responses` reads (for `messages` rows, `prompt` is the
-last user message). Every sample is its own batch row (independent draws); batch b uses key
+Input: JSONL rows with `key` and `prompt` (a user message), `messages` (a chat, list of {role, content}) or
+`user_turns` (a conversation answered turn by turn, `prompt_rows`); all go through the tokenizer's chat template
+(`raw_prompt` feeds `prompt` as-is). Output: JSONL rows `key`, `prompt`, `sample_id`, `response`, plus
+`finish_reason` ("eos", "stop_string" or "length") and `num_tokens` - the format `build-pairs --responses` reads
+(`prompt` is the last user message; a conversation's rows add `responses`, the answers to every turn, the last
+being `response`). Every sample is its own batch row (independent draws); the b-th batch of the run uses key
 fold_in(seed, b), so the output is reproducible for a given seed and batch size. Written atomically.
 """
 
@@ -17,13 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.errors import UserError, malformed_json
-from data_pipeline.files import write_jsonl_atomic
+from data_pipeline.errors import UserError
+from data_pipeline.files import read_utf8, write_jsonl_atomic
+from data_pipeline.storage import storage_path
 from rpo_jax.config.schema import MeshConfig
-
-
-class PromptFileError(UserError, ValueError):
-    """A prompts file row is malformed (the message names file, line and field)."""
+from rpo_jax.generate.prompt_rows import Answer, Job, PromptFileError, answer_rounds, count_jobs, read_prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,50 +43,6 @@ class GenerationSettings:
             raise UserError("--num-samples and --batch-size must be >= 1")
 
 
-def read_prompts(path: str | Path, raw: bool) -> list[dict]:
-    if not Path(path).is_file():
-        raise PromptFileError(f"{path}: no such prompts file (--prompts)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                raise PromptFileError(f"{path}:{line_no}: empty line")
-            try:
-                obj = json.loads(line.rstrip("\r\n"))  # a row cut short breaks at its end, not on "line 2"
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{line_no}: {malformed_json(e)}") from e
-            if not isinstance(obj, dict) or "key" not in obj:
-                raise PromptFileError(f"{path}:{line_no}: field 'key': missing")
-            rows.append({"key": obj["key"], **_messages(obj, raw, path, line_no), "line": line_no})
-    if not rows:
-        raise PromptFileError(f"{path}: no prompts")
-    return rows
-
-
-def _messages(obj: dict, raw: bool, path, line_no: int) -> dict:
-    if isinstance(obj.get("prompt"), str):
-        messages = [{"role": "user", "content": obj["prompt"]}]
-    elif "messages" in obj and not raw:
-        messages = obj["messages"]
-        if not (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            )
-        ):
-            raise PromptFileError(
-                f"{path}:{line_no}: field 'messages': must be a non-empty list of {{role, content}} strings"
-            )
-    else:
-        raise PromptFileError(
-            f"{path}:{line_no}: field 'prompt': missing or not a string" + ("" if raw else " (and no 'messages')")
-        )
-    user = [m["content"] for m in messages if m["role"] == "user"]
-    return {"prompt": obj.get("prompt", user[-1] if user else ""), "messages": messages}
-
-
 def stop_token_ids(tokenizer, tokenizer_dir: Path, model_eos: int) -> tuple[int, ...]:
     """EOS ids from the tokenizer, its generation_config.json (may list several) and the model config."""
     ids = {model_eos}
@@ -95,21 +50,22 @@ def stop_token_ids(tokenizer, tokenizer_dir: Path, model_eos: int) -> tuple[int,
         ids.add(int(tokenizer.eos_token_id))
     gen_file = tokenizer_dir / "generation_config.json"
     if gen_file.is_file():
-        eos = json.loads(gen_file.read_text()).get("eos_token_id")
+        eos = json.loads(read_utf8(gen_file)).get("eos_token_id")
         ids.update(int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
     return tuple(sorted(ids))
 
 
-def _prompt_ids(tokenizer, row: dict, settings: GenerationSettings, max_positions: int, prompts_path) -> list[int]:
+def _prompt_ids(tokenizer, job: Job, settings: GenerationSettings, max_positions: int, prompts_path) -> list[int]:
     if settings.raw_prompt:
-        ids = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
+        ids = tokenizer(job.row.raw_prompt, add_special_tokens=True)["input_ids"]
     else:
         ids = tokenizer.apply_chat_template(
-            row["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+            job.row.messages(job.answers), add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
     if len(ids) + settings.max_new_tokens > max_positions:
+        turn = f" (turn {len(job.answers) + 1}, after the model's answers)" if job.answers else ""
         raise PromptFileError(
-            f"{prompts_path}:{row['line']}: field 'prompt': {len(ids)} tokens + "
+            f"{prompts_path}:{job.row.line}: field 'prompt'{turn}: {len(ids)} tokens + "
             f"--max-new-tokens {settings.max_new_tokens} exceed the model's "
             f"max_position_embeddings {max_positions}"
         )
@@ -142,10 +98,12 @@ def load_for_sampling(
     from rpo_jax.generate.sampler import Sampler
     from rpo_jax.io.params import load_checkpoint
     from rpo_jax.model.llama import Llama
+    from rpo_jax.runtime.compilation_cache import default_cache_dir, enable_compilation_cache
     from rpo_jax.runtime.sharding import make_mesh
 
+    enable_compilation_cache(default_cache_dir())  # the sampler's programs, compiled once across runs
     tokenizer_dir = Path(tokenizer_dir)
-    if not Path(checkpoint).exists():
+    if not storage_path(checkpoint).exists():
         raise UserError(f"{checkpoint}: no such checkpoint or HF folder (--checkpoint / --model)")
     if not tokenizer_dir.is_dir():
         raise UserError(f"{tokenizer_dir}: no such tokenizer folder (--tokenizer)")
@@ -186,42 +144,56 @@ def generate_responses(
         top_k=settings.top_k,
         top_p=settings.top_p,
     )
-    jobs = [
-        (row, s, _prompt_ids(tokenizer, row, settings, cfg.max_position_embeddings, prompts_path))
+    # Every first turn is tokenized (and a prompt too long refused) before generating; later turns as they come.
+    first_turn_ids = {
+        id(row): _prompt_ids(tokenizer, Job(row, 0, ()), settings, cfg.max_position_embeddings, prompts_path)
         for row in rows
-        for s in range(settings.num_samples)
-    ]
+    }
 
     key = jax.random.key(settings.seed)
-    out, counts, started, generated = [], {"eos": 0, "stop_string": 0, "length": 0}, time.time(), 0
-    bar = tqdm(total=len(jobs), desc="generate", unit="seq", dynamic_ncols=True)  # ETA from tqdm
-    for b, start in enumerate(range(0, len(jobs), settings.batch_size)):
-        batch = jobs[start : start + settings.batch_size]
+    counts, started, generated = {"eos": 0, "stop_string": 0, "length": 0}, time.time(), 0
+    bar = tqdm(total=count_jobs(rows, settings.num_samples), desc="generate", unit="seq", dynamic_ncols=True)
+
+    def answer(jobs: list[Job], batch_index: int) -> list[Answer]:
+        nonlocal generated
+        prompts = [
+            _prompt_ids(tokenizer, job, settings, cfg.max_position_embeddings, prompts_path)
+            if job.answers
+            else first_turn_ids[id(job.row)]
+            for job in jobs
+        ]
         # Fill the last batch to full size with repeats so it reuses the compiled program; extras dropped.
-        prompts = [ids for _, _, ids in batch] + [batch[0][2]] * (settings.batch_size - len(batch))
-        completions = sampler.generate(prompts, params, jax.random.fold_in(key, b))[: len(batch)]
-        for (row, sample_id, _), completion in zip(batch, completions):
+        prompts += [prompts[0]] * (settings.batch_size - len(jobs))
+        completions = sampler.generate(prompts, params, jax.random.fold_in(key, batch_index))[: len(jobs)]
+        answers = []
+        for completion in completions:
             text, cut = truncate_at_stop(tokenizer.decode(completion.tokens, skip_special_tokens=True), settings.stop)
             reason = "stop_string" if cut else "eos" if completion.stopped else "length"
             counts[reason] += 1
             generated += len(completion.tokens)
-            out.append(
-                {
-                    "key": row["key"],
-                    "prompt": row["prompt"],
-                    "sample_id": sample_id,
-                    "response": text,
-                    "finish_reason": reason,
-                    "num_tokens": len(completion.tokens),
-                }
-            )
+            answers.append(Answer(text, reason, len(completion.tokens)))
         bar.set_postfix(tok_s=f"{generated / max(time.time() - started, 1e-9):.0f}", refresh=False)
-        bar.update(len(batch))
+        bar.update(len(jobs))
+        return answers
+
+    out = [
+        {
+            "key": job.row.key,
+            "prompt": job.row.prompt,
+            "sample_id": job.sample_id,
+            "response": result.text,
+            "finish_reason": result.finish_reason,
+            "num_tokens": result.num_tokens,
+            **({"responses": [*job.answers, result.text]} if job.row.conversation else {}),
+        }
+        for job, result in answer_rounds(rows, settings.num_samples, settings.batch_size, answer)
+    ]
     bar.close()
     write_jsonl_atomic(output_path, out)
     seconds = time.time() - started
     return {
         "responses": len(out),
+        "sequences": count_jobs(rows, settings.num_samples),
         "generated_tokens": generated,
         "finish_reasons": counts,
         "seconds": seconds,

@@ -1,22 +1,30 @@
-"""Batched autoregressive sampling with a KV cache: one jit-compiled prefill + `while_loop` decode.
+"""Batched autoregressive sampling with a KV cache: a jit-compiled prefill and a `while_loop` decode.
 
-Prompts are LEFT-padded to a common length P so every row writes its next key/value at the same cache
-index; positions count only real tokens (the first real token of each row has position 0) and padded keys
-carry segment id 0, so padding never changes a row's result. The cache holds keys and values as
-[Y, B, S_max, K, Dh] with S_max = P + max_new_tokens, batch split over ("data", "fsdp") like training.
+Prompts are LEFT-padded to a common length P so every row writes its next key/value at the same cache index;
+positions count only real tokens (the first real token of each row has position 0) and padded keys carry segment
+id 0, so padding never changes a row's result. The cache holds keys and values as [Y, B, S, K, Dh] with
+S = P + N (N: room for new tokens), batch split over ("data", "fsdp") like training (`cached_forward`).
 
-Stopping: EOS ids (one or several) stop a row on device; the loop ends when every row has stopped or
-`max_new_tokens` is reached. Stop strings are applied on the host after decoding (`truncate_at_stop`): the
-device keeps generating until EOS / the token limit, and the text is cut at the first stop string.
+What compiles: a program per shape (B, P, N) and `DecodeSpec` (EOS ids, pad id, top-k). Each row's temperature,
+top-p and token limit are traced values (`RowControls`), so a new temperature, top_p or max_tokens reuses the
+compiled program. A row stops at one of its EOS ids or at its own limit (on device); the loop ends when every row
+has stopped, or after N tokens.
 
-Sampling order per step (as HF): temperature, then top-k, then top-p (nucleus); temperature 0 is greedy.
-Tokens tied with the top-k / top-p threshold logit are all kept.
+Two ways to run the same traced steps with the same keys (token t of a batch is drawn with fold_in(key, t)):
+`Sampler.generate` runs prefill and the whole decode as one program (`rpo-jax generate`, `eval`); `Sampler.start`
+then `Sampler.advance` decode in chunks of steps with the state kept on device, so a server can stream each
+chunk's tokens, end rows at a stop string and drop cancelled rows between chunks. Stop strings are the caller's:
+`truncate_at_stop` cuts a finished text, `serving_text` tracks them while decoding.
+
+How a token is picked from the logits (temperature, top-k, top-p per row): `token_choice`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +32,26 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rpo_jax.model.attention import attention_mask, xla_attention
-from rpo_jax.model.llama import DTYPES, Llama, decoder_layer, rms_norm, rope_cos_sin, rope_inv_freq
+from rpo_jax.generate.cached_forward import forward_with_cache
+from rpo_jax.generate.token_choice import RowControls, next_token
+from rpo_jax.model.llama import DTYPES
 from rpo_jax.runtime.sharding import BATCH_AXES, data_parallel_size
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """The compile-time constants of a decode program, besides its shapes."""
+
+    new_tokens: int  # N: the cache's room for generated tokens, the most any row generates
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    top_k: int = 0  # 0 = off; a static size for lax.top_k
+
+
+@dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token and when to stop (all fields are compile-time constants)."""
+    """One setting for every row of `Sampler.generate`; only max_new_tokens, eos_ids, pad_id and top_k (and the
+    prompt length, rounded up to prompt_length_multiple) choose the compiled program."""
 
     max_new_tokens: int
     eos_ids: tuple[int, ...]
@@ -55,11 +75,53 @@ class SamplingParams:
         if self.prompt_length_multiple < 1:
             raise ValueError(f"prompt_length_multiple must be >= 1, got {self.prompt_length_multiple}")
 
+    def spec(self) -> DecodeSpec:
+        return DecodeSpec(self.max_new_tokens, tuple(self.eos_ids), self.pad_id, self.top_k)
+
+
+class DecodeState(NamedTuple):
+    """What the decode loop carries; `step` tokens of the batch have been generated."""
+
+    step: jax.Array
+    last_B: jax.Array  # the token fed at the next step
+    done_B: jax.Array  # stopped: an EOS id, its limit, or the caller ended it
+    eos_B: jax.Array  # stopped by an EOS id
+    count_B: jax.Array  # tokens generated per row (an EOS that stopped it not counted)
+    out_BN: jax.Array  # generated tokens, pad_id after a row stopped
+    keys: jax.Array
+    values: jax.Array
+    segments_BS: jax.Array
+    prompt_len_B: jax.Array
+    controls: RowControls
+    key: jax.Array
+
 
 @dataclasses.dataclass(frozen=True)
 class Completion:
     tokens: list[int]  # generated ids, without the EOS that ended them
-    stopped: bool  # True if an EOS id ended the row, False if max_new_tokens did
+    stopped: bool  # True if an EOS id ended the row, False if its token limit did
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """A host copy of a chunked decode's rows after its latest chunk."""
+
+    step: int
+    out_BN: np.ndarray
+    count_B: np.ndarray
+    done_B: np.ndarray
+    eos_B: np.ndarray
+
+    def tokens(self, row: int) -> list[int]:
+        return self.out_BN[row, : self.count_B[row]].tolist()
+
+
+@dataclasses.dataclass
+class Decoding:
+    """A batch decoded chunk by chunk (`Sampler.start`, `Sampler.advance`): its device state and static spec."""
+
+    spec: DecodeSpec
+    state: DecodeState
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,165 +136,149 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int) -> tupl
     return tokens, segments
 
 
-def filter_logits(logits_BV: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-    """Scaled fp32 logits with tokens outside top-k / the top-p nucleus set to -inf."""
-    logits_BV = logits_BV.astype(jnp.float32) / temperature
-    if top_k > 0:
-        kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
-        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    if top_p < 1.0:
-        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-        # A token is in the nucleus if the mass strictly before it is below top_p (so the top one always is).
-        keep_BV = (jnp.cumsum(probs_BV, axis=-1) - probs_BV) < top_p
-        threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
-        logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
-    return logits_BV
+def _record(s: DecodeState, token_B: jax.Array, spec: DecodeSpec) -> DecodeState:
+    """Writes token `s.step` of every live row; a row stops at an EOS id (not counted) or at its limit."""
+    live_B = ~s.done_B
+    eos_B = live_B & jnp.isin(token_B, jnp.asarray(spec.eos_ids, jnp.int32))
+    kept_B = live_B & ~eos_B
+    token_B = jnp.where(kept_B, token_B, spec.pad_id)
+    count_B = s.count_B + kept_B.astype(jnp.int32)
+    return s._replace(
+        step=s.step + 1,
+        last_B=token_B,
+        done_B=s.done_B | eos_B | (count_B >= s.controls.limit_B),
+        eos_B=s.eos_B | eos_B,
+        count_B=count_B,
+        out_BN=jax.lax.dynamic_update_slice(s.out_BN, token_B[:, None], (0, s.step)),
+    )
 
 
-def next_token(logits_BV: jax.Array, key: jax.Array, params: SamplingParams) -> jax.Array:
-    if params.temperature == 0.0:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    filtered = filter_logits(logits_BV, params.temperature, params.top_k, params.top_p)
-    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-
-
-def forward_with_cache(
-    model: Llama, tokens_BT, positions_BT, segments_BT, segments_BS, keys, values, write_index, lora_scale: float
-):
-    """Runs T new tokens through all layers, writing their k/v at `write_index` of the [Y, B, S, K, Dh] cache.
-
-    Returns (fp32 logits of the last token [B, V], keys, values). `segments_BS` covers the whole cache.
-    Attention is always `xla` with the dense cache mask, whatever `model.attention` says: a decode step has one
-    query per row (its scores are [B, H, 1, S]), and the prefill's left-padded prompts are not the right-padded
-    rows the cuDNN path takes. The prefill's [B, H, P, S] scores are the only quadratic buffer.
-    """
+def _prefill(model, tokens_BP, segments_BP, controls, key, spec: DecodeSpec, mesh: Mesh, lora_scale) -> DecodeState:
     cfg = model.cfg
-    dtype = DTYPES[cfg.dtype]
-    x_BTD = jnp.take(model.embed_VD[...], tokens_BT, axis=0).astype(dtype)
-    cos, sin = rope_cos_sin(positions_BT, rope_inv_freq(cfg.rope_parameters, cfg.head_dim), dtype)
-    mask_B1TS = attention_mask(segments_BT, segments_BS, write_index)
-
-    def layer(carry, p):
-        x_BTD, keys, values, i = carry
-        written = {}
-
-        def kv_update(new_kv):
-            # Write this step's k/v into layer i of the full cache (a carry, so XLA updates it in place).
-            k_BTKDh, v_BTKDh = new_kv
-            start = (i, 0, write_index, 0, 0)
-            written["keys"] = jax.lax.dynamic_update_slice(keys, k_BTKDh[None].astype(keys.dtype), start)
-            written["values"] = jax.lax.dynamic_update_slice(values, v_BTKDh[None].astype(values.dtype), start)
-            return written["keys"][i], written["values"][i]
-
-        def attend_fn(q, k, v):
-            return xla_attention(q, k, v, mask_B1TS, scale=cfg.head_dim**-0.5)
-
-        x_BTD, _ = decoder_layer(cfg, p, x_BTD, cos, sin, attend_fn, lora_scale, kv_update=kv_update)
-        return (x_BTD, written["keys"], written["values"], i + 1), None
-
-    init = (x_BTD, keys, values, jnp.int32(0))
-    (x_BTD, keys, values, _), _ = jax.lax.scan(layer, init, model.layers.stacked())
-    h_BD = rms_norm(x_BTD[:, -1], model.final_norm_D[...], cfg.rms_norm_eps)
-    logits_BV = jnp.einsum("bd,dv->bv", h_BD, model.lm_head_weight().astype(dtype)).astype(jnp.float32)
-    return logits_BV, keys, values
-
-
-def _generate(graphdef, state, tokens_BP, segments_BP, key, *, params: SamplingParams, mesh: Mesh, use_lora: bool):
-    model = nnx.merge(graphdef, state)
-    cfg = model.cfg
-    lora_scale = model.lora_scale if use_lora else 0.0
     B, P = tokens_BP.shape
-    N = params.max_new_tokens
-    S = P + N
-    batch_spec = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    N = spec.new_tokens
     kv_axis = "tensor" if cfg.num_key_value_heads % mesh.shape["tensor"] == 0 else None
     cache_spec = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, None, kv_axis, None))
-    cache_shape = (cfg.num_hidden_layers, B, S, cfg.num_key_value_heads, cfg.head_dim)
+    cache_shape = (cfg.num_hidden_layers, B, P + N, cfg.num_key_value_heads, cfg.head_dim)
     keys = jax.lax.with_sharding_constraint(jnp.zeros(cache_shape, DTYPES[cfg.dtype]), cache_spec)
     values = jax.lax.with_sharding_constraint(jnp.zeros(cache_shape, DTYPES[cfg.dtype]), cache_spec)
     # Generated positions are all real; causality hides the ones not yet written.
     segments_BS = jnp.concatenate([segments_BP, jnp.ones((B, N), jnp.int32)], axis=1)
-    prompt_len_B = jnp.sum(segments_BP, axis=1)
     positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
-    eos = jnp.asarray(params.eos_ids, jnp.int32)
-
     logits_BV, keys, values = forward_with_cache(
         model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0, lora_scale
     )
-    first = next_token(logits_BV, jax.random.fold_in(key, 0), params)
-    out_BN = jnp.full((B, N), params.pad_id, jnp.int32).at[:, 0].set(first)
-    out_BN = jax.lax.with_sharding_constraint(out_BN, batch_spec)
-    done_B = jnp.isin(first, eos)
+    out_BN = jnp.full((B, N), spec.pad_id, jnp.int32)
+    out_BN = jax.lax.with_sharding_constraint(out_BN, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+    no_B = jnp.zeros((B,), bool)
+    start = (jnp.int32(0), out_BN[:, 0], no_B, no_B, jnp.zeros((B,), jnp.int32), out_BN, keys, values)
+    s = DecodeState(*start, segments_BS, jnp.sum(segments_BP, axis=1), controls, key)
+    return _record(s, next_token(logits_BV, jax.random.fold_in(key, 0), controls, spec.top_k), spec)
 
-    def cond(carry):
-        step, _, done_B, _, _, _ = carry
-        return (step < N) & ~jnp.all(done_B)
 
-    def body(carry):
-        step, last_B, done_B, out_BN, keys, values = carry
+def _decode(model, s: DecodeState, until, spec: DecodeSpec, lora_scale) -> DecodeState:
+    """Decode steps until step `until` (<= N) or until every row has stopped."""
+    B, S = s.segments_BS.shape
+    P = S - spec.new_tokens
+
+    def body(s: DecodeState) -> DecodeState:
         # Token `step - 1` is fed at cache index P + step - 1 and position prompt_len + step - 1.
-        positions_B1 = (prompt_len_B + step - 1)[:, None]
+        positions_B1 = (s.prompt_len_B + s.step - 1)[:, None]
+        one_B1 = jnp.ones((B, 1), jnp.int32)
         logits_BV, keys, values = forward_with_cache(
-            model,
-            last_B[:, None],
-            positions_B1,
-            jnp.ones((B, 1), jnp.int32),
-            segments_BS,
-            keys,
-            values,
-            P + step - 1,
-            lora_scale,
+            model, s.last_B[:, None], positions_B1, one_B1, s.segments_BS, s.keys, s.values, P + s.step - 1, lora_scale
         )
-        token_B = next_token(logits_BV, jax.random.fold_in(key, step), params)
-        token_B = jnp.where(done_B, params.pad_id, token_B)
-        out_BN = jax.lax.dynamic_update_slice(out_BN, token_B[:, None], (0, step))
-        return step + 1, token_B, done_B | jnp.isin(token_B, eos), out_BN, keys, values
+        token_B = next_token(logits_BV, jax.random.fold_in(s.key, s.step), s.controls, spec.top_k)
+        return _record(s._replace(keys=keys, values=values), token_B, spec)
 
-    carry = (jnp.int32(1), first, done_B, out_BN, keys, values)
-    _, _, done_B, out_BN, _, _ = jax.lax.while_loop(cond, body, carry)
-    return out_BN, done_B
+    return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done_B), body, s)
+
+
+def _merged(graphdef, params, use_lora: bool):
+    model = nnx.merge(graphdef, params)
+    return model, (model.lora_scale if use_lora else 0.0)
+
+
+def _whole_program(graphdef, params, tokens_BP, segments_BP, controls, key, *, spec, mesh, use_lora):
+    model, lora_scale = _merged(graphdef, params, use_lora)
+    s = _prefill(model, tokens_BP, segments_BP, controls, key, spec, mesh, lora_scale)
+    s = _decode(model, s, spec.new_tokens, spec, lora_scale)
+    return s.out_BN, s.count_B, s.eos_B
+
+
+def _prefill_program(graphdef, params, tokens_BP, segments_BP, controls, key, *, spec, mesh, use_lora):
+    model, lora_scale = _merged(graphdef, params, use_lora)
+    return _prefill(model, tokens_BP, segments_BP, controls, key, spec, mesh, lora_scale)
+
+
+def _decode_program(graphdef, params, state, until, ended_B, *, spec, use_lora):
+    model, lora_scale = _merged(graphdef, params, use_lora)
+    return _decode(model, state._replace(done_B=state.done_B | ended_B), until, spec, lora_scale)
 
 
 class Sampler:
-    """Generates from a `Llama` on `mesh`; compiled programs are kept per (batch, prompt length, params)."""
+    """Generates from a `Llama` on `mesh`; programs are compiled per shape and `DecodeSpec` (see the module doc)."""
 
-    def __init__(self, model: Llama, mesh: Mesh, *, use_lora: bool = True):
+    def __init__(self, model, mesh: Mesh, *, use_lora: bool = True):
         self.graphdef, self.state = nnx.split(model)
         self.mesh = mesh
-        self.use_lora = use_lora
-        self._compiled: dict[SamplingParams, object] = {}
         self.batch_multiple = data_parallel_size(mesh)
+        self._rows_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+        jit = functools.partial(jax.jit, static_argnums=0, static_argnames="spec")
+        self._whole = jit(functools.partial(_whole_program, mesh=mesh, use_lora=use_lora))
+        self._prefill = jit(functools.partial(_prefill_program, mesh=mesh, use_lora=use_lora))
+        # The state (KV cache included) is donated: each chunk updates it in place.
+        self._decode = jit(functools.partial(_decode_program, use_lora=use_lora), donate_argnames="state")
 
-    def _program(self, params: SamplingParams):
-        if params not in self._compiled:
-            self._compiled[params] = jax.jit(
-                lambda g, s, t, seg, k: _generate(
-                    g, s, t, seg, k, params=params, mesh=self.mesh, use_lora=self.use_lora
-                ),
-                static_argnums=0,
-            )
-        return self._compiled[params]
+    def _batch(self, prompts, length: int, pad_id: int, temperature, top_p, limit):
+        """Device arrays for `prompts` padded with copies of the first to a multiple of data*fsdp rows (limit 1:
+        they stop after one token)."""
+        extra = -len(prompts) % self.batch_multiple
+        tokens_BP, segments_BP = left_pad(list(prompts) + [prompts[0]] * extra, pad_id, length)
+        grid = NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, None))
+        controls = RowControls(
+            np.asarray([*temperature, *[0.0] * extra], np.float32),
+            np.asarray([*top_p, *[1.0] * extra], np.float32),
+            np.asarray([*limit, *[1] * extra], np.int32),
+        )
+        return (
+            jax.device_put(tokens_BP, grid),
+            jax.device_put(segments_BP, grid),
+            RowControls(*(jax.device_put(r, self._rows_sharding) for r in controls)),
+        )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, key: jax.Array) -> list[Completion]:
-        """One completion per prompt (token ids). Rows are padded to a multiple of data*fsdp; extras dropped."""
+        """One completion per prompt (token ids), decoded as one program."""
         if not prompts:
             return []
-        rows = list(prompts)
-        rows += [rows[0]] * (-len(rows) % self.batch_multiple)
-        m = params.prompt_length_multiple
-        length = -(-max(len(p) for p in rows) // m) * m
-        tokens_BP, segments_BP = left_pad(rows, params.pad_id, length)
-        sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, None))
-        tokens_BP, segments_BP = (jax.device_put(a, sharding) for a in (tokens_BP, segments_BP))
-        out_BN, done_B = self._program(params)(self.graphdef, self.state, tokens_BP, segments_BP, key)
-        out_BN, done_B = np.asarray(jax.device_get(out_BN)), np.asarray(jax.device_get(done_B))
-        completions = []
-        for row in range(len(prompts)):
-            tokens = out_BN[row].tolist()
-            cut = next((i for i, t in enumerate(tokens) if t in params.eos_ids), len(tokens))
-            completions.append(Completion(tokens=tokens[:cut], stopped=bool(done_B[row])))
-        return completions
+        m, n = params.prompt_length_multiple, len(prompts)
+        length = -(-max(len(p) for p in prompts) // m) * m
+        batch = self._batch(
+            prompts, length, params.pad_id, [params.temperature] * n, [params.top_p] * n, [params.max_new_tokens] * n
+        )
+        out_BN, count_B, eos_B = jax.device_get(self._whole(self.graphdef, self.state, *batch, key, spec=params.spec()))
+        return [Completion(out_BN[row, : count_B[row]].tolist(), bool(eos_B[row])) for row in range(n)]
+
+    def start(self, prompts, temperature, top_p, limit, spec: DecodeSpec, prompt_length: int, key) -> Decoding:
+        """Prefills `prompts` (one temperature, top_p and token limit <= spec.new_tokens each); the first token of
+        every row is generated. Continue with `advance`."""
+        if max(limit) > spec.new_tokens:
+            raise ValueError(f"a row's limit {max(limit)} exceeds the decode's {spec.new_tokens} new tokens")
+        batch = self._batch(prompts, prompt_length, spec.pad_id, temperature, top_p, limit)
+        return Decoding(spec, self._prefill(self.graphdef, self.state, *batch, key, spec=spec))
+
+    def advance(self, decoding: Decoding, steps: int, ended_rows: Sequence[int] = ()) -> None:
+        """Decodes up to `steps` more tokens per row, first stopping `ended_rows` (a stop string, a cancel)."""
+        ended_B = np.zeros(decoding.state.done_B.shape, bool)
+        ended_B[list(ended_rows)] = True
+        until = np.int32(min(int(decoding.state.step) + steps, decoding.spec.new_tokens))
+        ended_B = jax.device_put(ended_B, self._rows_sharding)
+        decoding.state = self._decode(self.graphdef, self.state, decoding.state, until, ended_B, spec=decoding.spec)
+
+    @staticmethod
+    def progress(decoding: Decoding) -> Progress:
+        s = decoding.state
+        return Progress(*jax.device_get((s.step, s.out_BN, s.count_B, s.done_B, s.eos_B)))
 
 
 def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:

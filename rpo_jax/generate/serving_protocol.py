@@ -2,8 +2,9 @@
 
 Pure functions, no model: a request becomes a `ChatRequest` or a `RequestError` (an HTTP status and an OpenAI-style
 error body naming the field). Supported fields: `model`, `messages`, `temperature`, `top_p`, `max_tokens` (or
-`max_completion_tokens`), `stop`, `n`, `stream` (false only); the penalty fields only at their neutral 0. Any
-other field is refused rather than silently ignored.
+`max_completion_tokens`), `stop`, `n`, `stream` and `stream_options.include_usage`; the penalty fields only at
+their neutral 0. Any other field is refused rather than silently ignored, and so is a string JSON can carry but
+UTF-8 cannot (a lone surrogate such as "\\ud800").
 """
 
 from __future__ import annotations
@@ -14,21 +15,28 @@ import time
 ROLES = ("system", "user", "assistant")
 # Accepted only at the value that changes nothing; `user` is an end-user tag with no effect on the output (as at
 # OpenAI).
-NEUTRAL_FIELDS = {"stream": False, "presence_penalty": 0, "frequency_penalty": 0}
+NEUTRAL_FIELDS = {"presence_penalty": 0, "frequency_penalty": 0}
 KNOWN_FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "n", "user"}
+KNOWN_FIELDS |= {"stream", "stream_options"}
 MAX_N = 16
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 class RequestError(Exception):
-    """A request the server refuses: `status` is the HTTP status, `param` the offending field."""
+    """A request the server refuses: `status` is the HTTP status, `param` the offending field, `headers` extra reply
+    headers (Retry-After, Connection: close)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.param = status, param
+        self.status, self.param, self.headers = status, param, headers or {}
 
     def body(self) -> dict:
-        kind = "not_found_error" if self.status == 404 else "invalid_request_error"
-        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": None}}
+        return error_body(self.status, str(self), self.param)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,8 @@ class ChatRequest:
     max_tokens: int
     stop: tuple[str, ...]
     n: int
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
@@ -50,6 +60,14 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     return float(value)
 
 
+def _utf8(text: str, param: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RequestError(400, f"'{param}' holds a lone surrogate at character {err.start}, not UTF-8", param) from err
+    return text
+
+
 def _messages(body: dict) -> tuple[dict, ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -59,6 +77,7 @@ def _messages(body: dict) -> tuple[dict, ...]:
             raise RequestError(400, f"messages[{index}].role must be one of {ROLES}", f"messages[{index}].role")
         if not isinstance(message.get("content"), str):
             raise RequestError(400, f"messages[{index}].content must be a string", f"messages[{index}].content")
+        _utf8(message["content"], f"messages[{index}].content")
     return tuple({"role": m["role"], "content": m["content"]} for m in messages)
 
 
@@ -69,7 +88,22 @@ def _stop(body: dict) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise RequestError(400, "'stop' must be a non-empty string or a list of at most 4 of them", "stop")
-    return tuple(stops)
+    return tuple(_utf8(s, "stop") for s in stops)
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage); stream_options only with stream true, as at OpenAI."""
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream not in (None, True, False):
+        raise RequestError(400, f"'stream' must be true or false, got {stream!r}", "stream")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise RequestError(400, "'stream_options' is only allowed with 'stream': true", "stream_options")
+    usage = options.get("include_usage", False) if isinstance(options, dict) else None
+    if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(usage, bool):
+        raise RequestError(400, "'stream_options' supports only {\"include_usage\": true|false}", "stream_options")
+    return True, usage
 
 
 def parse_chat_request(body: object, served_model: str, default_max_tokens: int) -> ChatRequest:
@@ -81,7 +115,7 @@ def parse_chat_request(body: object, served_model: str, default_max_tokens: int)
             if value not in (NEUTRAL_FIELDS[name], None):
                 raise RequestError(400, f"'{name}' = {value!r} is not supported (only {NEUTRAL_FIELDS[name]!r})", name)
         elif name not in KNOWN_FIELDS:
-            raise RequestError(400, f"unsupported field '{name}' (supported: {', '.join(sorted(KNOWN_FIELDS))})", name)
+            raise RequestError(400, f"unsupported field {name!r} (supported: {', '.join(sorted(KNOWN_FIELDS))})", name)
     if body.get("model") != served_model:
         message = f"model {body.get('model')!r} is not served here (this server serves {served_model!r})"
         raise RequestError(404, message, "model")
@@ -95,13 +129,19 @@ def parse_chat_request(body: object, served_model: str, default_max_tokens: int)
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise RequestError(400, f"'n' must be an integer in [1, {MAX_N}], got {n!r}", "n")
-    return ChatRequest(_messages(body), _number(body, "temperature", 1.0, 0.0, 2.0), top_p, max_tokens, _stop(body), n)
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    return ChatRequest(_messages(body), temperature, top_p, max_tokens, _stop(body), n, *_streaming(body))
 
 
-def completion_body(request_id: int, model: str, choices: list[tuple[str, str]], prompt_tokens: int, generated: int):
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+def completion_body(request_id: str, model: str, choices: list[tuple[str, str]], prompt_tokens: int, generated: int):
     """A `chat.completion` object; `choices` are (text, finish_reason) pairs."""
     return {
-        "id": f"chatcmpl-{request_id}",
+        "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -109,12 +149,15 @@ def completion_body(request_id: int, model: str, choices: list[tuple[str, str]],
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
             for i, (text, reason) in enumerate(choices)
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": generated,
-            "total_tokens": prompt_tokens + generated,
-        },
+        "usage": _usage(prompt_tokens, generated),
     }
+
+
+def chunk_body(request_id: str, model: str, created: int, choices: list[dict], usage: tuple[int, int] | None = None):
+    """A `chat.completion.chunk` (one server-sent event of a stream); `choices` are {index, delta, finish_reason}.
+    `usage` (prompt, completion tokens) makes the last chunk of a stream that asked for it."""
+    chunk = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    return {**chunk, "choices": choices, **({"usage": _usage(*usage)} if usage else {})}
 
 
 def models_body(model: str, created: int) -> dict:

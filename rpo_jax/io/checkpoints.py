@@ -1,14 +1,15 @@
 """Step checkpoints (Orbax): train state, data-iterator state, resolved config and data fingerprint.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save leaves
-only an ignored temporary; `latest_step` sees complete checkpoints only. The reference model is never part of
-a step checkpoint: it is rebuilt from `train.init_checkpoint` (or the seed) on resume.
+only an ignored temporary; `latest_step` sees complete checkpoints only. In a bucket (gs://, no rename) Orbax
+writes the step folder in place and `commit_success.txt` into it last; a step folder without it is a save that
+was cut off (`unfinished_steps`), which Orbax ignores and resume names and sets aside. The reference model is
+never part of a step checkpoint: it is rebuilt from `train.init_checkpoint` (or the seed) on resume.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from data_pipeline.errors import UserError
-from rpo_jax.config.loading import PATH_SETTINGS
+from data_pipeline.storage import absolute_storage_path, move_tree, remove_tree
+from rpo_jax.config.loading import PATH_LIST_SETTINGS, PATH_SETTINGS
 from rpo_jax.io.orbax_noise import OrbaxNoise
 
 # Where Orbax's own tracebacks of a failed read or write go (beside `checkpoints/`; see orbax_noise).
@@ -55,7 +57,7 @@ class StepCheckpointer:
     """Keep-last-k Orbax checkpoints under `<output_dir>/checkpoints`, optionally saved asynchronously."""
 
     def __init__(self, directory: str | Path, *, keep_last: int, async_save: bool):
-        self.directory = Path(directory).absolute()
+        self.directory = absolute_storage_path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last, enable_async_checkpointing=async_save, create=True
         )
@@ -69,13 +71,19 @@ class StepCheckpointer:
         """Complete checkpoints, newest first."""
         return sorted(self.manager.all_steps(), reverse=True)
 
+    def unfinished_steps(self) -> list[int]:
+        """Step folders Orbax does not count as complete: in a bucket, saves cut off before commit_success.txt
+        (locally an unfinished save is a `<step>.orbax-checkpoint-tmp-*` folder, which is no step number)."""
+        complete = set(self.manager.all_steps())
+        found = self.directory.iterdir() if self.directory.is_dir() else ()
+        return sorted(int(p.name) for p in found if p.name.isdigit() and int(p.name) not in complete)
+
     def set_aside(self, step: int, destination: Path) -> Path:
         """Moves step `step`'s folder to `destination/<step>` (kept for inspection, out of Orbax's sight)."""
         destination.mkdir(parents=True, exist_ok=True)
         target = destination / str(step)
-        if target.exists():
-            shutil.rmtree(target)
-        (self.directory / str(step)).rename(target)
+        remove_tree(target)
+        move_tree(self.directory / str(step), target)
         self.manager.reload()
         return target
 
@@ -131,13 +139,16 @@ class StepCheckpointer:
         self.noise.uninstall()
 
 
-# Path settings (config_loading.PATH_SETTINGS) are not compared on resume: a run folder may be moved or copied,
-# with its data beside it. What they point at is compared, through these fingerprints.
+# Path settings (config_loading.PATH_SETTINGS, and the mixture's data.sources) are not compared on resume: a run
+# folder may be moved or copied, with its data beside it. What they point at is compared, through these
+# fingerprints (a mixture's covers its sources' content and weights).
 BOOKKEEPING_SETTINGS = {
     ("train", "log_every"),
     ("train", "eval_every"),
-    ("train", "tensorboard"),
+    ("train", "trackers"),
+    ("train", "tracker_project"),
     ("checkpoint", "save_every"),
+    ("checkpoint", "save_every_minutes"),
     ("checkpoint", "keep_last"),
     ("checkpoint", "async_save"),
     ("data", "num_workers"),
@@ -158,6 +169,8 @@ def check_resume_compatible(
     before a key existed is not compared on it.
     """
     for key, setting in FINGERPRINT_SETTINGS.items():
+        if key == "data_fingerprint" and config_dict.get("data", {}).get("sources"):
+            setting = "data.sources"  # a mixture's fingerprint: its sources' content and weights
         if key in meta and meta[key] != fingerprints.get(key) and not allow_data_change:
             raise CheckpointMismatchError(
                 f"{setting}: the checkpoint was trained on content with fingerprint {meta[key]}, this run reads "
@@ -166,7 +179,7 @@ def check_resume_compatible(
     old = meta.get("config", {})
     # Steps may change on resume (extending a run), and so may what only decides when things are logged or saved
     # and how data is read; paths may move (what they point at is compared above); the rest must match.
-    ignore = {("train", "steps"), *BOOKKEEPING_SETTINGS, *PATH_SETTINGS}
+    ignore = {("train", "steps"), *BOOKKEEPING_SETTINGS, *PATH_SETTINGS, *PATH_LIST_SETTINGS}
     diffs = [
         f"{sec}.{key}: {old.get(sec, {}).get(key)!r} -> {val!r}"
         for sec, fields in config_dict.items()

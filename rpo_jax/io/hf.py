@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 
 from data_pipeline.errors import UserError, malformed_json
+from data_pipeline.files import read_utf8
 from rpo_jax.config.schema import LoraConfig, ModelConfig
 from rpo_jax.io.hf_config import HFConfigError, model_config_from_hf
 from rpo_jax.io.hf_table import LM_HEAD, TensorMap, hf_tensor_names, table_for
@@ -57,7 +58,7 @@ def read_hf_config(hf_dir: str | Path, **kwargs) -> ModelConfig:
     if not path.is_file():
         raise HFConfigError(f"{path}: not found")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise HFConfigError(f"{path}:{e.lineno}: {malformed_json(e)}") from e
     return model_config_from_hf(raw, str(path), **kwargs)
@@ -162,6 +163,26 @@ def _read_block(tensor_slice, t: TensorMap, cfg: ModelConfig, index: tuple[slice
     return block[tuple(post_index)].transpose(t.perm)
 
 
+class HFTensors:
+    """The tensors of an HF folder (checked against `cfg` when opened) in our layout, read block by block: what
+    one device holds of a parameter, from the safetensors files kept open in `stack`."""
+
+    def __init__(self, stack: contextlib.ExitStack, hf_dir: str | Path, cfg: ModelConfig):
+        files, listing = weight_files(hf_dir)
+        self._reader, self._cfg = _Reader(stack, files), cfg
+        _check_tensors(cfg, self._reader, files, listing)
+        self._tables = {t.path: t for t in table_for(cfg)}
+
+    def read(self, path: tuple[str, ...], index: tuple[slice, ...]) -> np.ndarray:
+        """The block at `index` of our parameter `path` (per-layer ones stacked along `layers`), in the file's
+        dtype."""
+        t, cfg = self._tables[path], self._cfg
+        if not t.per_layer:
+            return _read_block(self._reader.slice(t.hf_name), t, cfg, index)
+        layers = range(*index[0].indices(cfg.num_hidden_layers))
+        return np.stack([_read_block(self._reader.slice(t.hf_name.format(i=i)), t, cfg, index[1:]) for i in layers])
+
+
 def load_hf_state(
     hf_dir: str | Path,
     mesh: Mesh,
@@ -172,31 +193,21 @@ def load_hf_state(
 ) -> tuple[ModelConfig, nnx.State]:
     """Reads a HF Llama folder straight into an NNX parameter state sharded on `mesh` (no LoRA params)."""
     cfg = read_hf_config(hf_dir, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy)
-    files, listing = weight_files(hf_dir)
     abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, LoraConfig(), rngs=nnx.Rngs(0))))[1]
     shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
     np_dtype = NP_DTYPES[cfg.param_dtype]
     pure: dict = {}
     with contextlib.ExitStack() as stack:
-        reader = _Reader(stack, files)
-        _check_tensors(cfg, reader, files, listing)
+        tensors = HFTensors(stack, hf_dir, cfg)
         for t in table_for(cfg):
             shape = ((cfg.num_hidden_layers,) if t.per_layer else ()) + t.our_shape(cfg)
-
-            def read(index, t=t):
-                if not t.per_layer:
-                    return _read_block(reader.slice(t.hf_name), t, cfg, index).astype(np_dtype)
-                layers = range(*index[0].indices(cfg.num_hidden_layers))
-                return np.stack(
-                    [_read_block(reader.slice(t.hf_name.format(i=i)), t, cfg, index[1:]) for i in layers]
-                ).astype(np_dtype)
-
             node = pure
             for key in t.path[:-1]:
                 node = node.setdefault(key, {})
             sharding = shardings
             for key in t.path:
                 sharding = sharding[key]
+            read = lambda index, t=t: tensors.read(t.path, index).astype(np_dtype)
             node[t.path[-1]] = jax.make_array_from_callback(shape, sharding, read)
     nnx.replace_by_pure_dict(abstract_state, pure)
     return cfg, abstract_state

@@ -1,11 +1,14 @@
 """Our parameter state -> a HuggingFace Llama folder (config.json, safetensors shards + index, tokenizer files),
 through the same `TENSOR_TABLE` the import reads. LoRA adapters are merged into their base weights; the folder
-is written under a temporary name and renamed when complete.
+is written under a temporary name and renamed when complete. A bucket (gs://) has no rename: the folder is written
+on local disk, then uploaded file by file with config.json last, and a folder without config.json is no model to
+transformers or to rpo-jax (`is_hf_folder`).
 
 Tensors stream one at a time (one layer of a stacked weight at a time) to process 0's host memory and straight
 into the open safetensors file: nothing ever holds the whole model, on the host or on a chip. Multi-host, every
 process takes part in each tensor's gather (a replicated copy of that one tensor, then dropped) and process 0
-writes; the files are the same as from one process."""
+writes; the files are the same as from one process. A quantized (QLoRA) base is dequantized, layer by layer, before
+its LoRA delta is merged: the export computes what the run computed."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -21,10 +25,13 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from data_pipeline.storage import absolute_storage_path, is_bucket_path, upload_folder
 from rpo_jax.config.schema import LoraConfig, ModelConfig
 from rpo_jax.io.hf import INDEX_FILE, NP_DTYPES, SINGLE_FILE, TOKENIZER_FILES
 from rpo_jax.io.hf_config import model_config_to_hf
 from rpo_jax.io.hf_table import TensorMap, hf_tensor_names
+from rpo_jax.model.llama import LAYER_WEIGHTS
+from rpo_jax.model.quantization import dequantized, is_quantized_leaf
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,12 @@ class HostCopies:
 
 def _tensor_parts(pure: dict, t: TensorMap, layer: int | None, host: HostCopies) -> list[np.ndarray]:
     """The arrays one HF tensor is made of, on this host: the weight, then its LoRA factors A and B if any."""
-    parts = [host(_leaf(pure, t.path), layer)]
+    weight = _leaf(pure, t.path)
+    # A quantized (QLoRA) base is exported dequantized, as the run computed with it; one layer at a time.
+    if is_quantized_leaf(weight):
+        parts = [host(dequantized(weight, LAYER_WEIGHTS[t.path[-1]][1], layer), None)]
+    else:
+        parts = [host(weight, layer)]
     if t.path[0] == "layers" and f"lora_a_{t.path[-1]}" in pure["layers"]:
         parts += [host(pure["layers"][f"lora_{ab}_{t.path[-1]}"], layer) for ab in "ab"]
     return parts
@@ -92,7 +104,8 @@ def export_hf(
     """
     from rpo_jax.io.safetensors_writer import plan_shards, write_file
 
-    output_dir = Path(output_dir).absolute()
+    in_bucket = is_bucket_path(output_dir)
+    output_dir = absolute_storage_path(output_dir)
     if output_dir.exists():
         raise FileExistsError(f"{output_dir}: already exists; refusing to overwrite")
     dtype = dtype or cfg.param_dtype
@@ -129,11 +142,14 @@ def export_hf(
             _tensor_parts(pure, t, layer, host)
         multihost_utils.sync_global_devices("rpo_jax_export_hf")
         return written
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-export"
-    if tmp.exists():  # left by an interrupted export
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if in_bucket:
+        tmp = Path(tempfile.mkdtemp(prefix="rpo_jax_hf_export_"))
+    else:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir.parent / f".{output_dir.name}.tmp-export"
+        if tmp.exists():  # left by an interrupted export
+            shutil.rmtree(tmp)
+        tmp.mkdir()
     for file, shard in zip(names, shards):
         write_file(tmp / file, [entries[k] for k in shard], lambda j, shard=shard: produce(shard[j]))
     if len(shards) > 1:
@@ -146,7 +162,13 @@ def export_hf(
         (tmp / src.name).write_bytes(src.read_bytes())
     for name, content in (extra_files or {}).items():
         (tmp / name).write_bytes(content)
-    tmp.rename(output_dir)
+    if in_bucket:
+        try:
+            upload_folder(tmp, str(output_dir), marker="config.json")
+        finally:
+            shutil.rmtree(tmp)
+    else:
+        tmp.rename(output_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("rpo_jax_export_hf")
     if has_lora:

@@ -23,6 +23,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from data_pipeline.storage import is_bucket_path, storage_path
+
 _ORBAX_SOURCE = "/orbax/"
 _LOGGERS = ("absl", "asyncio")
 
@@ -36,7 +38,8 @@ def _raised_in_orbax(exc_info) -> bool:
 class OrbaxNoise(logging.Filter):
     def __init__(self, log_path: str | Path):
         super().__init__()
-        self.log_path = Path(log_path)
+        self.log_path = storage_path(log_path)
+        self._bucket_text = ""  # in a bucket nothing can be appended: the whole log is uploaded at each write
         self._failed = False
         self._closed = False  # uninstalled: only Orbax's abandoned futures and coroutines are still diverted
         self._previous_hook = None
@@ -85,6 +88,10 @@ class OrbaxNoise(logging.Filter):
     def _write(self, text: str) -> None:
         self.diverted += 1
         try:
+            if is_bucket_path(self.log_path):
+                self._bucket_text += text.rstrip() + "\n"
+                self.log_path.write_text(self._bucket_text)
+                return
             with self.log_path.open("a", encoding="utf-8") as log:
                 log.write(text.rstrip() + "\n")
         except Exception:  # noqa: BLE001 - a full disk must not turn the noise back into a crash

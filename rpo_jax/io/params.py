@@ -6,7 +6,9 @@ Layout of a params checkpoint `DIR/`:
   lora_config.json    `dataclasses.asdict(LoraConfig)`; rank 0 when the state has no adapters
 
 `save_params` writes into `.DIR.tmp-params` and renames it to `DIR` once everything (Orbax's own commit
-included) is on disk, so a crash never leaves a half-written `DIR`. Multi-host, every process calls it and
+included) is on disk, so a crash never leaves a half-written `DIR`. A bucket (gs://) has no rename: there `DIR`
+is written in place, `model_config.json` last, and a folder without it is not a checkpoint (`_read_json` says
+so). Multi-host, every process calls it and
 writes its own shards of each array (nothing is gathered); process 0 writes the rest and renames.
 
 Loaders of model weights (`generate`, `eval`, `train.init_checkpoint`) also take a HuggingFace Llama folder
@@ -29,8 +31,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from data_pipeline.errors import DataFileError, OutputExistsError, UserError, malformed_json
+from data_pipeline.storage import absolute_storage_path, is_bucket_path, local_copy, remove_tree
 from rpo_jax.config.loading import config_from_dict
-from rpo_jax.config.schema import ConfigError, LoraConfig, ModelConfig, check_local_path
+from rpo_jax.config.schema import ConfigError, LoraConfig, ModelConfig, check_storage_path
 from rpo_jax.io.hf import INDEX_FILE, SINGLE_FILE, load_hf_state, read_hf_config
 from rpo_jax.model.llama import Llama
 from rpo_jax.runtime.sharding import state_shardings
@@ -50,12 +53,13 @@ class CheckpointMismatchError(UserError, ValueError):
 
 def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> Path:
     """Saves an NNX parameter state (sharded or not) plus its configs to a new folder `path`."""
-    path = Path(check_local_path(str(path), "params checkpoint")).absolute()
+    path = absolute_storage_path(check_storage_path(str(path), "params checkpoint"))
     if path.exists():
         raise OutputExistsError(f"{path}: already exists; refusing to overwrite")
     main, several = jax.process_index() == 0, jax.process_count() > 1
-    tmp = path.parent / f".{path.name}.tmp-params"
-    if main:
+    in_bucket = is_bucket_path(path)
+    tmp = path if in_bucket else path.parent / f".{path.name}.tmp-params"
+    if main and not in_bucket:
         path.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():  # left by an interrupted save
             shutil.rmtree(tmp)
@@ -67,20 +71,21 @@ def save_params(path: str | Path, state: nnx.State, model_cfg: ModelConfig, lora
         checkpointer.save(tmp / PARAMS_DIR, nnx.to_pure_dict(state))
         checkpointer.wait_until_finished()
         checkpointer.close()
-        if main:
-            (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n")
+        if main:  # model_config.json last: in a bucket it is what marks the folder complete
             (tmp / LORA_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(lora_cfg), indent=2) + "\n")
-            tmp.rename(path)
+            (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n")
+            if not in_bucket:
+                tmp.rename(path)
     except BaseException:
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         raise
     if several:
         multihost_utils.sync_global_devices("rpo_jax_save_params_done")
     return path
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path) -> dict:
     if not path.parent.is_dir():
         raise DataFileError(f"{path.parent}: no such checkpoint folder")
     if not path.is_file():
@@ -96,7 +101,7 @@ def _read_json(path: Path) -> dict:
 
 def read_model_config(path: str | Path) -> ModelConfig:
     """The ModelConfig a params checkpoint was saved with (validated like a YAML config)."""
-    file = Path(path) / MODEL_CONFIG_FILE
+    file = absolute_storage_path(path) / MODEL_CONFIG_FILE
     raw = _read_json(file)  # its errors name the file already
     try:
         return config_from_dict({"model": raw}).model
@@ -106,7 +111,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 def read_lora_config(path: str | Path) -> LoraConfig:
     """The LoraConfig a params checkpoint was saved with."""
-    file = Path(path) / LORA_CONFIG_FILE
+    file = absolute_storage_path(path) / LORA_CONFIG_FILE
     raw = _read_json(file)  # its errors name the file already
     try:
         return config_from_dict({"lora": raw}).lora
@@ -122,23 +127,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.State) -> nnx.State:
-    """Restores a params checkpoint directly into `shardings`, checking names, shapes and dtypes first.
-
-    `abstract_state` (e.g. `nnx.split(nnx.eval_shape(make_model))[1]`) fixes which parameters are read and
-    their shapes/dtypes; the checkpoint must hold exactly those. To load a base checkpoint into a LoRA model,
-    pass only the base params (`nnx.state(abstract, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))`) and their
-    shardings, then merge with the freshly initialised adapters. Returns a new state; the input is untouched.
-    """
-    params_dir = Path(check_local_path(str(path), "params checkpoint")).absolute() / PARAMS_DIR
+def checked_params_dir(path: str | Path, wanted_tree: dict) -> Path:
+    """The `params/` folder of params checkpoint `path`, once its arrays have exactly the names, shapes and dtypes
+    of `wanted_tree` (a pure dict of arrays or ShapeDtypeStructs); else an error naming the first difference."""
+    params_dir = absolute_storage_path(check_storage_path(str(path), "params checkpoint")) / PARAMS_DIR
     if not params_dir.is_dir():
         raise DataFileError(
             f"{params_dir}: not found (is {path} a params checkpoint from save_params, or an "
             f"HF folder with config.json and {SINGLE_FILE} or {INDEX_FILE}?)"
         )
-    checkpointer = ocp.StandardCheckpointer()
-    stored = _flatten(checkpointer.metadata(params_dir).item_metadata.tree)
-    wanted_tree = nnx.to_pure_dict(abstract_state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored = _flatten(checkpointer.metadata(params_dir).item_metadata.tree)
     wanted = _flatten(wanted_tree)
     missing = sorted(set(wanted) - set(stored))
     extra = sorted(set(stored) - set(wanted))
@@ -151,8 +150,23 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
         if tuple(have.shape) != tuple(want.shape) or jax.numpy.dtype(have.dtype) != jax.numpy.dtype(want.dtype):
             raise CheckpointMismatchError(
                 f"{params_dir}: parameter {name} is {tuple(have.shape)} {have.dtype} in the checkpoint but "
-                f"{tuple(want.shape)} {want.dtype} in the model (compare {Path(path) / MODEL_CONFIG_FILE})"
+                f"{tuple(want.shape)} {want.dtype} in the model (compare "
+                f"{absolute_storage_path(path) / MODEL_CONFIG_FILE})"
             )
+    return params_dir
+
+
+def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.State) -> nnx.State:
+    """Restores a params checkpoint directly into `shardings`, checking names, shapes and dtypes first.
+
+    `abstract_state` (e.g. `nnx.split(nnx.eval_shape(make_model))[1]`) fixes which parameters are read and
+    their shapes/dtypes; the checkpoint must hold exactly those. To load a base checkpoint into a LoRA model,
+    pass only the base params (`nnx.state(abstract, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))`) and their
+    shardings, then merge with the freshly initialised adapters. Returns a new state; the input is untouched.
+    """
+    wanted_tree = nnx.to_pure_dict(abstract_state)
+    params_dir = checked_params_dir(path, wanted_tree)
+    checkpointer = ocp.StandardCheckpointer()
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), wanted_tree, nnx.to_pure_dict(shardings)
     )
@@ -168,7 +182,7 @@ def restore_params(path: str | Path, abstract_state: nnx.State, shardings: nnx.S
 
 def is_hf_folder(path: str | Path) -> bool:
     """True for a HF Llama folder (config.json + model.safetensors or its index, none of save_params' files)."""
-    path = Path(path)
+    path = absolute_storage_path(path)
     if any((path / name).exists() for name in (PARAMS_DIR, MODEL_CONFIG_FILE, LORA_CONFIG_FILE)):
         return False
     return (path / "config.json").is_file() and ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file())
@@ -176,13 +190,19 @@ def is_hf_folder(path: str | Path) -> bool:
 
 def checkpoint_model_config(path: str | Path) -> ModelConfig:
     """The ModelConfig of a params checkpoint, or of an HF folder (its dtype; scan_layers on, no remat)."""
-    return read_hf_config(path) if is_hf_folder(path) else read_model_config(path)
+    return read_hf_config(hf_folder_here(path)) if is_hf_folder(path) else read_model_config(path)
+
+
+def hf_folder_here(path: str | Path) -> str | Path:
+    """An HF folder in a bucket is read from a copy on this host's disk (safetensors files are memory-mapped);
+    its config.json, uploaded last by export-hf, is what makes it an HF folder at all (`is_hf_folder`)."""
+    return local_copy(str(path), "hf_weights") if is_bucket_path(path) else path
 
 
 def load_checkpoint(path: str | Path, mesh: Mesh) -> tuple[ModelConfig, LoraConfig, nnx.State]:
     """The whole model of a params checkpoint or an HF folder, read straight into its shardings on `mesh`."""
     if is_hf_folder(path):
-        cfg, state = load_hf_state(path, mesh)
+        cfg, state = load_hf_state(hf_folder_here(path), mesh)
         return cfg, LoraConfig(), state
     return load_params_checkpoint(path, mesh)
 
@@ -202,6 +222,21 @@ def _architecture(cfg: ModelConfig) -> dict[str, object]:
     return fields
 
 
+def check_hf_architecture(path: str | Path, model_cfg: ModelConfig) -> None:
+    """`CheckpointMismatchError` naming each architecture field where the HF folder (on this host) and `model_cfg`
+    differ (every field but `EXECUTION_FIELDS` and initializer_range)."""
+    ours, theirs = _architecture(model_cfg), _architecture(read_hf_config(path))
+    differ = [
+        f"{name} (model {ours[name]!r}, config.json {theirs[name]!r})" for name in ours if ours[name] != theirs[name]
+    ]
+    if differ:
+        raise CheckpointMismatchError(
+            f"{absolute_storage_path(path) / 'config.json'}: the HF folder's architecture differs from "
+            f"the model it is loaded into (a run config's model section): "
+            f"{'; '.join(differ)}"
+        )
+
+
 def load_hf_base(path: str | Path, model_cfg: ModelConfig, mesh: Mesh) -> nnx.State:
     """The (non-LoRA) weights of an HF folder for a model configured as `model_cfg`, sharded on `mesh`.
 
@@ -209,17 +244,8 @@ def load_hf_base(path: str | Path, model_cfg: ModelConfig, mesh: Mesh) -> nnx.St
     `EXECUTION_FIELDS` and initializer_range), else `CheckpointMismatchError` names each differing field; the
     execution settings come from `model_cfg` (the weights are cast to its param_dtype).
     """
-    hf_cfg = read_hf_config(path)
-    ours, theirs = _architecture(model_cfg), _architecture(hf_cfg)
-    differ = [
-        f"{name} (model {ours[name]!r}, config.json {theirs[name]!r})" for name in ours if ours[name] != theirs[name]
-    ]
-    if differ:
-        raise CheckpointMismatchError(
-            f"{Path(path) / 'config.json'}: the HF folder's architecture differs from "
-            f"the model it is loaded into (a run config's model section): "
-            f"{'; '.join(differ)}"
-        )
+    path = hf_folder_here(path)
+    check_hf_architecture(path, model_cfg)
     _, state = load_hf_state(
         path,
         mesh,
@@ -234,7 +260,7 @@ def import_hf(
     hf_dir: str | Path, output: str | Path, mesh: Mesh, *, param_dtype: str | None = None
 ) -> tuple[ModelConfig, Path]:
     """An HF Llama folder -> a new params checkpoint at `output`, each tensor read straight into its sharding."""
-    if Path(output).exists():
+    if absolute_storage_path(output).exists():
         raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
     cfg, state = load_hf_state(hf_dir, mesh, param_dtype=param_dtype)
     return cfg, save_params(output, state, cfg, LoraConfig())
@@ -254,7 +280,7 @@ def import_gguf(
 
     from rpo_jax.io.gguf import gguf_to_hf
 
-    if Path(output).exists():
+    if absolute_storage_path(output).exists():
         raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
     with tempfile.TemporaryDirectory(prefix="rpo_jax_gguf_") as scratch:
         hf_dir = Path(hf_output) if hf_output else Path(scratch) / "hf"

@@ -22,7 +22,9 @@ from jax.sharding import Mesh
 
 from rpo_jax.config.schema import LoraConfig, ModelConfig, RopeConfig
 from rpo_jax.model.attention import AttentionMask, attend, platform_of, resolve_attention, shared_prompt_attention
+from rpo_jax.model.quantization import QuantizedWeight, frozen_matmul
 from rpo_jax.model.remat import remat_policy
+from rpo_jax.runtime.sharding import lookup_rows
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -49,13 +51,8 @@ LORA_TARGETS = {
 
 
 def layer_weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    D, H, K, Dh, F = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-    )
+    D, H, K, Dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    F = cfg.intermediate_size
     return {
         "wq_DHDh": (D, H, Dh),
         "wk_DKDh": (D, K, Dh),
@@ -79,10 +76,12 @@ class DecoderLayers(nnx.Module):
         dtype = DTYPES[cfg.param_dtype]
         self.input_norm_D = nnx.Param(jnp.ones((Y, D), dtype), logical_axes=("layers", "norm"))
         self.post_attn_norm_D = nnx.Param(jnp.ones((Y, D), dtype), logical_axes=("layers", "norm"))
-        shapes = layer_weight_shapes(cfg)
-        for name, (axes, _) in LAYER_WEIGHTS.items():
-            w = _normal(rngs, (Y, *shapes[name]), cfg.initializer_range, dtype)
-            setattr(self, name, nnx.Param(w, logical_axes=("layers", *axes)))
+        shapes, quantized = layer_weight_shapes(cfg), lora.base_quantization != "none"
+        for name, (axes, n_in) in LAYER_WEIGHTS.items():
+            w, layout = _normal(rngs, (Y, *shapes[name]), cfg.initializer_range, dtype), ("layers", *axes)
+            # QLoRA: the frozen base's linear maps stored quantized (rpo_jax/model/quantization.py).
+            weight = QuantizedWeight(name, w, layout, n_in, lora) if quantized else nnx.Param(w, logical_axes=layout)
+            setattr(self, name, weight)
         # LoRA factors: A [Y, in, R] random, B [Y, R, out] zero, so an adapted model starts equal to its base.
         self.lora_names = tuple(LORA_TARGETS[t] for t in lora.target_modules) if lora.rank > 0 else ()
         for name in self.lora_names:
@@ -95,8 +94,9 @@ class DecoderLayers(nnx.Module):
             setattr(self, f"lora_b_{name}", nnx.LoRAParam(b, logical_axes=("layers", "lora_rank", *axes[n_in:])))
 
     def stacked(self) -> dict[str, jax.Array]:
-        """Raw arrays keyed by weight name, each with leading layers axis Y."""
-        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Variable)}
+        """Raw arrays (`QuantizedArray`s for a quantized base) keyed by weight name, each with leading layers axis Y."""
+        parts = {k: v for k, v in vars(self).items() if isinstance(v, nnx.Variable | QuantizedWeight)}
+        return {k: v.stored() if isinstance(v, QuantizedWeight) else v[...] for k, v in parts.items()}
 
 
 def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
@@ -139,7 +139,7 @@ def apply_rope(x_BLND: jax.Array, cos_BLD: jax.Array, sin_BLD: jax.Array) -> jax
 
 def _project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contract: str):
     """x @ W (einsum `contract`) plus the LoRA delta scale·(x @ A) @ B when adapters exist and are enabled."""
-    y = jnp.einsum(contract, x, p[name].astype(x.dtype))
+    y = frozen_matmul(contract, x, p[name])
     if lora_scale and f"lora_a_{name}" in p:
         ins, out_spec = contract.split("->")
         x_spec, w_spec = ins.split(",")
@@ -260,7 +260,7 @@ class Llama(nnx.Module):
         dtype = DTYPES[cfg.dtype]
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones_like(tokens_BL)
-        x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(dtype)
+        x_BLD = lookup_rows(self.embed_VD[...], tokens_BL, mesh).astype(dtype)
         cos, sin = rope_cos_sin(positions_BL, rope_inv_freq(cfg.rope_parameters, cfg.head_dim), dtype)
         impl, _ = resolve_attention(cfg, platform_of(mesh))
         if prefix_ids_BL is not None and cfg.attention == "auto" and shared_prompt_attention(impl):

@@ -42,13 +42,21 @@ def precision(cfg: Config) -> dict:
     trained = "float32" if lora else cfg.model.param_dtype  # LoRA factors are always float32
     return {
         "trained_weights": trained,  # = gradient and gradient-accumulation dtype
-        "frozen_base": cfg.model.param_dtype if lora else None,
+        "frozen_base": frozen_base_dtype(cfg) if lora else None,
         "compute": cfg.model.dtype,
         "adam_moments": cfg.optim.moments_dtype,
         "reference_copy": reference_dtype(cfg) if cfg.train.reference_mode == "separate" else None,
         "master_weights": trained == "float32" and cfg.model.dtype == "bfloat16",
         "loss_scaling": None,  # bf16 has fp32's exponent range; log-softmax and losses are fp32
     }
+
+
+def frozen_base_dtype(cfg: Config) -> str:
+    """How a LoRA run stores its frozen base: `param_dtype`, or QLoRA's codes with their scales' dtype."""
+    quantization, block = cfg.lora.base_quantization, cfg.lora.quantization_block_size
+    if quantization == "none":
+        return cfg.model.param_dtype
+    return f"{quantization} (a {cfg.model.param_dtype} scale per {block} inputs; dequantized to {cfg.model.dtype})"
 
 
 def format_precision(p: dict) -> str:

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from rpo_jax.config.schema import Config
 from rpo_jax.model.attention import platform_of, resolve_attention
 from rpo_jax.model.llama import LAYER_WEIGHTS, LORA_TARGETS, count_params, layer_weight_shapes
+from rpo_jax.model.quantization import CODE_BITS
 from rpo_jax.model.remat import OFFLOADING, compiled_uses_host_memory, offload_error
 from rpo_jax.objective.losses import LOSSES
 from rpo_jax.plan.dtypes import compile_for_plan, format_precision, precision
@@ -86,6 +87,10 @@ def parameter_arithmetic(cfg: Config, mesh: Mesh) -> dict:
     param_bytes = np.dtype(cfg.model.param_dtype).itemsize
     n_base, n_lora = count_params(cfg.model), lora_param_count(cfg)
     base = n_base * param_bytes / shards
+    if cfg.lora.base_quantization != "none":  # the layers' linear maps as codes + one scale per block (QLoRA)
+        n_quantized = cfg.model.num_hidden_layers * sum(math.prod(s) for s in layer_weight_shapes(cfg.model).values())
+        bits = CODE_BITS[cfg.lora.base_quantization] + 8 * param_bytes / cfg.lora.quantization_block_size
+        base -= n_quantized * (param_bytes - bits / 8) / shards
     lora = n_lora * 4 / shards  # LoRA factors are created in float32 whatever param_dtype says
     uses_lora = cfg.lora.rank > 0
     moment_bytes = np.dtype(cfg.optim.moments_dtype).itemsize
@@ -165,6 +170,7 @@ def plan_train_step(
     report = {
         "platform": platform,
         "mesh": dict(mesh.shape),
+        "dcn_slices": cfg.mesh.dcn_data,  # the data axis spans these (multislice); fsdp and tensor stay in one
         "devices": int(n_devices),
         "batch": {
             "global_batch_size": batch_size,
@@ -213,8 +219,9 @@ def format_report(report: dict) -> str:
         report["flops"],
     )
     b = report["batch"]
+    slices = f", data axis across {report['dcn_slices']} slices" if report["dcn_slices"] > 1 else ""
     lines = [
-        f"platform {report['platform']}, mesh {report['mesh']} ({report['devices']} devices); "
+        f"platform {report['platform']}, mesh {report['mesh']} ({report['devices']} devices{slices}); "
         f"batch {b['global_batch_size']}×G{b['group_size']}×L{b['seq_len']}, grad_accum {b['grad_accum_steps']}",
         *([f"mesh: {report['mesh_from']}"] if "mesh_from" in report else []),
         f"model {report['model']}",
@@ -256,16 +263,18 @@ def plan(
     topology: str = "",
     exact_dtypes: bool = False,
 ) -> dict:
-    """`plan_train_step` on the config's mesh of CPU devices, and (on a TPU backend) also for `topology`."""
+    """`plan_train_step` on the config's mesh of CPU devices, and (on a TPU backend) also for `topology`. With
+    mesh.dcn_data > 1 the CPU devices are cut into that many consecutive slices, and `topology` is one slice's."""
+    from rpo_jax.plan.target_mesh import tpu_topology_devices
+    from rpo_jax.runtime.multislice import consecutive_slices
     from rpo_jax.runtime.sharding import make_mesh
 
-    needed = math.prod((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    cpu_mesh = make_mesh(cfg.mesh, jax.devices("cpu")[:needed])
+    slices = cfg.mesh.dcn_data
+    cpus = jax.devices("cpu")[: math.prod((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)) * slices]
+    cpu_mesh = make_mesh(cfg.mesh, cpus, consecutive_slices(cpus, slices) if slices > 1 else None)
     report = plan_train_step(cfg, cpu_mesh, batch_size, seq_len, hbm_gib, exact_dtypes)
     if topology and jax.default_backend() == "tpu":
-        from jax.experimental import topologies
-
-        devices = topologies.get_topology_desc(topology, "tpu").devices
+        devices = tpu_topology_devices(topology, slices)
         report["target_topology"] = {
             "name": topology,
             **plan_train_step(cfg, make_mesh(cfg.mesh, devices), batch_size, seq_len, hbm_gib),

@@ -7,7 +7,8 @@ Two ways to say so:
   (default 300) instead of a hang or JAX's abort.
 - The platform: JAX's own cluster detection (what a bare `jax.distributed.initialize()` uses: Cloud TPU VM
   metadata or TPU_WORKER_HOSTNAMES, multi-slice MEGASCALE_*, Slurm, Open MPI, Kubernetes) reports several
-  processes. A single-host TPU VM reports one and is left alone.
+  processes. A single-host TPU VM reports one and is left alone. Across slices, `mesh.dcn_data` lays the mesh's
+  data axis over them (`multislice`).
 
 Each process of a multi-process run prints one line saying which process it is. JAX's preemption service is
 turned off: its C++ SIGTERM handler would swallow SIGTERM before the trainer's own handler is installed, and the

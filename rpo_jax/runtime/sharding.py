@@ -1,18 +1,21 @@
-"""Device mesh over (data, fsdp, tensor) and the one table mapping logical parameter axes to mesh axes."""
+"""Device mesh over (data, fsdp, tensor), across TPU slices too (`multislice`), and the one table mapping logical
+parameter axes to mesh axes."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from data_pipeline.errors import UserError
 from rpo_jax.config.schema import MESH_AXES, MeshConfig
-from rpo_jax.runtime import distributed
+from rpo_jax.runtime import distributed, multislice
 
 # Logical axis -> mesh axis (None = replicated). Every logical name used by a parameter must appear here.
 LOGICAL_AXIS_RULES: dict[str, str | None] = {
@@ -27,7 +30,8 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "lora_rank": None,
 }
 
-# Batch rows are split over every data-parallel axis (FSDP is data parallel for activations).
+# Batch rows are split over every data-parallel axis (FSDP is data parallel for activations). Across slices the
+# `data` axis spans them (`multislice`): no rule names it, so no parameter is split across slices.
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -36,22 +40,35 @@ class ShardingError(UserError, ValueError):
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-    """Resolves -1 to the remaining devices and checks the product equals the device count."""
+    """The (data, fsdp, tensor) sizes within one slice: -1 resolved against the devices of a slice (all of them when
+    mesh.dcn_data is 1), checked to multiply to that count."""
+    if num_devices % cfg.dcn_data:
+        raise ShardingError(
+            f"mesh.dcn_data={cfg.dcn_data}: {num_devices} devices do not form {cfg.dcn_data} equal slices"
+        )
+    per_slice = num_devices // cfg.dcn_data
+    in_slice = "" if cfg.dcn_data == 1 else f" per slice (mesh.dcn_data={cfg.dcn_data})"
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if num_devices % known:
-            raise ShardingError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices not divisible by {known}")
-        sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) != num_devices:
+        if per_slice % known:
+            raise ShardingError(
+                f"mesh {dict(zip(MESH_AXES, sizes))}: {per_slice} devices{in_slice} not divisible by {known}"
+            )
+        sizes[sizes.index(-1)] = per_slice // known
+    if math.prod(sizes) != per_slice:
         raise ShardingError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, {num_devices} available"
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, {per_slice} available{in_slice}"
         )
     return tuple(sizes)
 
 
-def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the (data, fsdp, tensor) mesh; `jax.make_mesh` orders devices for the physical topology.
+def make_mesh(
+    cfg: MeshConfig, devices: Sequence[jax.Device] | None = None, slice_of: multislice.SliceOf | None = None
+) -> Mesh:
+    """Builds the (data, fsdp, tensor) mesh; `jax.make_mesh` orders devices for the physical topology, and across
+    slices (mesh.dcn_data > 1, or TPU devices of several slices) `multislice.hybrid_device_grid` stacks the slices
+    along the data axis. `slice_of` says which slice a device is on (default: its TPU slice, else its process).
 
     The first mesh of a command is where JAX first touches devices, so one process of several joins the others
     here (`distributed.maybe_initialize`): every command that builds a mesh works multi-host."""
@@ -60,9 +77,35 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     shape = mesh_shape(cfg, len(devices))
     # Auto axes: XLA propagates shardings from the parameters/batch (GSPMD); no sharding-in-types.
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if cfg.dcn_data > 1 or slice_of is not None or multislice.tpu_slice_count(devices) > 1:
+        slice_of = slice_of or multislice.default_slice_of
+        check_slices(cfg, devices, slice_of)
+        grid = multislice.hybrid_device_grid(shape, cfg.dcn_data, devices, slice_of)
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
     if devices == list(jax.devices()):
         return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=axis_types)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def check_slices(cfg: MeshConfig, devices: Sequence[jax.Device], slice_of: multislice.SliceOf) -> None:
+    """mesh.dcn_data must be the number of slices the devices are on, each holding the same number of them."""
+    sizes = sorted(multislice.slice_sizes(devices, slice_of).values())
+    if len(sizes) == cfg.dcn_data and len(set(sizes)) == 1:
+        return
+    if multislice.tpu_slice_count(devices) > 1:
+        what = f"TPU slices, MEGASCALE_NUM_SLICES={os.environ.get('MEGASCALE_NUM_SLICES', '<from the VM metadata>')}"
+        fix = f"set mesh.dcn_data={len(sizes)} (launch/tpu_pod.sh --num-slices {len(sizes)} does)"
+    else:
+        where = (
+            "one per process: the devices carry no TPU slice index" if slice_of is multislice.default_slice_of else ""
+        )
+        what, fix = where or "slices as given", f"set mesh.dcn_data={len(sizes)}"
+    if len(set(sizes)) > 1:
+        fix = "slices of different sizes cannot form one mesh"
+    raise ShardingError(
+        f"mesh.dcn_data={cfg.dcn_data}, but the {len(devices)} devices form {len(sizes)} slice(s) ({what}) of "
+        f"{sizes} devices: {fix}"
+    )
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, name: str) -> PartitionSpec:
@@ -135,6 +178,22 @@ def check_sufficiently_sharded(state: nnx.State, shardings: nnx.State, mesh: Mes
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways batch rows are split: the product of the `BATCH_AXES` sizes."""
     return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def lookup_rows(table_VD: jax.Array, ids_BL: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """`table_VD[ids_BL]` (an embedding lookup) with the rows split over `BATCH_AXES` like the ids.
+
+    The table's D is split over the `embed` axis (fsdp): each device looks up its share of D for the ids of its data
+    shard (the ids are gathered within it), then one all-to-all over fsdp hands every device whole rows. Left to
+    itself, GSPMD also all-gathers the looked-up rows across `data`, which on a multislice mesh (where `data` spans
+    slices) sends activations over the data-center network on every micro-batch."""
+    if mesh is None:
+        return jnp.take(table_VD, ids_BL, axis=0)
+    embed = LOGICAL_AXIS_RULES["embed"]
+    ids_BL = jax.lax.with_sharding_constraint(ids_BL, NamedSharding(mesh, PartitionSpec("data", None)))
+    rows_BLD = jnp.take(table_VD, ids_BL, axis=0)
+    rows_BLD = jax.lax.with_sharding_constraint(rows_BLD, NamedSharding(mesh, PartitionSpec("data", None, embed)))
+    return jax.lax.with_sharding_constraint(rows_BLD, NamedSharding(mesh, PartitionSpec(BATCH_AXES, None, None)))
 
 
 def batch_shardings(batch: dict, mesh: Mesh) -> dict:

@@ -8,6 +8,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from data_pipeline.records.loader import PairBatchIterator, make_loader
+from data_pipeline.records.mixture import MixtureSource
+from data_pipeline.records.mixture_loader import make_mixture_loader
 from data_pipeline.records.packed_loader import make_packed_loader
 from rpo_jax.config.schema import Config, ConfigError
 from rpo_jax.model.attention import platform_of, resolve_attention, shared_prompt_attention
@@ -93,6 +95,36 @@ def open_loader(
         ref_logps=ref_logps,
         group_mirrors=cfg.data.group_mirrors and repeat,
     )
+
+
+def open_train_loader(cfg: Config, per_process_batch: int, ref_logps: np.ndarray | None = None) -> PairBatchIterator:
+    """This process's training batches, repeated forever: of `data.train_path`, or of the weighted mixture
+    `data.sources` (whose batches carry the same fields; `data_pipeline.records.mixture`)."""
+    if not cfg.data.sources:
+        return open_loader(cfg, cfg.data.train_path, per_process_batch, repeat=True, ref_logps=ref_logps)
+    return make_mixture_loader(
+        mixture_sources(cfg),
+        batch_size=per_process_batch,
+        seed=cfg.data.shuffle_seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        length_buckets=cfg.data.length_buckets,
+        max_length=cfg.data.max_length,
+        packing=cfg.data.packing,
+        group_mirrors=cfg.data.group_mirrors,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def mixture_sources(cfg: Config) -> list[MixtureSource]:
+    """`data.sources` (shard folders once `prepare_run_data` tokenized the pair files), each named by its setting."""
+    return [MixtureSource(s.path, s.weight, f"data.sources[{k}]") for k, s in enumerate(cfg.data.sources)]
+
+
+def train_data_dir(cfg: Config) -> str:
+    """The folder whose manifest describes how the training data was tokenized (tokenizer, chat template):
+    `data.train_path`, or a mixture's first source (a mixture's sources share both, `mixture`)."""
+    return cfg.data.sources[0].path if cfg.data.sources else cfg.data.train_path
 
 
 def model_inputs(batch: dict, cfg: Config, *, weighted: bool = False) -> dict:

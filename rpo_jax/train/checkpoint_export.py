@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from data_pipeline.errors import DataFileError, OutputExistsError, UserError
-from rpo_jax.config.loading import config_from_dict
+from data_pipeline.storage import absolute_storage_path, storage_path
+from rpo_jax.config.loading import config_from_stored
 from rpo_jax.config.schema import Config, LoraConfig
 from rpo_jax.io.hf_export import export_hf
 from rpo_jax.io.params import load_params_checkpoint
@@ -32,17 +33,18 @@ class StepCheckpointError(UserError, ValueError):
 
 
 def is_step_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / STATE_ITEM).is_dir() and (Path(path) / META_ITEM).is_dir()
+    path = storage_path(path)
+    return (path / STATE_ITEM).is_dir() and (path / META_ITEM).is_dir()
 
 
 def step_checkpoint_config(path: str | Path) -> Config:
     """The resolved run config stored with the step."""
-    meta_dir = Path(path).absolute() / META_ITEM
+    meta_dir = absolute_storage_path(path) / META_ITEM
     try:
         meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
     except Exception as e:  # noqa: BLE001 - Orbax raises several types for a missing or damaged item
         raise StepCheckpointError(f"{meta_dir}: cannot read the run config of this step ({e})") from e
-    return config_from_dict(meta["config"])
+    return config_from_stored(meta["config"])
 
 
 def load_step_params(path: str | Path, mesh: Mesh) -> tuple[Config, dict]:
@@ -59,7 +61,7 @@ def load_step_params(path: str | Path, mesh: Mesh) -> tuple[Config, dict]:
             shardings.to_pure_dict(),
         )
     }
-    state_dir = Path(path).absolute() / STATE_ITEM
+    state_dir = absolute_storage_path(path) / STATE_ITEM
     try:
         restored = ocp.PyTreeCheckpointer().restore(
             state_dir,
@@ -118,8 +120,8 @@ def export_checkpoint(
 ) -> tuple[list[str], LoraConfig]:
     """Writes the HF folder `output` for a params or step checkpoint; returns (files written, LoRA config merged).
     A step checkpoint's tokenizer defaults to its run's (`tokenizer_dir` None)."""
-    path = Path(checkpoint)
-    if Path(output).exists():
+    path = storage_path(checkpoint)
+    if storage_path(output).exists():
         raise OutputExistsError(f"{output}: already exists; refusing to overwrite")
     _refuse_missing(path)
     extra_files: dict[str, bytes] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data_pipeline.records.shards import is_shard_folder, read_manifest
 from rpo_jax.config.schema import Config
+from rpo_jax.train.batches import train_data_dir
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -50,10 +51,15 @@ def chat_files(manifest: dict, tokenizer_dir: str | Path | None, model_eos_token
 
 
 def run_chat_files(cfg: Config) -> dict[str, bytes]:
-    """The chat files of a run whose training data is `cfg.data.train_path` (`{}` when that folder is gone, e.g.
-    when exporting a step checkpoint of a run folder that was moved without its data)."""
-    if not is_shard_folder(cfg.data.train_path):
+    """The chat files of a run whose training data is `cfg.data.train_path` (or `data.sources`: `train_data_dir`;
+    `{}` when that folder is gone, e.g. when exporting a step checkpoint of a run folder moved without its data)."""
+    if not is_shard_folder(train_data_dir(cfg)):
         return {}
-    manifest = read_manifest(cfg.data.train_path)
+    manifest = read_manifest(train_data_dir(cfg))
     tokenizer_dir = cfg.data.tokenizer_path or manifest["tokenizer"]["path"]
     return chat_files(manifest, tokenizer_dir if Path(tokenizer_dir).is_dir() else None, cfg.model.eos_token_id)
+
+
+def run_tokenizer_dir(cfg: Config) -> str:
+    """The tokenizer a run's data was tokenized with: `data.tokenizer_path`, else the one its manifest names."""
+    return cfg.data.tokenizer_path or read_manifest(train_data_dir(cfg))["tokenizer"]["path"]

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from rpo_jax.config.schema import Config, ConfigError
 from rpo_jax.io.params import is_hf_folder, load_hf_base, restore_params
+from rpo_jax.io.quantized_base import load_quantized_base
 from rpo_jax.model.attention import platform_of, resolve_attention
 from rpo_jax.model.llama import Llama
 from rpo_jax.model.remat import check_remat_policy_supported
@@ -160,8 +161,8 @@ def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyPa
     `init_checkpoint`, when given, supplies the non-LoRA weights, read straight into their shardings: a params
     checkpoint (`rpo-jax import-hf` / `params_io.save_params`; names, shapes and dtypes must match), or an HF
     Llama folder such as a trained run's `hf/` (its config.json must describe `cfg.model`'s architecture; the
-    weights are cast to `cfg.model.param_dtype`). LoRA factors are always freshly initialised (B = 0, so
-    policy == base at step 0).
+    weights are cast to `cfg.model.param_dtype`). With `lora.base_quantization` the base is quantized as it is
+    read (`io.quantized_base`). LoRA factors are always freshly initialised (B = 0, so policy == base at step 0).
     """
     layout = policy_layout(cfg, mesh)
     lora_sh, base_sh = layout.lora_state_shardings.to_pure_dict(), layout.base_state_shardings.to_pure_dict()
@@ -172,7 +173,11 @@ def build_policy(cfg: Config, mesh: Mesh, init_checkpoint: str = "") -> PolicyPa
         return nnx.split(layout.make(), nnx.LoRAParam, ...)[part].to_pure_dict()
 
     lora = jax.jit(lambda: create(1), out_shardings=lora_sh)()
-    if init_checkpoint and is_hf_folder(init_checkpoint):
+    if init_checkpoint and cfg.lora.base_quantization != "none":  # quantized layer by layer as it is read
+        base = load_quantized_base(
+            init_checkpoint, cfg.model, cfg.lora, layout.abstract_base, layout.base_state_shardings
+        )
+    elif init_checkpoint and is_hf_folder(init_checkpoint):
         base = load_hf_base(init_checkpoint, cfg.model, mesh).to_pure_dict()
         base = jax.device_put(base, base_sh)  # a no-op: load_hf_state already placed them in these shardings
     elif init_checkpoint:

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from data_pipeline.files import write_bytes_atomic
 from data_pipeline.records.loader import dataset_fingerprint, make_loader
 from data_pipeline.records.shards import read_manifest
+from data_pipeline.storage import storage_path
 from rpo_jax.config.loading import config_to_dict
 from rpo_jax.config.schema import Config, ConfigError
 from rpo_jax.objective.logps import paired_logps
@@ -42,11 +43,13 @@ def reference_key(cfg: Config, shard_dir: str) -> str:
         "model": config_to_dict(cfg.model),
         "chunks": [cfg.loss.logits_chunk_size, cfg.loss.vocab_chunk_size],
     }
+    if cfg.lora.base_quantization != "none":  # a quantized base scores differently (keys of dense runs unchanged)
+        payload["base_quantization"] = [cfg.lora.base_quantization, cfg.lora.quantization_block_size]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def ref_logps_path(cfg: Config, shard_dir: str) -> Path:
-    return Path(cfg.train.output_dir) / REF_LOGPS_DIR / f"{reference_key(cfg, shard_dir)}.npz"
+    return storage_path(cfg.train.output_dir) / REF_LOGPS_DIR / f"{reference_key(cfg, shard_dir)}.npz"
 
 
 def load_reference_logps(cfg: Config, shard_dir: str) -> np.ndarray | None:
@@ -54,7 +57,7 @@ def load_reference_logps(cfg: Config, shard_dir: str) -> np.ndarray | None:
     path = ref_logps_path(cfg, shard_dir)
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:  # local or gs://
         return data["ref_logps"]
 
 
@@ -116,7 +119,8 @@ def _reference_only(cfg: Config) -> Config:
     """Builds just the reference weights: the base model (LoRA off, so no adapters), no separate copy."""
     return dataclasses.replace(
         cfg,
-        lora=dataclasses.replace(cfg.lora, rank=0),
+        # A quantized (QLoRA) base keeps its adapters' config: the reference is that quantized base, LoRA off.
+        lora=cfg.lora if cfg.lora.base_quantization != "none" else dataclasses.replace(cfg.lora, rank=0),
         train=dataclasses.replace(cfg.train, reference_mode="precomputed"),
     )
 

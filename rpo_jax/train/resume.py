@@ -3,7 +3,8 @@
 A checkpoint is trusted only once its config matches (`check_resume_compatible`) and it restores: every array
 read back and decoded (a truncated or zeroed file fails there). Without a step, the newest checkpoint that
 restores wins; each newer one that does not is named with the reason, and moved to
-`<output_dir>/set_aside_checkpoints/` so the resumed run can save those steps again. With a step, that
+`<output_dir>/set_aside_checkpoints/` so the resumed run can save those steps again; so is a step folder whose
+save was cut off before it committed (in a bucket: no `commit_success.txt`). With a step, that
 checkpoint or an error; newer ones (another trajectory from now on) are set aside the same way. No checkpoint at
 all: the run starts fresh and says so.
 
@@ -23,8 +24,11 @@ import jax
 import numpy as np
 
 from data_pipeline.records.loader import dataset_fingerprint
+from data_pipeline.records.mixture import mixture_fingerprint
+from data_pipeline.storage import list_files, storage_path
 from rpo_jax.config.schema import Config, ConfigError
 from rpo_jax.io.checkpoints import CheckpointMismatchError, StepCheckpointer, check_resume_compatible
+from rpo_jax.train.batches import mixture_sources
 
 SET_ASIDE_DIR = "set_aside_checkpoints"
 # Files of a weights folder whose content identifies it cheaply (the tensors are identified by name and size).
@@ -48,19 +52,20 @@ def weights_fingerprint(path: str) -> str:
     """sha256 over a weights folder's file names and sizes and its small config files ('' for no path)."""
     if not path:
         return ""
-    root, digest = Path(path), hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
-        if file.name in _IDENTITY_FILES:
-            digest.update(file.read_bytes())
+    root, digest = storage_path(path), hashlib.sha256()
+    for rel, size in sorted(list_files(path).items()):
+        digest.update(f"{rel}\0{size}\0".encode())
+        if Path(rel).name in _IDENTITY_FILES:
+            digest.update((root / rel).read_bytes())
     return digest.hexdigest()
 
 
 def run_fingerprints(cfg: Config) -> dict[str, str]:
     """What a step checkpoint records about the data and weights it was trained from."""
     return {
-        "data_fingerprint": dataset_fingerprint(cfg.data.train_path),
+        "data_fingerprint": (
+            mixture_fingerprint(mixture_sources(cfg)) if cfg.data.sources else dataset_fingerprint(cfg.data.train_path)
+        ),
         "eval_data_fingerprint": dataset_fingerprint(cfg.data.eval_path) if cfg.data.eval_path else "",
         "init_checkpoint_fingerprint": weights_fingerprint(cfg.train.init_checkpoint),
     }
@@ -97,6 +102,7 @@ def restore_for_resume(
     `fingerprints` describe this run (for `check_resume_compatible`); `say` prints a line.
     """
     requested_step = request.step
+    _set_aside_unfinished(checkpointer, say)
     steps = checkpointer.all_steps()
     where = checkpointer.directory
     if not steps:
@@ -136,6 +142,35 @@ def restore_for_resume(
     )
 
 
+def _set_aside_unfinished(checkpointer: StepCheckpointer, say: Callable[[str], None]) -> None:
+    """Names step folders whose save never committed and moves them out of the way of the resumed run's saves."""
+    unfinished = checkpointer.unfinished_steps()
+    if jax.process_count() > 1:  # every process lists before process 0 moves anything
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("rpo_jax_listed_unfinished_checkpoints")
+    if not unfinished:
+        return
+    destination = checkpointer.directory.parent / SET_ASIDE_DIR
+    if jax.process_index() == 0:
+        for step in unfinished:
+            checkpointer.set_aside(step, destination)
+    _sync_after_set_aside(checkpointer)
+    steps = ", ".join(map(str, unfinished))
+    say(
+        f"--resume: skipped step {steps} in {checkpointer.directory}: its save was cut off before it committed (no "
+        f"commit marker); moved to {destination}"
+    )
+
+
+def _sync_after_set_aside(checkpointer: StepCheckpointer) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("rpo_jax_set_aside_checkpoints")
+        checkpointer.manager.reload()
+
+
 def _set_aside_newer(
     checkpointer: StepCheckpointer, step: int, steps: list[int], failures: list[str], say: Callable[[str], None]
 ) -> None:
@@ -146,11 +181,7 @@ def _set_aside_newer(
     if jax.process_index() == 0:
         for s in newer:
             checkpointer.set_aside(s, destination)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("rpo_jax_set_aside_checkpoints")
-        checkpointer.manager.reload()
+    _sync_after_set_aside(checkpointer)
     if failures:
         say(
             f"--resume: {'; '.join(failures)} cannot be read back; resuming from step {step}, the newest "

@@ -4,16 +4,17 @@ A folder holding a run's outputs (checkpoints, metrics.jsonl, report.png, hf/, .
 `--resume`, replaced only with `--overwrite`, and otherwise refused before any work: a second run started into
 it would append its metrics to the first one's, leave the first one's checkpoints beside its own export, and
 exit 0. The tokenized data (`data/`) and reference log-probs (`ref_logps/`) are caches keyed by their content's
-fingerprint; they are reused by any run and never count as "a run is here".
+fingerprint, and JAX's compiled programs (`jax_compilation_cache/`) by theirs; they are reused by any run and
+never count as "a run is here". The folder may be a gs:// bucket path (`data_pipeline.storage`).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import jax
 
+from data_pipeline.storage import remove_tree, storage_path
 from rpo_jax.config.schema import ConfigError
 from rpo_jax.train.run_data import check_output_dir
 
@@ -28,12 +29,15 @@ RUN_OUTPUTS = (
     "hf",
     ".hf.tmp-export",
     "tensorboard",
+    "wandb",
+    "trackers.json",
+    "mixture.json",
     "checkpoint_errors.log",
 )
-CACHES = ("data", "ref_logps")
+CACHES = ("data", "ref_logps", "jax_compilation_cache")
 
 
-def _listing(paths: list[Path]) -> str:
+def _listing(paths: list) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths)
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
@@ -46,8 +50,9 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
     """
     if resume and overwrite:
         raise ConfigError("--resume continues the run in train.output_dir, --overwrite replaces it: pass one")
-    out = Path(output_dir)
-    present = [p for p in out.iterdir() if p.name not in CACHES and not p.name.startswith(".write_probe")]
+    out = storage_path(output_dir)
+    listing = out.iterdir() if out.is_dir() else ()  # a bucket has no empty folders: nothing written yet
+    present = [p for p in listing if p.name not in CACHES and not p.name.startswith(".write_probe")]
     if resume or not present:
         return ""
     ours = [p for p in present if p.name in RUN_OUTPUTS]
@@ -62,11 +67,11 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
     note = f"--overwrite: removed the previous run's {_listing(ours) or 'nothing'} from {out}{note}"
     if is_main:
         for path in ours:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            remove_tree(path)
     return note
 
 
-def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> Path:
+def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool):
     """`train.output_dir` created, proven writable and claimed for this run (all processes; the main one
     deletes and reports); returns it."""
     out = check_output_dir(output_dir)

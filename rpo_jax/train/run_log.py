@@ -1,17 +1,24 @@
 """Run outputs on process 0: metrics.jsonl (append-only, truncated back on resume), progress bar, report.png
-(titled with run, model and loss; raw and smoothed training curves, held-out points, the learning rate)."""
+(titled with run, model and loss; raw and smoothed training curves, held-out points, the learning rate).
+
+In a bucket (gs://) nothing can be appended to: metrics.jsonl is uploaded whole after each record (one upload
+replaces the object, so a reader sees the previous or the new version, never half of one), and the TensorBoard
+event file is written on local disk and uploaded whole after each record the same way."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_pipeline.files import write_bytes_atomic
+from data_pipeline.storage import is_bucket_path, storage_path
 
 REPORT_PANELS = (
     ("loss", "loss"),
@@ -36,11 +43,20 @@ class TensorBoardLog:
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self._writer = EventsWriter(str(Path(directory) / "events"))  # writes the file-version header
+        self._bucket_dir = storage_path(directory) if is_bucket_path(directory) else None
+        local = Path(tempfile.mkdtemp(prefix="rpo_jax_tensorboard_")) if self._bucket_dir else Path(directory)
+        local.mkdir(parents=True, exist_ok=True)
+        self._local = local
+        self._writer = EventsWriter(str(local / "events"))  # writes the file-version header
         if purge_step is not None:
             self._writer.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self._flush()
+
+    def _flush(self) -> None:
         self._writer.flush()
+        if self._bucket_dir is not None:  # the whole event file, one upload (see the module's docstring)
+            for file in self._local.iterdir():
+                (self._bucket_dir / file.name).write_bytes(file.read_bytes())
 
     def write(self, record: dict) -> None:
         from tensorboardX.proto.event_pb2 import Event
@@ -52,31 +68,44 @@ class TensorBoardLog:
             if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         self._writer.write_event(Event(wall_time=time.time(), step=record["step"], summary=Summary(value=values)))
-        self._writer.flush()
+        self._flush()
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """`text` (markdown) in TensorBoard's Text tab under `tag`."""
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import text as text_summary
+
+        self._writer.write_event(Event(wall_time=time.time(), step=step, summary=text_summary(tag, text)))
+        self._flush()
 
     def close(self) -> None:
         self._writer.close()
-
-
-def require_tensorboard() -> None:
-    """Fails early (before any compile) when `train.tensorboard` is set but tensorboardX is missing."""
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError as e:
-        raise ImportError("train.tensorboard: true needs tensorboardX; pip install 'rpo-jax[tensorboard]'") from e
+        if self._bucket_dir is not None:
+            shutil.rmtree(self._local, ignore_errors=True)
 
 
 class MetricsLog:
     """Appends one JSON line per logged step; `truncate_to(done)` drops lines a resumed run will redo.
 
     Train records carry the 0-based index of their step; eval records the number of steps done when they ran.
-    Each record also goes to `mirror` (TensorBoard) when one is attached.
+    Each record also goes to `mirror` (the run's trackers, `rpo_jax.train.trackers`) when one is attached.
     """
 
     def __init__(self, path: str | Path, *, enabled: bool):
-        self.path = Path(path)
+        self.path = storage_path(path)
         self.enabled = enabled
-        self.mirror: TensorBoardLog | None = None
+        self.mirror = None
+        self._bucket_lines: list[str] | None = None  # in a bucket: the whole file, uploaded again at each write
+
+    def _replace(self, lines: list[str]) -> None:
+        text = "".join(line + "\n" for line in lines)
+        if is_bucket_path(self.path):
+            self._bucket_lines = list(lines)
+            self.path.write_text(text)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
 
     def truncate_to(self, done: int) -> None:
         """Keeps what a checkpoint after `done` steps covers: train steps 0..done-1, evals at <= done steps."""
@@ -88,16 +117,20 @@ class MetricsLog:
             return record["step"] <= done if is_eval else record["step"] < done
 
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and covered(json.loads(line))]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        self._replace(kept)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        line = json.dumps(record, sort_keys=True)
+        if is_bucket_path(self.path):
+            if self._bucket_lines is None:
+                self._bucket_lines = self.path.read_text().splitlines() if self.path.exists() else []
+            self._replace([*self._bucket_lines, line])
+        else:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+                f.flush()
         if self.mirror is not None:
             self.mirror.write(record)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.records.truncation import DROP_PROMPT_TOO_LONG, DROP_SEQUENCE_TOO_LONG
+from rpo_jax.train.mixture_report import MIXTURE_REPORT, mixture_lines
 
 # Say so when the length limit drops more than this share of a pair file.
 DROPPED_SHARE_NOTE = 0.10
@@ -28,7 +29,20 @@ def metric_text(record: dict, prefix: str = "") -> str:
 def eval_line(record: dict) -> str:
     pairs = record.get("eval/num_pairs")
     over = f" over {int(pairs)} pairs" if pairs is not None else ""
-    return f"held-out at step {record['step']}: {metric_text(record, 'eval/')}{over}"
+    return f"held-out at step {record['step']}: {metric_text(record, 'eval/')}{over}{mirror_text(record)}"
+
+
+def mirror_text(record: dict) -> str:
+    """'; mirror-unit accuracy 0.780 [0.707, 0.839] over 150 units (chance 0.5)' on mirrored RPO pairs, else ''.
+    The instruction-reading measure: pair-level accuracy is 0.5 there for any model that ignores the instruction
+    (docs/algorithms.md §4)."""
+    if "eval/mirror/accuracy" not in record:
+        return ""
+    low, high, units = (record[f"eval/mirror/{k}"] for k in ("accuracy_low", "accuracy_high", "units"))
+    return (
+        f"; mirror-unit accuracy {record['eval/mirror/accuracy']:.3f} [{low:.3f}, {high:.3f}] over {int(units)} "
+        "units (chance 0.5)"
+    )
 
 
 def dropped_share_note(manifest: dict, pairs_path: str, max_length: int, truncation: str) -> str:
@@ -53,9 +67,11 @@ def closing_summary(
     seconds: float,
     latest_checkpoint: int | None,
     export_dir: Path | None,
+    mixture: dict | None = None,
 ) -> str:
     """The lines printed when `rpo-jax train` ends. A finished run always checkpoints its last step, so a
-    latest checkpoint short of `total_steps` means the run was stopped (and saved there)."""
+    latest checkpoint short of `total_steps` means the run was stopped (and saved there). `mixture`: the realised
+    proportions of `data.sources` (`mixture_report`)."""
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval/loss" in r]
     done = latest_checkpoint or 0
@@ -67,9 +83,12 @@ def closing_summary(
         lines.append(f"  final train step {train[-1]['step']}: {metric_text(train[-1])}")
     if evals:
         lines.append(f"  {eval_line(evals[-1])}")
+    lines += mixture_lines(mixture)
     checkpoint = output_dir / "checkpoints" / str(latest_checkpoint) if latest_checkpoint is not None else None
     lines.append(f"  checkpoint:   {checkpoint or 'none'}" + (" (continue with --resume)" if stopped_early else ""))
     lines.append(f"  HF export:    {export_dir or 'not written'}")
     lines.append(f"  metrics:      {output_dir / 'metrics.jsonl'}")
     lines.append(f"  report:       {output_dir / 'report.png'}")
+    if mixture is not None:
+        lines.append(f"  mixture:      {output_dir / MIXTURE_REPORT}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The one jitted train step: reference log-probs (no gradient) → policy loss/grad over micro-batches → AdamW.
+"""The jitted train step: reference log-probs (no gradient) → policy loss/grad over micro-batches → AdamW.
 
 Train state (a pytree of pure dicts, donated to the step):
   step, params (trainable), opt_state, rng, nonfinite_run (consecutive skipped steps), nonfinite_total.
@@ -18,6 +18,7 @@ from rpo_jax.config.schema import Config
 from rpo_jax.objective.logps import SequenceScores
 from rpo_jax.objective.losses import loss_and_metrics
 from rpo_jax.objective.packed_logps import group_fields, is_packed, sequence_logps
+from rpo_jax.runtime.preemption import NO_STOP, HostVote, ask_hosts
 from rpo_jax.train.policy import PolicyParams
 
 TrainState = dict[str, Any]
@@ -120,20 +121,11 @@ def make_objective(cfg: Config, policy: PolicyParams, mesh: Mesh | None = None) 
     return reference_logps, policy_objective
 
 
-def make_train_step(
-    cfg: Config,
-    policy: PolicyParams,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    mesh: Mesh,
-    state_sh: TrainState,
-    batch_sh: dict,
-) -> Callable:
-    """Returns step(state, frozen, reference, batch) -> (state, metrics); compiled once per batch shape."""
+def make_micro_batch_grads(cfg: Config, policy: PolicyParams, mesh: Mesh) -> Callable:
+    """grads_of(params, frozen, reference, micro_batch, rng) -> ((summed loss, metric sums), gradient of the sum)."""
     reference_logps, policy_objective = make_objective(cfg, policy, mesh)
-    k = cfg.train.grad_accum_steps
 
-    def loss_fn(params, frozen, reference, batch, rng):
+    def grads_of(params, frozen, reference, batch, rng):
         # The reference forward runs before and outside value_and_grad: no tape, no remat, no gradient buffers.
         ref_logps_BG = reference_logps(params, frozen, reference, batch)
 
@@ -143,72 +135,131 @@ def make_train_step(
 
         return jax.value_and_grad(summed, has_aux=True)(params)
 
-    replicated = NamedSharding(mesh, PartitionSpec())
+    return grads_of
 
-    def step(state: TrainState, frozen, reference, batch):
-        # Packed batches carry a varying number of examples: the mean is over their real (weight-1) slots.
-        global_examples = jnp.sum(batch["example_weight"]) if is_packed(batch) else batch["tokens"].shape[0]
-        micro = _split_micro(batch, k)
-        params = state["params"]
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
-        def accumulate(carry, xs):
-            grads_acc, metrics_acc = carry
-            mb, i = xs
-            (_, metric_sums), grads = loss_fn(params, frozen, reference, mb, jax.random.fold_in(rng, i))
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            metrics_acc = jax.tree.map(jnp.add, metrics_acc, metric_sums)
-            return (grads_acc, metrics_acc), None
+def step_rng(state: TrainState) -> jax.Array:
+    """The step's dropout key; micro-batch i uses `fold_in(step_rng, i)`."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
-        zero_grads = jax.tree.map(jnp.zeros_like, params)
-        first_mb = jax.tree.map(lambda x: x[0], micro)
-        zero_metrics = jax.tree.map(
-            jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, frozen, reference, first_mb, rng)[0][1])
-        )
-        (grads, metric_sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (micro, jnp.arange(k)))
-        # The objective is the mean over the global batch: summed per-example losses / number of examples.
-        grads = jax.tree.map(lambda g: g / global_examples, grads)
-        grad_norm = optax.global_norm(grads)
-        loss = metric_sums["loss"][0] / metric_sums["loss"][1]
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        # A non-finite loss or gradient skips the update entirely (parameters and optimizer moments).
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {
-            "step": state["step"] + 1,
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt_state, state["opt_state"]),
-            "rng": state["rng"],
-            "nonfinite_run": jnp.where(finite, 0, state["nonfinite_run"] + 1),
-            "nonfinite_total": state["nonfinite_total"] + (~finite).astype(jnp.int32),
-        }
-        metrics = {
-            "sums": metric_sums,
-            "grad_norm": grad_norm,
-            "learning_rate": schedule(state["step"]),
-            "skipped": ~finite,
-            "nonfinite_run": new_state["nonfinite_run"],
-            "nonfinite_total": new_state["nonfinite_total"],
-        }
-        return new_state, metrics
 
-    frozen_sh = policy.frozen_shardings
-    reference_sh = policy.trainable_shardings if policy.reference is not None and not policy.uses_lora else None
-    return jax.jit(
-        step,
-        in_shardings=(state_sh, frozen_sh, reference_sh, batch_sh),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,),
+def global_examples(batch: dict) -> jax.Array | int:
+    """The examples the step's mean is over: packed batches carry a varying number (their weight-1 slots)."""
+    return jnp.sum(batch["example_weight"]) if is_packed(batch) else batch["tokens"].shape[0]
+
+
+def zero_metric_sums(grads_of: Callable, params, frozen, reference, micro_batch, rng) -> dict:
+    """Zeros shaped like one micro-batch's metric sums (traced shapes only, nothing runs)."""
+    return jax.tree.map(
+        jnp.zeros_like, jax.eval_shape(lambda: grads_of(params, frozen, reference, micro_batch, rng)[0][1])
     )
 
 
-def make_eval_step(cfg: Config, policy: PolicyParams, mesh: Mesh) -> Callable:
-    """eval(trainable, frozen, reference, batch) -> metric sums (no gradient, no dropout)."""
-    reference_logps, policy_objective = make_objective(cfg, policy, mesh)
+def apply_gradients(
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state: TrainState,
+    grads,
+    metric_sums,
+    examples,
+    complete: jax.Array | bool = True,
+) -> tuple[TrainState, dict]:
+    """The update from gradients summed over the global batch: AdamW on their mean, skipped when not finite.
+    A step not `complete` (cut short by a stop between micro-batches) changes nothing, its counters included."""
+    params = state["params"]
+    # The objective is the mean over the global batch: summed per-example losses / number of examples.
+    grads = jax.tree.map(lambda g: g / examples, grads)
+    grad_norm = optax.global_norm(grads)
+    loss = metric_sums["loss"][0] / metric_sums["loss"][1]
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite loss or gradient skips the update entirely (parameters and optimizer moments).
+    applied = finite & complete
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)  # noqa: E731
+    counted = lambda new, old: jnp.where(complete, new, old)  # noqa: E731
+    new_state = {
+        "step": state["step"] + jnp.asarray(complete, jnp.int32),
+        "params": keep(new_params, params),
+        "opt_state": keep(new_opt_state, state["opt_state"]),
+        "rng": state["rng"],
+        "nonfinite_run": counted(jnp.where(finite, 0, state["nonfinite_run"] + 1), state["nonfinite_run"]),
+        "nonfinite_total": counted(state["nonfinite_total"] + (~finite).astype(jnp.int32), state["nonfinite_total"]),
+    }
+    metrics = {
+        "sums": metric_sums,
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state["step"]),
+        "skipped": ~finite,
+        "nonfinite_run": new_state["nonfinite_run"],
+        "nonfinite_total": new_state["nonfinite_total"],
+    }
+    return new_state, metrics
 
-    def evaluate(trainable, frozen, reference, batch):
-        ref_logps_BG = reference_logps(trainable, frozen, reference, batch)
-        return policy_objective(trainable, frozen, batch, ref_logps_BG)[1]
 
-    return jax.jit(evaluate, out_shardings=NamedSharding(mesh, PartitionSpec()))
+def reference_shardings(policy: PolicyParams) -> Any:
+    """The separate reference copy's shardings (None when there is no such copy)."""
+    return policy.trainable_shardings if policy.reference is not None and not policy.uses_lora else None
+
+
+def make_train_step(
+    cfg: Config,
+    policy: PolicyParams,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    state_sh: TrainState,
+    batch_sh: dict,
+    host_vote: HostVote | None = None,
+) -> Callable:
+    """Returns step(state, frozen, reference, batch) -> (state, metrics); compiled once per batch shape.
+
+    The micro-batches run in one `lax.while_loop`. With `host_vote` (training), the program asks every host before
+    the first micro-batch and after each one whether to stop or save (`ask_hosts`: a host callback per device, then
+    the largest answer over all devices, so every process reads the same), and a stop ends the loop: a step cut
+    short changes nothing (`metrics["micro_batches"]` < k) and the state before it is the one saved. Why one
+    program rather than one per micro-batch dispatched from the host: XLA:CPU page-faults a fresh temporary buffer
+    into every program run (measured 1.4-1.5x slower steps, docs/benchmarks.md#a-stop-within-the-notice), and a
+    vote cast from the host queues behind the micro-batch running, a micro-batch late. Without `host_vote` (plan,
+    bench) all k always run.
+
+    Metrics beyond `apply_gradients`'s: `stop` (the agreed signal, NO_STOP when none), `save_requested` (a
+    wall-clock save is due) and `micro_batches` (how many ran).
+    """
+    grads_of = make_micro_batch_grads(cfg, policy, mesh)
+    k = cfg.train.grad_accum_steps
+    replicated = NamedSharding(mesh, PartitionSpec())
+    ask = ask_hosts(mesh, host_vote)
+
+    def step(state: TrainState, frozen, reference, batch):
+        micro = _split_micro(batch, k)
+        params = state["params"]
+        rng = step_rng(state)
+
+        def another(carry) -> jax.Array:
+            i, _, _, votes = carry
+            return (i < k) & (votes[0] == NO_STOP)
+
+        def accumulate(carry):
+            i, grads_acc, metrics_acc, votes = carry
+            mb = jax.tree.map(lambda x: x[i], micro)
+            (_, metric_sums), grads = grads_of(params, frozen, reference, mb, jax.random.fold_in(rng, i))
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            metrics_acc = jax.tree.map(jnp.add, metrics_acc, metric_sums)
+            # Asked once this micro-batch's loss exists (not as it starts), so a signal during it counts now.
+            return i + 1, grads_acc, metrics_acc, jnp.maximum(votes, ask(metric_sums["loss"][0]))
+
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        zero_metrics = zero_metric_sums(grads_of, params, frozen, reference, jax.tree.map(lambda x: x[0], micro), rng)
+        start = (jnp.int32(0), zero_grads, zero_metrics, ask(jnp.float32(0)))
+        done, grads, metric_sums, votes = jax.lax.while_loop(another, accumulate, start)
+        examples = global_examples(batch)
+        new_state, metrics = apply_gradients(optimizer, schedule, state, grads, metric_sums, examples, done == k)
+        return new_state, {**metrics, "stop": votes[0], "save_requested": votes[1] > 0, "micro_batches": done}
+
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, policy.frozen_shardings, reference_shardings(policy), batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
