@@ -1,10 +1,9 @@
 """Several processes, one job (what a TPU pod or a GPU cluster runs): 2 CLI processes x 4 simulated CPU devices
 train exactly like 1 process x 8 devices with the shipped run config (length buckets on, data tokenized on first
-use into the shared output dir, eval at step 0), stop together when one of them gets SIGTERM, compute precomputed
-reference log-probs together, export the same safetensors, and refuse a bad process setup in one line."""
+use into the shared output dir, eval at step 0), compute precomputed reference log-probs together, export the same
+safetensors, and refuse a bad process setup in one line. Stopping together when one of them gets SIGTERM, within a
+step: tests/test_stop_within_notice.py; then resuming to the uninterrupted run's end: tests/test_bucket_runs.py."""
 
-import json
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ import pytest
 from flax import nnx
 from multihost_fixtures import (
     TINY_RPO,
-    checkpoint_steps,
     finish,
     free_port,
     metric_lines,
@@ -67,18 +65,6 @@ def assert_same_run(one: list[dict], two: list[dict]) -> None:
                     assert b[name] == pytest.approx(a[name], **tolerance), (a["step"], name)
 
 
-def trained_steps(run_dir) -> list[int]:
-    metrics = run_dir / "metrics.jsonl"
-    steps = []
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line being written
-            continue
-        steps += [record["step"]] if "loss" in record else []
-    return steps
-
-
 def exported(run_dir) -> dict[str, np.ndarray]:
     return load_file(run_dir / "hf" / "model.safetensors")
 
@@ -103,35 +89,6 @@ def assert_close_weights(one_run, two_run) -> None:
     assert one.keys() == two.keys()
     for name in one:
         assert np.linalg.norm(two[name] - one[name]) <= 1e-3 * np.linalg.norm(one[name]), name
-
-
-def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes, tmp_path):
-    """SIGTERM reaches only process 1: both agree on a step, checkpoint it and exit 0 within 60 s; --resume
-    then ends exactly where the uninterrupted run did (metrics and weights)."""
-    full, _ = two_processes
-    run = tmp_path / "run"
-    procs = start(train_args(run))
-    deadline = time.time() + 600
-    # Step 2's line is written once step 3 (the first 256-token step) is compiled and dispatched: no compile
-    # is left to slow the stop down, and the stop (one or two steps later) comes before the last step.
-    while time.time() < deadline and 2 not in trained_steps(run):
-        assert all(p.poll() is None for p in procs), finish(procs)
-        time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-    signalled = time.time()
-    results = finish(procs, timeout=120)
-    assert time.time() - signalled < 60
-    stopped = checkpoint_steps(run)
-    assert len(stopped) == 1 and stopped[0] < STEPS, stopped
-    for code, out, err in results:
-        assert code == 0, err[-3000:]
-        assert f"SIGTERM: stopped at step {stopped[0]} of {STEPS}" in out
-    assert not (run / "hf").exists()  # nothing half-done is exported
-    run_all(train_args(run, "--resume"))
-    assert metric_lines(run) == metric_lines(full)
-    full_weights, resumed = exported(full), exported(run)
-    for name in full_weights:
-        np.testing.assert_array_equal(resumed[name], full_weights[name], err_msg=name)
 
 
 def test_precomputed_reference_with_two_processes_matches_one(one_process, tmp_path):

@@ -68,10 +68,10 @@ def test_plan_arguments_equal_real_arrays(sections):
         assert report["arithmetic"]["num_lora_params"] == num_trainable
     else:
         assert report["arithmetic"]["num_params"] == num_trainable
-    # jit drops arguments the program never reads: the sigmoid loss never reads batch["margin"].
-    unused = bytes_on_device(batch["margin"], device)
+    # Every input is an argument of the compiled step, batch["margin"] too though the sigmoid loss never reads it:
+    # the micro-batch while-loop indexes every field of the batch, so jit cannot drop one.
     memory = report["memory_per_device_bytes"]
-    assert memory["argument"] == sum(real.values()) - unused
+    assert memory["argument"] == sum(real.values())
     # The donated train state comes back in place: every byte of it is aliased to an output.
     assert memory["alias"] == real["train_state"]
 

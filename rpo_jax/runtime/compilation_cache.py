@@ -1,6 +1,10 @@
 """JAX's persistent compilation cache, on by default: a repeated or resumed run, an eval or a generate loads its
 compiled programs from disk instead of compiling them again (minutes for a large model on a TPU pod).
 
+JAX does not store a program holding host callbacks (`jax._src.compiler._cache_write`), which the train step does
+(the in-step stop vote, `rpo_jax.runtime.preemption.ask_hosts`): a run compiles its train step at every start and
+loads the rest (initialisation, evaluation, export) from the cache.
+
 `rpo-jax train` uses `train.compilation_cache_dir` (default `<output_dir>/jax_compilation_cache`, gs:// allowed, so
 the cache outlives the VMs of a pod); `eval` and `generate` use `JAX_COMPILATION_CACHE_DIR` when it is set (JAX's
 own variable; "" = off) and otherwise `$XDG_CACHE_HOME/rpo-jax/jax_compilation_cache` (default ~/.cache). JAX keeps
