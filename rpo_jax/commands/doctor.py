@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from data_pipeline.files import local_path_arg
+from rpo_jax.config.loading import add_config_arguments
 
 DEFAULT_CONFIG = "configs/run/rpo_llama3_2_1b_lora_gpu.yaml"
 DEFAULT_STEPS = 20
@@ -18,17 +19,7 @@ CPU_SMOKE_TEST = "rpo-jax doctor --force-cpu --steps 2 --config configs/run/tiny
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=local_path_arg, help=f"YAML run config (default: the repository's {DEFAULT_CONFIG})"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (repeatable; unknown keys are errors; default: none)",
-    )
+    add_config_arguments(parser, f"YAML run config (default: the repository's {DEFAULT_CONFIG})", required=False)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="train steps timed (one micro-batch each)")
     parser.add_argument(
         "--force-cpu",

@@ -273,10 +273,10 @@ def mesh_from_args(args: argparse.Namespace) -> MeshConfig:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, config_help: str = "YAML run config (see configs/run/)"
+    parser: argparse.ArgumentParser, config_help: str = "YAML run config (see configs/run/)", *, required: bool = True
 ) -> None:
     """`--config FILE` and repeatable `--set section.key=value`, as every config-driven command takes them."""
-    parser.add_argument("--config", required=True, type=local_path_arg, help=config_help)
+    parser.add_argument("--config", required=required, type=local_path_arg, help=config_help)
     parser.add_argument(
         "--set",
         dest="overrides",
