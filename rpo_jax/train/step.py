@@ -219,9 +219,10 @@ def make_train_step(
     the largest answer over all devices, so every process reads the same), and a stop ends the loop: a step cut
     short changes nothing (`metrics["micro_batches"]` < k) and the state before it is the one saved. Why one
     program rather than one per micro-batch dispatched from the host: XLA:CPU page-faults a fresh temporary buffer
-    into every program run (measured 1.4-1.5x slower steps, docs/benchmarks.md#a-stop-within-the-notice), and a
-    vote cast from the host queues behind the micro-batch running, a micro-batch late. Without `host_vote` (plan,
-    bench) all k always run.
+    into every program run, and a vote cast from the host queues behind the micro-batch running, a micro-batch
+    late. The price: JAX's persistent cache does not store a program with host callbacks, so the train step is
+    compiled at every start (rpo_jax.runtime.compilation_cache); what asking costs per step:
+    docs/benchmarks.md#a-stop-within-the-notice. Without `host_vote` (plan, bench) all k always run.
 
     Metrics beyond `apply_gradients`'s: `stop` (the agreed signal, NO_STOP when none), `save_requested` (a
     wall-clock save is due) and `micro_batches` (how many ran).
