@@ -5,7 +5,6 @@ and counted; and a tiny model answering 2 conversations x 2 turns from `--checkp
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -182,7 +181,7 @@ def test_tiny_model_answers_conversations_turn_by_turn(tmp_path):
         head_dim=16,
         max_position_embeddings=512,
     )
-    _, hf, _ = params_and_hf_folder(dataclasses.replace(cfg), tmp_path / "model", seed=0, tokenizer_dir=tokenizer)
+    _, hf, _ = params_and_hf_folder(cfg, tmp_path / "model", seed=0, tokenizer_dir=tokenizer)
     two_turns = [multi_if_row(k, "English", [("Say hi.", [COMMA], [{}]), ("Again.", [COMMA], [{}])]) for k in (1, 2)]
     prompts = _jsonl(tmp_path / "m.jsonl", two_turns)
     out, per_prompt = tmp_path / "out.json", tmp_path / "v.jsonl"

@@ -151,11 +151,7 @@ def _set_aside_unfinished(checkpointer: StepCheckpointer, say: Callable[[str], N
         multihost_utils.sync_global_devices("rpo_jax_listed_unfinished_checkpoints")
     if not unfinished:
         return
-    destination = checkpointer.directory.parent / SET_ASIDE_DIR
-    if jax.process_index() == 0:
-        for step in unfinished:
-            checkpointer.set_aside(step, destination)
-    _sync_after_set_aside(checkpointer)
+    destination = _set_aside(checkpointer, unfinished)
     steps = ", ".join(map(str, unfinished))
     say(
         f"--resume: skipped step {steps} in {checkpointer.directory}: its save was cut off before it committed (no "
@@ -163,12 +159,18 @@ def _set_aside_unfinished(checkpointer: StepCheckpointer, say: Callable[[str], N
     )
 
 
-def _sync_after_set_aside(checkpointer: StepCheckpointer) -> None:
+def _set_aside(checkpointer: StepCheckpointer, steps: list[int]) -> Path:
+    """Process 0 moves `steps` to the set-aside folder; every process then waits and reloads. Returns the folder."""
+    destination = checkpointer.directory.parent / SET_ASIDE_DIR
+    if jax.process_index() == 0:
+        for step in steps:
+            checkpointer.set_aside(step, destination)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("rpo_jax_set_aside_checkpoints")
         checkpointer.manager.reload()
+    return destination
 
 
 def _set_aside_newer(
@@ -177,11 +179,7 @@ def _set_aside_newer(
     newer = [s for s in steps if s > step]
     if not newer:
         return
-    destination = checkpointer.directory.parent / SET_ASIDE_DIR
-    if jax.process_index() == 0:
-        for s in newer:
-            checkpointer.set_aside(s, destination)
-    _sync_after_set_aside(checkpointer)
+    destination = _set_aside(checkpointer, newer)
     if failures:
         say(
             f"--resume: {'; '.join(failures)} cannot be read back; resuming from step {step}, the newest "
