@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from data_pipeline.pairs.controlled import CONTROLLED_TYPES
+from data_pipeline.pairs.controlled_sets import SplitSettings
 from rpo_jax.config.rules import ConfigError, check_local_path
 
 # arm -> (training pairs it reads, loss_type). The pairs are built by `experiments.mechanism_data`.
@@ -41,12 +43,21 @@ class MechanismData:
     heldout_responses: int = 4
     noise_rates: tuple[float, ...] = (0.0, 1.0)
     seed: int = 0
+    types: tuple[str, ...] = CONTROLLED_TYPES  # the constraint ids instructions draw from
+
+    def split(self, name: str, label: str, count: int, responses: int, noise_rate: float = 0.0) -> SplitSettings:
+        return SplitSettings(name, label, count, self.min_k, self.max_k, responses, noise_rate, tuple(self.types))
 
     def __post_init__(self):
         if not 1 <= self.min_k <= self.max_k <= 6:
             raise ConfigError("data: constraints per instruction must satisfy 1 <= min_k <= max_k <= 6")
         if self.train_responses < 2 or self.heldout_responses < 2:
             raise ConfigError("data.train_responses and data.heldout_responses must be >= 2")
+        unknown = sorted(set(self.types) - set(CONTROLLED_TYPES))
+        if unknown or len(set(self.types)) < self.max_k:
+            raise ConfigError(
+                f"data.types: need max_k={self.max_k} distinct ids of {list(CONTROLLED_TYPES)}; unknown {unknown}"
+            )
         if not self.noise_rates or any(not 0.0 <= r <= 1.0 for r in self.noise_rates):
             raise ConfigError(f"data.noise_rates must be shares in [0, 1], got {list(self.noise_rates)}")
         for name in ("train_instructions", "validation_instructions", "test_instructions"):

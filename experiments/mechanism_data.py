@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 
 from data_pipeline.pairs.build import BuildSettings, build_pairs
-from data_pipeline.pairs.controlled_sets import SplitSettings, is_noisy, write_split
+from data_pipeline.pairs.controlled_sets import is_noisy, write_split
 from data_pipeline.pairs.instructions import Message
 from data_pipeline.pairs.readers import read_pairs
 from data_pipeline.pairs.schema import PairRecord, Sequence
@@ -84,8 +84,7 @@ def noisy_share(records: list[PairRecord]) -> dict:
 
 def build_training(data: MechanismData, noise_rate: float, folder: Path) -> dict:
     """Every arm's training pairs for one noise rate, in `folder/<arm>/pairs.jsonl`; returns the statistics."""
-    split = SplitSettings("train", "train", data.train_instructions, data.min_k, data.max_k, data.train_responses)
-    split = SplitSettings(**(vars(split) | {"noise_rate": noise_rate}))
+    split = data.split("train", "train", data.train_instructions, data.train_responses, noise_rate)
     inputs = write_split(split, data.seed, "noise", folder)
     summary = {}
     for name, (recipe, pairing) in RECIPES.items():
@@ -135,7 +134,7 @@ def build_heldout(data: MechanismData, folder: Path) -> dict:
     (`pairs.jsonl` and `index.json`, best-of-N), with their instructions and responses."""
     summary = {}
     for label, count in (("validation", data.validation_instructions), ("test", data.test_instructions)):
-        split = SplitSettings("heldout", label, count, data.min_k, data.max_k, data.heldout_responses)
+        split = data.split("heldout", label, count, data.heldout_responses)
         inputs = write_split(split, data.seed, "heldout", folder)
         stats = _build(folder, inputs, f"{label}_units", "rpo", "all")
         records, index = candidate_records(folder, inputs)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline.files import ASSETS_DIR
 from data_pipeline.records.build import build_shards
 from data_pipeline.records.loader import CollatePairs
 from data_pipeline.records.packed_loader import make_packed_loader
@@ -25,7 +24,7 @@ from rpo_jax.model.llama import Llama
 from rpo_jax.objective.logps import paired_logps
 from rpo_jax.objective.packed_logps import packed_logps
 
-MAX_LENGTH = 384  # short enough that keep_start truncates some default pairs (about 40%), not all
+MAX_LENGTH = 384  # short enough that keep_start truncates some of these pairs (about 40%), not all
 MODEL = ModelConfig(
     vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=8, initializer_range=0.3,
@@ -34,8 +33,15 @@ MODEL = ModelConfig(
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
-    pairs = tmp_path_factory.mktemp("packing") / "pairs.jsonl"
-    lines = (ASSETS_DIR / "default_pairs" / "pairs.jsonl").read_text().splitlines()[:120]
+    from data_pipeline.scripts.build_experiment_pairs import build_from_selfsampled
+
+    # RPO pairs of SmolLM2's own samples (the embedded default's pairs until 2026-12-07): their lengths are long-
+    # tailed, so packing has gaps to fill and keep_start has pairs to cut; the controlled default pairs are all of
+    # similar length.
+    folder = tmp_path_factory.mktemp("packing")
+    build_from_selfsampled(folder / "selfsampled", "rpo", 1)
+    pairs = folder / "pairs.jsonl"
+    lines = (folder / "selfsampled" / "pairs.jsonl").read_text().splitlines()[:120]
     pairs.write_text("\n".join(lines) + "\n")
     out = pairs.parent / "shards"
     build_shards(pairs, DEFAULT_TOKENIZER_DIR, out, TruncationSettings(MAX_LENGTH, "keep_start"), num_shards=2)

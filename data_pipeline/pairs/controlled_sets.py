@@ -43,6 +43,7 @@ class SplitSettings:
     max_k: int
     responses: int
     noise_rate: float = 0.0  # train: share of instructions with a noisy best-vs-worst pair (K >= 3)
+    types: tuple[str, ...] = CONTROLLED_TYPES  # the constraint ids instructions draw from
 
     def __post_init__(self):
         if self.name not in ("train", "heldout"):
@@ -51,6 +52,9 @@ class SplitSettings:
             raise UserError(f"split {self.label}: constraints per instruction must be 1 <= min <= max <= 6")
         if self.responses < 2:
             raise UserError(f"split {self.label}: pairs need at least 2 responses per instruction")
+        unknown = sorted(set(self.types) - set(CONTROLLED_TYPES))
+        if unknown or len(self.types) < self.max_k:
+            raise UserError(f"split {self.label}: types must be >= max_k of {list(CONTROLLED_TYPES)}, got {unknown}")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise UserError(f"split {self.label}: noise_rate must be in [0, 1], got {self.noise_rate}")
 
@@ -117,7 +121,7 @@ def build_split(split: SplitSettings, seed: int, vectors: str) -> tuple[list[dic
     for i in range(split.count):
         task, topic = tasks[rng.randrange(len(tasks))]
         k = rng.randint(split.min_k, split.max_k)
-        constraints = sample_constraints(rng, k, topic, CONTROLLED_TYPES)
+        constraints = sample_constraints(rng, k, topic, split.types)
         instruction_id = f"{split.label}-{i:05d}"
         if vectors == "noise":
             drawn = verdict_vectors(k, split.responses, rng.random() < split.noise_rate, rng)

@@ -14,16 +14,48 @@ Run from anywhere: `python data_pipeline/scripts/build_experiment_pairs.py [OUTP
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline.scripts.build_default_pairs import SOURCE, build_from_selfsampled
+from data_pipeline.files import ASSETS_DIR
+from data_pipeline.pairs.build import BuildSettings, build_pairs
+
+SOURCE = ASSETS_DIR / "selfsampled_smollm2"
+INSTRUCTIONS = SOURCE / "train_instructions.jsonl.gz"
+SAMPLES = SOURCE / "samples.jsonl.gz"
 
 OUTPUT = SOURCE / "experiment_pairs"
 MIN_G = {"dpo": 1, "rpo": 3, "iopo": 3}  # experiments.config.PairsSection: dpo_min_g, min_g
 DPO_PAIRING = "best_worst"
+
+
+def build_from_selfsampled(output: Path, recipe: str, min_g: int, dpo_pairing: str = "all") -> dict:
+    """`build-pairs` on the committed instructions and samples into `output` (held out: 10%, seed 0); returns its
+    stats. The stats and each pair's provenance record input paths, so they are given relative to the repository
+    root: the result does not depend on where the repository lives."""
+    root = ASSETS_DIR.parents[1]
+    output = Path(output).absolute()
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        return build_pairs(
+            BuildSettings(
+                recipe=recipe,
+                input=str(INSTRUCTIONS.relative_to(root)),
+                responses=str(SAMPLES.relative_to(root)),
+                output=str(output),
+                min_g=min_g,
+                dpo_pairing=dpo_pairing if recipe == "dpo" else "all",
+                eval_fraction=0.1,
+                seed=0,
+                overwrite=True,
+            )
+        )
+    finally:
+        os.chdir(cwd)
 
 
 def build(output: Path) -> int:

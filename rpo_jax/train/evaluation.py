@@ -127,4 +127,7 @@ def evaluate_pairs(
 
 def score_pair_rows(cfg: Config, checkpoint: str, reference: str | None, pairs_dir: str, batch_size: int) -> np.ndarray:
     """The implicit reward of every row of `pairs_dir`, [num_examples, G], as `evaluate_pairs` computes them."""
+    # As in evaluate_pairs: a process that trained first (the mechanism experiment) still has the cache at that
+    # run's folder, which its stage has since renamed; the scoring programs belong in the shared cache.
+    enable_compilation_cache(default_cache_dir())
     return scored_rows(*_checkpoint_scoring(cfg, checkpoint, reference, pairs_dir, batch_size))[1]
