@@ -46,6 +46,9 @@ def test_readme_main_job(tmp_path):
     held_out = json.loads((run / "data" / "eval" / "manifest.json").read_text())["counts"]["examples"]
     assert held_out > 100 and all(r["eval/num_pairs"] == held_out for r in evals)
     assert all(r["nonfinite_total"] == 0 for r in train)
+    # Each step's time is its own: not ~0 for the step pulled just before an evaluation (XLA:CPU had already run it).
+    speeds = sorted(r["tokens_per_s"] for r in train[1:])
+    assert speeds[-1] < 5 * speeds[len(speeds) // 2], speeds[-5:]
     assert train[-1]["rewards/margins"] != 0.0  # the policy moved away from the reference
     # Instruction reading on held-out instructions: chance at step 0 (policy == reference: every unit a tie),
     # well above it at the end (measured 0.857 [0.798, 0.901] over 175 units; README).

@@ -145,7 +145,7 @@ class Trainer:
     def fit(self) -> list[dict]:
         cfg = self.cfg
         progress = Progress(cfg.train.steps, self.start_step, enabled=self.is_main)
-        self._pending = None  # (step, metrics future, tokens): pulled while the next step runs
+        self._pending = None  # (step, metrics future, tokens, done_at or None): pulled while the next step runs
         self._save_requested = False  # a wall-clock save, asked for by a step (the same on every process)
         data_states: dict[int, dict] = {}  # the loader's position before each step in flight
         if cfg.train.eval_every and self.start_step == 0:
@@ -157,8 +157,11 @@ class Trainer:
                 data_states = {s: d for s, d in data_states.items() if s >= step - 1} | {step: self.loader.get_state()}
                 batch, tokens = self.next_batch()
                 self.state, metrics = self._step_fn(batch)(self.state, self.policy.frozen, self.policy.reference, batch)
+                # XLA:CPU runs a program with host callbacks (the in-step stop vote) before the call returns, so the
+                # step may be done already: its time ends here, not when it is pulled after the next one ran.
+                done_at = time.perf_counter() if all(x.is_ready() for x in jax.tree.leaves(metrics)) else None
                 self._flush(progress)  # the previous step, while this one runs
-                self._pending = (step, metrics, tokens)
+                self._pending = (step, metrics, tokens, done_at)
                 done = step + 1
                 must_save = done % cfg.checkpoint.save_every == 0 or self._save_requested or done == cfg.train.steps
                 # The final model is always evaluated, whether or not eval_every divides train.steps.
@@ -200,11 +203,11 @@ class Trainer:
 
     def _flush(self, progress: Progress) -> None:
         """Pulls the pending step's metrics, if any (waiting until it finished, signal handlers running meanwhile);
-        its time is since the previous step finished. Notes the stop and save the step's vote agreed on; a step cut
-        short by the stop is not recorded."""
+        its time is since the previous step finished (or since the evaluation or save after it). Notes the stop and
+        save the step's vote agreed on; a step cut short by the stop is not recorded."""
         if self._pending is None:
             return
-        (step, metrics, tokens), self._pending = self._pending, None
+        (step, metrics, tokens, done_at), self._pending = self._pending, None
         wait_for(metrics)
         metrics = jax.device_get(metrics)
         self.stopped_by = max(self.stopped_by, int(metrics["stop"]))
@@ -213,7 +216,7 @@ class Trainer:
         if ran < accum:
             self.say(f"step {step} stopped after {ran} of {accum} micro-batches (dropped: it is redone on resume)")
             return
-        now = time.perf_counter()
+        now = done_at if done_at is not None else time.perf_counter()
         record = step_record(self.cfg, step, metrics, tokens, now - self._last_done, self.checkpointer.latest_step())
         self._last_done = now
         if step == 0 and self.start_step == 0:
