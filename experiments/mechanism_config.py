@@ -4,7 +4,8 @@ The experiment trains a small model from scratch on pairs whose responses come f
 (`data_pipeline/pairs/controlled.py`), so that every difference between arms is the pair construction and nothing
 else: RPO, DPO best-vs-worst, DPO on RPO's own response pairs under the original instruction, IOPO, and RPO with
 its prompts shuffled among pairs (a control that can only learn what responses alone say). See
-`experiments/mechanism_runner.py` for the stages (not yet run at full size: no results so far).
+`experiments/mechanism_runner.py` for the stages; the CPU-sized preset is `configs/experiment/mechanism_cpu.yaml`
+(results: docs/experiments.md, "The mechanism, controlled").
 """
 
 from __future__ import annotations

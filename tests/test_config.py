@@ -23,11 +23,18 @@ def test_every_config_parses(path):
     assert isinstance(cfg, config_lib.Config)
 
 
+def experiment_config_class(path):
+    """What `rpo-jax experiment` loads the file as: the mechanism design's settings, or the SmolLM2 experiment's."""
+    from experiments.config import ExperimentConfig
+    from experiments.mechanism_config import DESIGN, MechanismConfig
+
+    return MechanismConfig if read_yaml(path).get("design") == DESIGN else ExperimentConfig
+
+
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
 def test_every_experiment_config_parses(path):
-    from experiments.config import ExperimentConfig
-
-    assert isinstance(load_config(path, cls=ExperimentConfig), ExperimentConfig)
+    cls = experiment_config_class(path)
+    assert isinstance(load_config(path, cls=cls), cls)
 
 
 def test_presets_exist():
@@ -189,15 +196,16 @@ def _redundant(values: dict, inherited: dict, prefix: str = "") -> list[str]:
 def test_presets_state_only_what_differs(path):
     """A run, model or experiment config sets only values that differ from what it inherits (its includes, then
     defaults)."""
-    from experiments.config import ExperimentConfig
-
     raw = yaml.safe_load(path.read_text())
     includes = raw.pop("include", [])
     inherited = {}
     for include in [includes] if isinstance(includes, str) else includes:
         inherited = merge_dicts(inherited, read_yaml(path.parent / include))
     if path.parent == EXPERIMENT_DIR:  # no complete default: an experiment must name its base model
-        defaults = {f.name: config_to_dict(f.default) for f in dataclasses.fields(ExperimentConfig)}
+        cls = experiment_config_class(path)
+        defaults = {f.name: config_to_dict(f.default) for f in dataclasses.fields(cls)}
+        if raw.get("design") is not None:
+            defaults.pop("design")  # the key that tells `rpo-jax experiment` which design the file is
         inherited = merge_dicts(defaults, inherited)
     else:
         inherited = config_to_dict(config_from_dict(inherited))
