@@ -11,15 +11,40 @@ import dataclasses
 from data_pipeline.pairs.synthesis import SynthesisSettings
 from rpo_jax.config.rules import ConfigError, check_local_path
 
-# method -> (pair recipe it trains on, loss_type). One model is trained per listed method, same settings otherwise.
+# method -> (pair set it trains on, loss_type). One model is trained per listed method, same settings otherwise.
 METHODS = {
     "dpo": ("dpo", "sigmoid"),
+    # DPO on exactly RPO's response pairs under the original instruction (equal scores dropped), from the same
+    # samples: what RPO adds beyond its pairs is then its reversed prompts (experiments.mechanism_data does the same).
+    "dpo_same_pairs": ("dpo_same_pairs", "sigmoid"),
     "rpo": ("rpo", "rpo"),
     "iopo": ("iopo", "iopo"),
     "iopo_no_input": ("iopo", "iopo_no_input"),
     "iopo_no_output": ("iopo", "iopo_no_output"),
 }
 SUITES = ("ifeval", "ifbench", "heldout")
+SEEDED = ("train.seed=", "data.shuffle_seed=")  # set per run by train.seeds, never by an override
+
+
+@dataclasses.dataclass(frozen=True)
+class InstructionsSection(SynthesisSettings):
+    """`rpo-jax build-instructions`' settings, and `num_validation` validation instructions synthesized like the
+    held-out ones (held-out base tasks, K in the held-out range; drawn after them, so the held-out instructions are
+    the same with or without them). The validation split is never reported: with several learning rates it is
+    what each method's rate is chosen on (0: the rate is chosen on the reported held-out suite, and the report
+    says so)."""
+
+    num_validation: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_validation < 0:
+            raise ConfigError(f"instructions.num_validation must be >= 0, got {self.num_validation}")
+
+    def synthesis(self) -> SynthesisSettings:
+        """The settings of the training and held-out instructions (the validation split is drawn after them)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SynthesisSettings)}
+        return SynthesisSettings(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +99,12 @@ class PairsSection:
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     """One model per method and candidate learning rate; `steps` and `overrides` (run-config `section.key=value`)
-    apply to all of them. With several rates, each method keeps the one with the best held-out accuracy.
+    apply to all of them. With several rates, each method keeps the one with the best prompt-level accuracy on the
+    validation instructions (`instructions.num_validation`; without them, on the held-out suite, which is reported).
+
+    `seeds`: each method is trained once per seed (the run's `train.seed` and `data.shuffle_seed`). The rate is
+    chosen on the first seed's models; the other seeds train the chosen rate only. Seed 0's stages keep the names
+    (and keys) of a single-seed experiment, so adding seeds reuses what one seed trained.
 
     `method_overrides` (`METHOD:section.key=value`) apply to one method only, after `overrides`. They are meant for
     settings that change how a step is computed, not what it computes: IOPO scores 4 sequences per example where
@@ -86,8 +116,14 @@ class TrainSection:
     learning_rates: tuple[float, ...] = (1.0e-4,)
     overrides: tuple[str, ...] = ()
     method_overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"train.seeds must be distinct seeds >= 0, at least one, got {list(self.seeds)}")
+        for entry in (*self.overrides, *(e.partition(":")[2] for e in self.method_overrides)):
+            if entry.startswith(SEEDED):
+                raise ConfigError(f"train.overrides: {entry!r}: train.seed and data.shuffle_seed come from train.seeds")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"train.methods: unknown {unknown}; known {sorted(METHODS)}")
@@ -175,7 +211,7 @@ class ReportSection:
 class ExperimentConfig:
     name: str = "experiment"
     model: ModelSection = ModelSection()
-    instructions: SynthesisSettings = SynthesisSettings()
+    instructions: InstructionsSection = InstructionsSection()
     sampling: SamplingSection = SamplingSection()
     pairs: PairsSection = PairsSection()
     train: TrainSection = TrainSection()
@@ -191,3 +227,13 @@ class ExperimentConfig:
                 "instructions.turns and instructions.system_constraints must stay 1 and 0: the experiment trains "
                 "on single-turn instructions and evaluates conversations in its multiturn suite (section multiturn)"
             )
+        if self.instructions.num_validation and len(self.train.learning_rates) < 2:
+            raise ConfigError(
+                "instructions.num_validation: the validation split only chooses between train.learning_rates; "
+                "list several rates or set it to 0"
+            )
+
+    @property
+    def selection_suite(self) -> str:
+        """Where the learning rate is chosen: the unreported validation split, or the reported held-out suite."""
+        return "validation" if self.instructions.num_validation else "heldout"

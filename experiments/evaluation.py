@@ -1,7 +1,8 @@
 """Evaluation stages: greedy responses of one model on each suite, scored per prompt (what the bootstrap needs).
 
 Suites: `ifeval` (Google's 541 prompts), `ifbench` (AllenAI's prompts whose instruction ids the checkers support;
-the others are left out and counted) and `heldout` (the held-out synthesized instructions, in IFEval format). Each
+the others are left out and counted) and `heldout` (the held-out synthesized instructions, in IFEval format);
+`validation` (synthesized like the held-out ones, never reported) chooses learning rates. Each
 prompt's verdicts are written to `<suite>_verdicts.jsonl`: key, instruction ids, strict and loose per instruction.
 """
 
@@ -11,6 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from data_pipeline.constraints import scoring
 from data_pipeline.files import write_json_atomic, write_jsonl_atomic
 from experiments.config import ExperimentConfig
@@ -19,9 +22,8 @@ from experiments.stages import Stage, StageStore
 
 def suite_prompts(suite: str, instructions: Stage, limit: int, folder: Path) -> tuple[Path, int]:
     """(the prompt file to generate for, prompts left out as unsupported); `limit` > 0 keeps the first N."""
-    source = (
-        instructions.file("instructions/heldout_ifeval.jsonl") if suite == "heldout" else scoring.SUITE_INPUTS[suite]
-    )
+    synthesized = suite in ("heldout", "validation")
+    source = instructions.file(f"instructions/{suite}_ifeval.jsonl") if synthesized else scoring.SUITE_INPUTS[suite]
     kept, skipped, _ = scoring.split_unsupported(scoring.load_input_rows(source), source, True)
     lines = {row.line for row in (kept[:limit] if limit else kept)}
     rows = [
@@ -114,3 +116,12 @@ def evaluate_model(
 
 def read_verdicts(stage: Stage, suite: str) -> list[dict]:
     return [json.loads(line) for line in stage.file(f"{suite}_verdicts.jsonl").read_text().splitlines()]
+
+
+def verdict_arrays(runs: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+    """(passed [runs, prompts], counts [prompts]) strict verdicts of one model's runs (one per seed) on the same
+    prompts, in the same order."""
+    if len({tuple(v["key"] for v in rows) for rows in runs}) != 1:
+        raise RuntimeError("the runs were scored on different prompts; paired comparison impossible")
+    passed = np.array([[sum(v["strict"]) for v in rows] for rows in runs])
+    return passed, np.array([len(v["strict"]) for v in runs[0]])

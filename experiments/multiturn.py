@@ -22,9 +22,9 @@ from data_pipeline.files import write_json_atomic, write_jsonl_atomic
 from data_pipeline.pairs.synthesis import write_instructions
 from data_pipeline.pairs.synthesis_conversations import checks_at_turn
 from experiments.config import ExperimentConfig
-from experiments.evaluation import accuracies, read_verdicts
+from experiments.evaluation import accuracies, read_verdicts, verdict_arrays
 from experiments.stages import Stage, StageStore
-from experiments.stats import accuracy_interval
+from experiments.stats import runs_interval
 
 SUITE = "multiturn"
 
@@ -113,25 +113,30 @@ def evaluate_multiturn(
     return store.run(name, dataclasses.asdict(cfg.eval) | {"suite": SUITE}, (checkpoint, conversations), build)
 
 
-def _intervals(rows: list[dict], replicates: int, seed: int) -> dict:
-    passed, counts = [sum(r["strict"]) for r in rows], [len(r["strict"]) for r in rows]
-    return accuracy_interval(passed, counts, replicates=replicates, seed=seed) | {"num_prompts": len(rows)}
+def _intervals(runs: list[list[dict]], replicates: int, seed: int) -> dict:
+    passed, counts = verdict_arrays(runs)
+    return runs_interval(passed, counts, replicates=replicates, seed=seed) | {"num_prompts": len(counts)}
 
 
 def multiturn_results(
-    evals: dict[str, Stage], k_buckets: tuple[tuple[int, int], ...], replicates: int, seed: int
+    evals: dict[str, list[Stage]], k_buckets: tuple[tuple[int, int], ...], replicates: int, seed: int
 ) -> dict:
-    """Strict accuracy with bootstrap intervals per turn and per bucket of K (constraints checked at a turn)."""
-    verdicts = {name: read_verdicts(stage, SUITE) for name, stage in evals.items()}
-    turns = sorted({v["turn"] for rows in verdicts.values() for v in rows})
+    """Strict accuracy with bootstrap intervals per turn and per bucket of K (constraints checked at a turn);
+    `evals`: model -> its evaluations, one per training seed (intervals over seeds and units when several)."""
+    verdicts = {name: [read_verdicts(stage, SUITE) for stage in runs] for name, runs in evals.items()}
+    turns = sorted({v["turn"] for runs in verdicts.values() for rows in runs for v in rows})
     by_turn = {
         f"turn {t}": {
-            name: _intervals([v for v in rows if v["turn"] == t], replicates, seed) for name, rows in verdicts.items()
+            name: _intervals([[v for v in rows if v["turn"] == t] for rows in runs], replicates, seed)
+            for name, runs in verdicts.items()
         }
         for t in turns
     }
     by_k = {}
     for low, high in k_buckets:
-        bucket = {name: [v for v in rows if low <= len(v["strict"]) <= high] for name, rows in verdicts.items()}
-        by_k[f"{low}-{high}"] = {name: _intervals(rows, replicates, seed) for name, rows in bucket.items() if rows}
+        bucket = {
+            name: [[v for v in rows if low <= len(v["strict"]) <= high] for rows in runs]
+            for name, runs in verdicts.items()
+        }
+        by_k[f"{low}-{high}"] = {name: _intervals(runs, replicates, seed) for name, runs in bucket.items() if runs[0]}
     return {"by_turn": by_turn, "by_k": by_k}

@@ -1,65 +1,98 @@
 """The experiment's report: accuracies with bootstrap intervals, paired differences, accuracy vs number of
-constraints, pair statistics, cost per stage. Written as `results.json`, `report.md` and `accuracy_vs_k.png` in
-the output folder (the `report` stage keeps a copy)."""
+constraints, pair statistics, how learning rates were chosen, cost per stage. Written as `results.json`,
+`report.md`, `accuracy_vs_k.png` and `items.jsonl.gz` (every prompt's verdicts per model, seed and suite, so every
+interval can be recomputed) in the output folder (the `report` stage keeps a copy).
+
+With one training seed, intervals are over prompts (`stats.accuracy_interval`, `stats.paired_difference`); with
+several (`train.seeds`), over seeds and prompts (a two-level bootstrap: `stats.seed_prompt_interval`,
+`stats.seed_prompt_difference`), and every model and difference also has its per-seed results."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib.metadata
+import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from data_pipeline.files import write_json_atomic, write_text_atomic
 from experiments.config import ExperimentConfig
-from experiments.evaluation import read_verdicts
+from experiments.evaluation import read_verdicts, verdict_arrays
+from experiments.multiturn import SUITE as MULTITURN
 from experiments.multiturn import multiturn_results
 from experiments.stages import Stage, StageStore
-from experiments.stats import accuracy_interval, paired_difference
+from experiments.stats import runs_difference, runs_interval
 from rpo_jax.train.run_log import save_figure
 
-COMPARISONS = (("rpo", "dpo"), ("dpo", "base"), ("rpo", "base"), ("iopo", "base"), ("rpo", "iopo"))
+COMPARISONS = (
+    ("rpo", "dpo"),
+    ("rpo", "dpo_same_pairs"),
+    ("dpo", "base"),
+    ("dpo_same_pairs", "base"),
+    ("rpo", "base"),
+    ("iopo", "base"),
+    ("rpo", "iopo"),
+)
 K_BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 8))
 PACKAGES = ("jax", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "numpy")
 
 
-def _passed_counts(verdicts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    return (np.array([sum(v["strict"]) for v in verdicts]), np.array([len(v["strict"]) for v in verdicts]))
-
-
-def suite_results(evals: dict[str, Stage], suite: str, replicates: int, seed: int) -> dict:
-    verdicts = {name: read_verdicts(stage, suite) for name, stage in evals.items()}
-    keys = {name: [v["key"] for v in rows] for name, rows in verdicts.items()}
-    if len({tuple(k) for k in keys.values()}) != 1:
+def suite_results(evals: dict[str, list[Stage]], seeds: tuple[int, ...], suite: str, replicates: int, seed: int):
+    """Every model's accuracy on `suite` and the paired differences of `COMPARISONS`; `evals`: model -> its
+    evaluations, one per seed (the base model: one)."""
+    arrays = {name: verdict_arrays([read_verdicts(stage, suite) for stage in runs]) for name, runs in evals.items()}
+    if len({tuple(counts) for _, counts in arrays.values()}) != 1:
         raise RuntimeError(f"{suite}: the models were scored on different prompts; paired comparison impossible")
     out = {"models": {}, "differences": {}}
-    for name, rows in verdicts.items():
-        out["models"][name] = evals[name].summary[suite] | {
-            "intervals": accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)
+    for name, (passed, counts) in arrays.items():
+        intervals = runs_interval(passed, counts, replicates=replicates, seed=seed)
+        if len(evals[name]) == 1:
+            out["models"][name] = evals[name][0].summary[suite] | {"intervals": intervals}
+            continue
+        per_seed = {
+            str(s): stage.summary[suite] | {"intervals": runs_interval(row, counts, replicates=replicates, seed=seed)}
+            for s, stage, row in zip(seeds, evals[name], passed, strict=True)
         }
+        out["models"][name] = {"intervals": intervals, "num_prompts": len(counts), "per_seed": per_seed}
     for better, worse in COMPARISONS:
-        if better in verdicts and worse in verdicts:
-            out["differences"][f"{better}-{worse}"] = paired_difference(
-                _passed_counts(verdicts[worse])[0], *_passed_counts(verdicts[better]), replicates=replicates, seed=seed
-            )
+        if better in arrays and worse in arrays:
+            (a, counts), (b, _) = arrays[worse], arrays[better]
+            d = runs_difference(a, b, counts, replicates=replicates, seed=seed)
+            if "per_seed" in d:
+                d["per_seed"] = dict(zip(map(str, seeds), d["per_seed"], strict=True))
+            out["differences"][f"{better}-{worse}"] = d
     return out
 
 
-def by_constraint_count(evals: dict[str, Stage], replicates: int, seed: int) -> dict:
+def by_constraint_count(evals: dict[str, list[Stage]], replicates: int, seed: int) -> dict:
     """Held-out strict accuracy per bucket of K (the paper's accuracy-vs-constraints curve), prompt and instruction
     level (a small model follows all of 5-8 constraints almost never, so the prompt-level curve sits at 0 there
-    while the instruction-level one still moves). A bucket no held-out instruction falls in is empty."""
+    while the instruction-level one still moves), over prompts (and seeds). A bucket no held-out instruction falls
+    in is empty."""
     out = {}
     for low, high in K_BUCKETS:
         bucket = {}
-        for name, stage in evals.items():
-            rows = [v for v in read_verdicts(stage, "heldout") if low <= len(v["strict"]) <= high]
-            if rows:
-                intervals = accuracy_interval(*_passed_counts(rows), replicates=replicates, seed=seed)
-                bucket[name] = intervals | {"num_prompts": len(rows)}
+        for name, runs in evals.items():
+            rows = [[v for v in read_verdicts(stage, "heldout") if low <= len(v["strict"]) <= high] for stage in runs]
+            if rows[0]:
+                passed, counts = verdict_arrays(rows)
+                bucket[name] = runs_interval(passed, counts, replicates=replicates, seed=seed)
+                bucket[name] |= {"num_prompts": len(counts)}
         out[f"{low}-{high}"] = bucket
     return out
+
+
+def write_items(path: Path, runs: dict[tuple[str, int | None, str], Stage]) -> int:
+    """Every prompt's verdicts (model, seed, suite, key, instruction ids, strict, loose; multi-turn rows also their
+    turn), gzip-compressed with a fixed timestamp; returns the rows."""
+    rows = 0
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as out:
+        for (model, seed, suite), stage in runs.items():
+            for verdict in read_verdicts(stage, suite):
+                out.write((json.dumps({"model": model, "seed": seed, "suite": suite} | verdict) + "\n").encode())
+                rows += 1
+    return rows
 
 
 def _plot(by_k: dict, path: Path) -> None:
@@ -113,8 +146,42 @@ def _by_model_table(title: str, header: str, table: dict[str, dict], models: lis
     return lines
 
 
+def _selection_lines(selection: dict) -> list[str]:
+    """How each method's learning rate was chosen; a choice made on a reported suite is said to be one."""
+    lines = []
+    for method, chosen in selection.items():
+        if chosen:
+            scores = ", ".join(f"{rate:g}: {acc:.3f}" for rate, acc in chosen["scores"].items())
+            where = chosen["suite"] + (
+                " (a REPORTED suite: its results for this method are optimistic)"
+                if chosen["reported_suite"]
+                else " (not reported)"
+            )
+            lines.append(f"- {method}: {chosen['chosen']:g}, chosen on {where}, seed {chosen['seed']} ({scores})")
+    return ["", "Learning rates (prompt-level strict accuracy of each candidate):", "", *lines] if lines else []
+
+
+def _per_seed_lines(results: dict, first: dict) -> list[str]:
+    """Each seed's prompt-level accuracy of every trained model and each seed's paired differences."""
+
+    def accuracy(suite: dict, name: str) -> str:
+        per_seed = suite["models"][name]["per_seed"]
+        return ", ".join(f"s{s} {r['intervals']['prompt']['accuracy']:.3f}" for s, r in per_seed.items())
+
+    def difference(suite: dict, name: str) -> str:
+        per_seed = suite["differences"][name]["per_seed"]
+        return ", ".join(f"s{s} {d['prompt']['delta']:+.3f}" for s, d in per_seed.items())
+
+    trained = [name for name, model in first["models"].items() if "per_seed" in model]
+    lines = _suite_table(results, "Per seed, prompt-level strict accuracy:", trained, accuracy)
+    return lines + _suite_table(
+        results, "Per seed, paired differences (prompt level):", first["differences"], difference
+    )
+
+
 def _markdown(results: dict) -> str:
     first = next(iter(results["suites"].values()))
+    over = "seeds and prompts" if len(results["seeds"]) > 1 else "prompts"
 
     def accuracy(suite: dict, name: str) -> str:
         return _interval(suite["models"][name]["intervals"]["prompt"], 3)
@@ -123,20 +190,23 @@ def _markdown(results: dict) -> str:
         d = suite["differences"][name]["prompt"]
         return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
-    lines = [f"# {results['name']}"]
+    lines = [f"# {results['name']}", "", f"Training seeds: {', '.join(map(str, results['seeds']))}."]
     lines += _suite_table(
-        results, "Prompt-level strict accuracy (95% bootstrap CI over prompts):", first["models"], accuracy
+        results, f"Prompt-level strict accuracy (95% bootstrap CI over {over}):", first["models"], accuracy
     )
     lines += _suite_table(
-        results, "Paired differences, prompt-level strict (95% CI):", first["differences"], difference
+        results, f"Paired differences, prompt-level strict (95% CI over {over}):", first["differences"], difference
     )
+    if len(results["seeds"]) > 1:
+        lines += _per_seed_lines(results, first)
+    lines += _selection_lines(results["learning_rate_selection"])
     models = list(first["models"])
     if results["heldout_by_k"]:
-        title = "Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI):"
+        title = f"Held-out strict accuracy by number of constraints K, prompt / instruction level (95% CI, {over}):"
         lines += _by_model_table(title, "K", results["heldout_by_k"], models)
     for name, table in results.get("multiturn", {}).items():  # by turn, by K (constraints checked at the turn)
         what = "turn" if name == "by_turn" else "number of constraints checked at the turn K"
-        title = f"Held-out multi-turn strict accuracy by {what}, prompt / instruction level (95% CI):"
+        title = f"Held-out multi-turn strict accuracy by {what}, prompt / instruction level (95% CI, {over}):"
         lines += _by_model_table(title, "turn" if name == "by_turn" else "K", table, models)
     stage_seconds = ", ".join(f"{name} {seconds:.0f}" for name, seconds in results["seconds"].items())
     lines += ["", f"Wall time per stage (seconds, summed over attempts): {stage_seconds}"]
@@ -147,41 +217,49 @@ def write_report(
     store: StageStore,
     cfg: ExperimentConfig,
     stages: dict[str, Stage],
-    evals: dict[str, Stage],
+    evals: dict[str, list[Stage]],
     selection: dict,
-    multiturn_evals: dict[str, Stage],
+    multiturn_evals: dict[str, list[Stage]],
 ) -> Path:
-    """The report of every stage; `multiturn_evals` (model -> its held-out multi-turn evaluation) may be empty."""
+    """The report of every stage. `evals` and `multiturn_evals` (which may be empty): model -> its evaluations, one
+    per training seed (the base model: one)."""
     replicates, seed = cfg.report.bootstrap_replicates, cfg.report.seed
-    suites = list(cfg.eval.suites)
+    suites, seeds = list(cfg.eval.suites), cfg.train.seeds
+    pair_sets = {name: s for key in ("pairs", "pairs-same") if key in stages for name, s in stages[key].summary.items()}
+    evaluations = [stage for runs in (*evals.values(), *multiturn_evals.values()) for stage in runs]
+    items = {
+        (name, None if name == "base" else s, suite): stage
+        for table, names in ((evals, suites), (multiturn_evals, [MULTITURN]))
+        for name, runs in table.items()
+        for s, stage in zip(seeds, runs)  # the base model's one run pairs with the first seed
+        for suite in names
+    }
 
     def build(folder: Path) -> dict:
         results = {
             "name": cfg.name,
             "config": dataclasses.asdict(cfg),
-            "suites": {suite: suite_results(evals, suite, replicates, seed) for suite in suites},
+            "seeds": list(seeds),
+            "suites": {suite: suite_results(evals, seeds, suite, replicates, seed) for suite in suites},
             "heldout_by_k": by_constraint_count(evals, replicates, seed) if "heldout" in suites else {},
             "multiturn": multiturn_results(multiturn_evals, K_BUCKETS, replicates, seed) if multiturn_evals else {},
-            "pairs": {
-                recipe: {"pairs": s["split"], "pairs_by_g": s["pairs_by_g"]}
-                for recipe, s in stages["pairs"].summary.items()
-            },
+            "pairs": {name: {"pairs": s["split"], "pairs_by_g": s["pairs_by_g"]} for name, s in pair_sets.items()},
             "instructions": stages["instructions"].summary,
             "sampling": stages["samples"].summary,
             "learning_rate_selection": selection,
             "train": {name: stage.summary for name, stage in stages.items() if name.startswith("train-")},
-            "seconds": {stage.name: stage.seconds for stage in [*stages.values(), *evals.values(), *multiturn]},
+            "seconds": {stage.name: stage.seconds for stage in [*stages.values(), *evaluations]},
             "versions": {p: importlib.metadata.version(p) for p in PACKAGES},
             "eval_limit": cfg.eval.limit,
         }
+        results["items"] = {"file": "items.jsonl.gz", "rows": write_items(folder / "items.jsonl.gz", items)}
         write_json_atomic(folder / "results.json", results)
         write_text_atomic(folder / "report.md", _markdown(results))
         if results["heldout_by_k"]:
             _plot(results["heldout_by_k"], folder / "accuracy_vs_k.png")
         return {"files": sorted(p.name for p in folder.iterdir())}
 
-    multiturn = list(multiturn_evals.values())
-    report = store.run("report", dataclasses.asdict(cfg.report), (*stages.values(), *evals.values(), *multiturn), build)
+    report = store.run("report", dataclasses.asdict(cfg.report), (*stages.values(), *evaluations), build)
     out = store.root.parent
     for name in report.summary["files"]:
         if name != "stage.json":

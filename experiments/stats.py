@@ -104,3 +104,42 @@ def seed_prompt_difference(passed_a, passed_b, counts, *, replicates: int = 2000
         "low": float(np.quantile(delta, tail)),
         "high": float(np.quantile(delta, 1 - tail)),
     }
+
+
+def runs_interval(passed, counts, *, replicates: int = 2000, seed: int = 0) -> dict:
+    """One model trained with one seed or several: `passed[s, p]` of the `counts[p]` instructions of prompt p
+    followed by seed s's model. One seed: `accuracy_interval` (over prompts); several: `seed_prompt_interval` at
+    both levels (over seeds and prompts; prompt level counts a prompt as one item, right when all its instructions
+    are)."""
+    passed, counts = np.atleast_2d(np.asarray(passed, np.float64)), np.asarray(counts, np.float64)
+    if passed.shape[0] == 1:
+        return accuracy_interval(passed[0], counts, replicates=replicates, seed=seed)
+    full = np.broadcast_to(counts, passed.shape)
+    prompt = (passed == full).astype(np.float64)
+    return {
+        "prompt": seed_prompt_interval(prompt, np.ones_like(prompt), replicates=replicates, seed=seed),
+        "instruction": seed_prompt_interval(passed, full, replicates=replicates, seed=seed),
+    }
+
+
+def runs_difference(passed_a, passed_b, counts, *, replicates: int = 2000, seed: int = 0) -> dict:
+    """B minus A on the same prompts, `passed_*[s, p]` as in `runs_interval`. A model with one run (the untrained
+    base model) stands for itself at every seed of the other. One seed: `paired_difference`; several:
+    `seed_prompt_difference` at both levels, plus `per_seed` (each seed's `paired_difference`, in seed order)."""
+    a, b = (np.atleast_2d(np.asarray(x, np.float64)) for x in (passed_a, passed_b))
+    seeds, counts = max(len(a), len(b)), np.asarray(counts, np.float64)
+    a, b = (np.broadcast_to(x, (seeds, counts.size)) for x in (a, b))
+    if seeds == 1:
+        return paired_difference(a[0], b[0], counts, replicates=replicates, seed=seed)
+    full = np.broadcast_to(counts, a.shape)
+    ones = np.ones_like(full)
+    prompt_a, prompt_b = (a == full).astype(np.float64), (b == full).astype(np.float64)
+    return {
+        "prompt": seed_prompt_difference(prompt_a, prompt_b, ones, replicates=replicates, seed=seed),
+        "instruction": seed_prompt_difference(a, b, full, replicates=replicates, seed=seed),
+        "num_prompts": int(counts.size),
+        "replicates": replicates,
+        "level": 0.95,
+        "seeds": seeds,
+        "per_seed": [paired_difference(a[s], b[s], counts, replicates=replicates, seed=seed) for s in range(seeds)],
+    }

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from llama_hf_fixtures import params_and_hf_folder
@@ -101,6 +102,8 @@ def test_every_stage_runs_and_the_report_has_paired_intervals(setup):
                 assert r[level]["low"] <= r[level]["accuracy"] <= r[level]["high"]
     report = (out / "report.md").read_text()
     assert "rpo-dpo" in report and "by number of constraints" in report and (out / "accuracy_vs_k.png").is_file()
+    items = [json.loads(line) for line in gzip.open(out / "items.jsonl.gz", "rt")]
+    assert len(items) == results["items"]["rows"] == 4 * (3 * 3 + 6)  # 4 models: 3 suites x 3 prompts, 6 turns
     # The held-out multi-turn suite: 3 conversations of 2 turns, answered turn by turn, scored at each turn.
     by_turn = results["multiturn"]["by_turn"]
     assert list(by_turn) == ["turn 1", "turn 2"] and "multi-turn strict accuracy by turn" in report
@@ -218,8 +221,74 @@ def test_method_overrides_change_one_method_and_no_other_stage_key(tmp_path, mon
     assert [runs[m].train.grad_accum_steps for m in ("dpo", "rpo", "iopo")] == [1, 1, 2]
     for method in ("dpo", "rpo"):
         assert runs[method] == run_config(plain, method, 1e-4, model, pairs, tmp_path)
-    monkeypatch.setattr("experiments.runner.build_pairs", lambda settings: {})
+    monkeypatch.setattr("experiments.data_stages.build_pairs", lambda settings: {})
     keys = [pairs_stage(StageStore(tmp_path / name), c, model, model).key for name, c in (("a", cfg), ("b", plain))]
     assert keys[0] == keys[1]
     with pytest.raises(ConfigError, match="METHOD:section.key=value"):
         load_config(preset, ["train.method_overrides=[ipo:train.grad_accum_steps=2]"], ExperimentConfig)
+
+
+@pytest.mark.slow
+def test_two_seeds_train_two_models_per_method_and_the_differences_carry_each_seed(setup):
+    """`train.seeds=[0,1]` in the smoke experiment's folder (stage keys hold absolute paths, so a copy would
+    retrain): seed 0's models and evaluations are reused, each method trains a second model with seed 1,
+    `dpo_same_pairs` trains on RPO's response pairs under the original instruction, and every difference has
+    per-seed values and an interval over seeds and prompts that `items.jsonl.gz` recomputes. The single-seed
+    report files are put back afterwards."""
+    from data_pipeline.pairs.readers import read_pairs
+    from experiments.stats import runs_difference
+
+    config, out = setup
+    files = ("results.json", "report.md", "accuracy_vs_k.png", "items.jsonl.gz")
+    kept = {name: (out / name).read_bytes() for name in files}
+    single = json.loads(kept["results.json"])
+    before = {p.name for p in (out / "stages").iterdir()}
+    methods = "train.methods=[dpo,rpo,dpo_same_pairs]"
+    try:
+        result = experiment(config, out, "--set", "train.seeds=[0,1]", "--set", methods)
+        assert result.returncode == 0, result.stderr[-4000:]
+        results = json.loads((out / "results.json").read_text())
+        report = (out / "report.md").read_text()
+        items = [json.loads(line) for line in gzip.open(out / "items.jsonl.gz", "rt")]
+    finally:
+        for name, data in kept.items():
+            (out / name).write_bytes(data)
+    trained = sorted(p.name.rsplit("-", 1)[0] for p in (out / "stages").glob("train-*"))
+    assert trained == [
+        "train-dpo-lr0",
+        "train-dpo-lr0-seed1",
+        "train-dpo_same_pairs-lr0",
+        "train-dpo_same_pairs-lr0-seed1",
+        "train-iopo-lr0",  # the smoke run's, not listed here
+        "train-rpo-lr0",
+        "train-rpo-lr0-seed1",
+    ]
+    new = {p.name.rsplit("-", 1)[0] for p in (out / "stages").iterdir() if p.name not in before}
+    assert {"train-rpo-lr0", "train-dpo-lr0", "eval-rpo", "eval-base", "pairs", "samples"}.isdisjoint(new)  # reused
+    assert {"pairs-same", "train-rpo-lr0-seed1", "eval-rpo-seed1", "eval-multiturn-rpo-seed1"} <= new
+    (seed1,) = (out / "stages").glob("train-rpo-lr0-seed1-*")
+    run = json.loads((seed1 / "stage.json").read_text())["settings"]["run"]
+    assert run["train"]["seed"] == 1 and run["data"]["shuffle_seed"] == 1
+    assert results["seeds"] == [0, 1]
+    for name, suite in results["suites"].items():
+        assert set(suite["models"]["rpo"]["per_seed"]) == {"0", "1"} and "per_seed" not in suite["models"]["base"]
+        assert {"rpo-dpo", "rpo-dpo_same_pairs", "dpo_same_pairs-base"} <= set(suite["differences"])
+        d = suite["differences"]["rpo-dpo"]
+        assert d["seeds"] == 2 and set(d["per_seed"]) == {"0", "1"}
+        assert d["per_seed"]["0"] == single["suites"][name]["differences"]["rpo-dpo"]  # seed 0 is the smoke run
+        for level in ("prompt", "instruction"):
+            assert d[level]["low"] <= d[level]["delta"] <= d[level]["high"]
+        arrays = {}
+        for model in ("dpo", "rpo"):
+            rows = [[i for i in items if (i["model"], i["seed"], i["suite"]) == (model, s, name)] for s in (0, 1)]
+            arrays[model] = np.array([[sum(i["strict"]) for i in r] for r in rows])
+        counts = [len(i["strict"]) for i in items if (i["model"], i["seed"], i["suite"]) == ("base", None, name)]
+        recomputed = runs_difference(arrays["dpo"], arrays["rpo"], counts, replicates=200)
+        assert recomputed["prompt"] == d["prompt"] and recomputed["instruction"] == d["instruction"]
+    assert "Per seed, paired differences" in report
+    # DPO on RPO's response pairs: the original instruction, pairs RPO also uses.
+    (rpo,) = (out / "stages").glob("pairs-[0-9a-f]*/rpo/pairs.jsonl")
+    (same,) = (out / "stages").glob("pairs-same-*/dpo_same_pairs/pairs.jsonl")
+    rpo_pairs = {(r.group_id, frozenset(s.response for s in r.sequences)) for r in read_pairs(str(rpo))}
+    same_pairs = [(r.group_id, frozenset(s.response for s in r.sequences)) for r in read_pairs(str(same))]
+    assert same_pairs and set(same_pairs) <= rpo_pairs
