@@ -27,8 +27,10 @@ from trainer_fixtures import ROOT
 
 pytestmark = pytest.mark.slow
 
-# tiny_rpo.yaml's global batches need the 480-token bucket at steps 0, 1, 3 and 5 (seed 0), where one process's own
-# half alone would pick the 432 one: the processes must pad to the global batch's bucket.
+# tiny_rpo.yaml's length buckets are on, as shipped: a process's own half of a global batch may fit a smaller bucket
+# than the whole batch, and the processes must pad to the global batch's bucket (with the default pairs until
+# 2026-12-07 that happened at steps 0, 1, 3 and 5; test_loader.py's test_every_process_pads_to_the_global_batchs_bucket
+# checks the rule itself).
 STEPS = 8
 
 
@@ -53,8 +55,8 @@ def two_processes(tmp_path_factory):
 def assert_same_run(one: list[dict], two: list[dict]) -> None:
     """Losses within 5e-5 relative; reward margins (differences of summed log-probs of hundreds of nats, so
     near 0 early on) within 1e-4 absolute. Both tolerances cover fp32 drift from the different reduction order
-    of a cross-process all-reduce: at step 7 of tiny_rpo (rows of up to 512 tokens) 1.5e-5 relative on the loss and
-    2.1e-5 absolute on a margin of -0.0077 (sums of ~1,700 nats each), under
+    of a cross-process all-reduce: at step 7 of tiny_rpo (rows of up to 512 tokens: the default pairs until
+    2026-12-07) 1.5e-5 relative on the loss and 2.1e-5 absolute on a margin of -0.0077 (sums of ~1,700 nats each), under
     1e-5 before; a wrong example on a process or a wrong reference row moves the loss by orders of magnitude more."""
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(one, two):
