@@ -33,7 +33,7 @@ from data_pipeline.files import local_path_arg
 from data_pipeline.storage import storage_path_arg
 from rpo_jax.cli import COMMANDS, command_parser
 from rpo_jax.cli import main as cli_main
-from rpo_jax.config.loading import PATH_SETTINGS, config_from_args, load_config
+from rpo_jax.config.loading import PATH_SETTINGS, config_from_args, load_config, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "launch/README.md", "data_pipeline/README.md"] + sorted(
@@ -149,10 +149,12 @@ def parse(sub: str, tokens: list[str], lenient: bool) -> tuple[argparse.Namespac
 
 
 def load_run_config(sub: str, args: argparse.Namespace):
-    if sub == "experiment":
+    if sub == "experiment":  # as `rpo-jax experiment` reads it: the mechanism design or the SmolLM2 experiment
         from experiments.config import ExperimentConfig
+        from experiments.mechanism_config import DESIGN, MechanismConfig
 
-        return load_config(args.config, args.overrides, ExperimentConfig)
+        cls = MechanismConfig if read_yaml(Path(args.config)).get("design") == DESIGN else ExperimentConfig
+        return load_config(args.config, args.overrides, cls)
     return config_from_args(args) if hasattr(args, "overrides") else load_config(args.config)
 
 
