@@ -4,8 +4,8 @@ Runs the stages of `experiments.runner` that are not done yet (each is cached by
 inputs, so a rerun or an interrupted run continues where it stopped); `--stage NAME` runs only the stages of that
 name, whose inputs must already be done. Results: DIR/results.json, DIR/report.md, DIR/accuracy_vs_k.png,
 DIR/items.jsonl.gz (every prompt's verdicts per model, training seed and suite). A config
-stating `design: mechanism` (its fields: `experiments.mechanism_config`; no preset is shipped yet, as the experiment
-has not been run at full size) runs the mechanism experiment instead (`experiments.mechanism_runner`):
+stating `design: mechanism` (its fields: `experiments.mechanism_config`; the preset:
+`configs/experiment/mechanism_cpu.yaml`) runs the mechanism experiment instead (`experiments.mechanism_runner`):
 DIR/results.json, DIR/report.md, DIR/mechanism.png, DIR/items.jsonl.gz.
 """
 

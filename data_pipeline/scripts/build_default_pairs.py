@@ -39,7 +39,7 @@ SEED = 0
 TYPES = tuple(t for t in CONTROLLED_TYPES if not t.startswith("change_case:"))
 TRAIN = SplitSettings("train", "train", count=200, min_k=1, max_k=3, responses=4, types=TYPES)
 HELD_OUT = SplitSettings("heldout", "heldout", count=40, min_k=1, max_k=3, responses=4, types=TYPES)
-SPLITS = {"pairs.jsonl": TRAIN, "eval_pairs.jsonl": HELD_OUT}
+SPLITS = {"train": ("pairs.jsonl", TRAIN), "eval": ("eval_pairs.jsonl", HELD_OUT)}  # stats.json key -> file, split
 
 
 def build(output: Path) -> int:
@@ -51,7 +51,7 @@ def build(output: Path) -> int:
     stats, cwd = {}, os.getcwd()
     try:
         os.chdir(output)
-        for name, split in SPLITS.items():
+        for key, (name, split) in SPLITS.items():
             paths = write_split(split, SEED, "independent", Path("inputs"))
             built = Path(f"built_{split.label}")
             settings = BuildSettings(
@@ -64,7 +64,7 @@ def build(output: Path) -> int:
                 seed=SEED,
                 overwrite=True,
             )
-            stats["eval" if name == "eval_pairs.jsonl" else "train"] = build_pairs(settings)
+            stats[key] = build_pairs(settings)
             (built / "pairs.jsonl").replace(name)
             shutil.rmtree(built)
     finally:

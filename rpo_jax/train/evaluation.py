@@ -92,6 +92,9 @@ def _checkpoint_scoring(cfg: Config, checkpoint: str, reference: str | None, pai
     from rpo_jax.runtime.sharding import data_parallel_size, make_mesh
     from rpo_jax.train.policy import build_policy
 
+    # The scoring programs belong in the shared cache, compiled once across evaluations; a process that trained
+    # first (the mechanism experiment) still has the cache at that run's folder, which its stage may have renamed.
+    enable_compilation_cache(default_cache_dir())
     mesh = make_mesh(cfg.mesh)
     data_ways = data_parallel_size(mesh)
     max_length = read_manifest(pairs_dir)["max_length"]
@@ -121,13 +124,9 @@ def evaluate_pairs(
 ) -> dict[str, float]:
     """`checkpoint` against `reference` (None: reference-free losses only) on `pairs_dir`, with `cfg`'s loss and
     execution settings. The checkpoint fixes the architecture; LoRA and init_checkpoint settings are ignored."""
-    enable_compilation_cache(default_cache_dir())  # the scoring programs, compiled once across evaluations
     return pair_metrics(*_checkpoint_scoring(cfg, checkpoint, reference, pairs_dir, batch_size))
 
 
 def score_pair_rows(cfg: Config, checkpoint: str, reference: str | None, pairs_dir: str, batch_size: int) -> np.ndarray:
     """The implicit reward of every row of `pairs_dir`, [num_examples, G], as `evaluate_pairs` computes them."""
-    # As in evaluate_pairs: a process that trained first (the mechanism experiment) still has the cache at that
-    # run's folder, which its stage has since renamed; the scoring programs belong in the shared cache.
-    enable_compilation_cache(default_cache_dir())
     return scored_rows(*_checkpoint_scoring(cfg, checkpoint, reference, pairs_dir, batch_size))[1]
