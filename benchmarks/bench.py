@@ -4,6 +4,7 @@
     rpo-jax bench --model tiny --compare trl          # same weights, batch and dtype through TRL 1.16 (torch, CPU)
     rpo-jax bench --model tiny --compare references   # separate vs precomputed vs LoRA-disabled base, one run
     rpo-jax bench --compare packing --pairs P.jsonl --seq-len 1024   # padded vs packed vs shared prompt, one run
+    rpo-jax bench --compare generate --hf-dir HF   # generate and eval --checkpoint vs transformers.generate, tok/s
     rpo-jax bench --sweep seq                          # scaling sweeps + PNG plots (see benchmarks/sweep.py)
 
 Step time is the median over `--steps` timed steps after `--warmup` steps (compile time reported separately).
@@ -24,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import matmul_probe, workload
+from benchmarks import generate_bench, matmul_probe, workload
 from data_pipeline.errors import UserError
 from rpo_jax.plan import flops as flops_mod
 
@@ -71,12 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         action="append",
-        choices=("trl", "references", "attention", "packing"),
+        choices=("trl", "references", "attention", "packing", "generate"),
         default=[],
         help="trl: TRL DPOTrainer on the same weights/batch; references: all reference modes; "
         "attention: model.attention xla vs blockwise (benchmarks/attention_sweep.py); "
-        "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py) (default: none)",
+        "packing: padded vs packed vs packed_shared_prompt on --pairs (benchmarks/packing_bench.py); "
+        "generate: decoding tokens/s of generate and eval vs transformers.generate (benchmarks/generate_bench.py) "
+        "(default: none)",
     )
+    generate_bench.add_arguments(parser)
     parser.add_argument(
         "--pairs", default="", help="--compare packing: the pair JSONL to tokenize and train on (default: none)"
     )
@@ -217,6 +221,12 @@ def run(args) -> int:
         result = packing_bench.run(args)
         print(packing_bench.summary(result))
         packing_bench.plot(result, Path(args.plot_dir) / (args.plot_name or "bench_packing.png"))
+        if args.output:
+            _write_json(args.output, result)
+        return 0
+    if "generate" in args.compare:
+        result = generate_bench.run(args)
+        print(generate_bench.summary(result))
         if args.output:
             _write_json(args.output, result)
         return 0

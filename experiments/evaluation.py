@@ -9,6 +9,7 @@ prompt's verdicts are written to `<suite>_verdicts.jsonl`: key, instruction ids,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -81,13 +82,18 @@ def evaluate_model(
     instructions: Stage,
     tokenizer_dir: Path | None = None,
 ) -> Stage:
-    """Greedy responses of `checkpoint`'s model (its summary names its HF folder) on `suites`, scored."""
-    from rpo_jax.generate.generation import GenerationSettings, generate_responses
+    """Greedy responses of `checkpoint`'s model (its summary names its HF folder) on `suites`, scored. The model
+    is loaded once, at the first suite not finished yet, and answers every suite after it."""
+    from rpo_jax.generate import generation
 
     hf_dir = checkpoint.file(checkpoint.summary["hf_dir"])
-    settings = GenerationSettings(
+    settings = generation.GenerationSettings(
         temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size
     )
+
+    @functools.cache
+    def loaded():
+        return generation.load_for_sampling(str(hf_dir), tokenizer_dir or hf_dir)
 
     def build(folder: Path) -> dict:
         summary = {}
@@ -100,12 +106,12 @@ def evaluate_model(
                 continue
             prompts, unsupported = suite_prompts(suite, instructions, cfg.eval.limit, folder)
             responses = folder / f"{suite}_responses.jsonl"
-            generation = generate_responses(str(hf_dir), tokenizer_dir or hf_dir, prompts, responses, settings)
+            generated = generation.generate_with_model(loaded(), prompts, responses, settings)
             verdicts = per_prompt_verdicts(prompts, responses)
             write_jsonl_atomic(folder / f"{suite}_verdicts.jsonl", verdicts)
             summary[suite] = accuracies(verdicts) | {
                 "prompts_left_out_unsupported": unsupported,
-                "generation": generation,
+                "generation": generated,
             }
             write_json_atomic(done, summary[suite])
         return summary

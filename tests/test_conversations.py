@@ -216,7 +216,8 @@ def test_generation_answers_turn_by_turn_with_its_own_earlier_answers():
         seen.append([(job.row.key, job.answers) for job in jobs])
         return [Answer(f"{job.row.key}{len(job.answers) + 1}.{job.sample_id}@{batch_index}", "eos", 1) for job in jobs]
 
-    results = list(answer_rounds(rows, num_samples=2, batch_size=2, answer=answer))
+    same_length = lambda job: 1  # batches in file order (test_generation_batching: longest first)
+    results = list(answer_rounds(rows, num_samples=2, batch_size=2, answer=answer, prompt_length=same_length))
     assert seen[0] == [("a", ()), ("b", ())] and seen[1] == [("b", ())]  # round 1: a's turn 1 once, b's final twice
     assert seen[2] == [("a", ("a1.0@0",))] and seen[3] == [("a", ("a1.0@0", "a2.0@2"))] * 2
     assert [(job.row.key, job.sample_id) for job, _ in results] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

@@ -167,7 +167,12 @@ def test_bad_turns_and_conversations_refused_or_skipped_with_their_responses(tmp
     assert "r.jsonl:1: field 'responses': 1 response(s) for conversation 1001, which has 3 turn(s)" in err
 
 
-def test_tiny_model_answers_conversations_turn_by_turn(tmp_path):
+def test_tiny_model_answers_conversations_turn_by_turn(tmp_path, monkeypatch):
+    """Both turns of both conversations from one load of the checkpoint."""
+    from rpo_jax.generate import generation
+
+    loads, load = [], generation.load_for_sampling
+    monkeypatch.setattr(generation, "load_for_sampling", lambda *a, **k: loads.append(a) or load(*a, **k))
     tokenizer = tmp_path / "tokenizer"
     shutil.copytree(TOKENIZER, tokenizer)
     shutil.copy(CHAT_TEMPLATE, tokenizer / "chat_template.jinja")
@@ -188,6 +193,7 @@ def test_tiny_model_answers_conversations_turn_by_turn(tmp_path):
     argv = ["eval", "--prompts", str(prompts), "--checkpoint", str(hf), "--tokenizer", str(tokenizer)]
     argv += ["--max-new-tokens", "2", "--batch-size", "2", "--output", str(out), "--per-prompt", str(per_prompt)]
     assert main(argv) == 0
+    assert len(loads) == 1
     results = json.loads(out.read_text())
     assert [results["by_turn"][k]["all"]["num_prompts_scored"] for k in ("1", "2")] == [2, 2]
     assert [(r["key"], r["turn"]) for r in map(json.loads, per_prompt.read_text().splitlines())] == [

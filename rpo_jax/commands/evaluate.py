@@ -11,6 +11,7 @@ suite scores `--checkpoint` against `--reference` on tokenized held-out pairs wi
 from __future__ import annotations
 
 import argparse
+import functools
 
 from data_pipeline.constraints.if_eval import IFEvalSettings, run_if_eval
 from data_pipeline.errors import UserError
@@ -40,12 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generator(args: argparse.Namespace):
+    """Greedy generation from `--checkpoint`, loaded at the first call (after the prompts were checked) and only
+    then: every later call of the run reuses the loaded model and its compiled programs."""
     if not (args.checkpoint and args.tokenizer):
         return None
-    from rpo_jax.generate.generation import GenerationSettings, generate_responses
+    from rpo_jax.generate import generation
 
-    settings = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    return lambda prompts, out: generate_responses(args.checkpoint, args.tokenizer, prompts, out, settings)
+    settings = generation.GenerationSettings(
+        temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+
+    @functools.cache
+    def loaded():
+        return generation.load_for_sampling(args.checkpoint, args.tokenizer)
+
+    return lambda prompts, out: generation.generate_with_model(loaded(), prompts, out, settings)
 
 
 def run(args: argparse.Namespace) -> int:

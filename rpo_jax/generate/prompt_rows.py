@@ -8,7 +8,8 @@ One JSON object per line, with `key` and one of:
   `--num-samples` times on that shared history, so the samples answer one prompt and RPO can pair them.
 
 Generation runs in rounds: round r answers turn r of every row that has one, in batches (`answer_rounds`). A file
-of single-turn rows is one round, in the order and batches generation has always used.
+of single-turn rows is one round. Within a round the jobs are batched longest prompt first (a stable sort), so each
+batch holds prompts of similar length and pads them little; answers come back in file order whatever the batching.
 """
 
 from __future__ import annotations
@@ -126,12 +127,17 @@ def count_jobs(rows: list[PromptRow], num_samples: int) -> int:
 
 
 def answer_rounds(
-    rows: list[PromptRow], num_samples: int, batch_size: int, answer: Callable[[list[Job], int], list[Answer]]
+    rows: list[PromptRow],
+    num_samples: int,
+    batch_size: int,
+    answer: Callable[[list[Job], int], list[Answer]],
+    prompt_length: Callable[[Job], int],
 ) -> Iterator[tuple[Job, Answer]]:
     """(job, answer) for every final turn, rows in file order and samples in order within a row.
 
     `answer(jobs, batch_index)` answers one batch of at most `batch_size` jobs; batch indices count on across
-    rounds, so each batch of a run gets its own random key."""
+    rounds, so each batch of a run gets its own random key. `prompt_length(job)` (its prompt's tokens) orders a
+    round's jobs into batches, longest first: a too-large program then fails at the first batch, not the last."""
     answers: list[tuple[str, ...]] = [() for _ in rows]
     finished: dict[tuple[int, int], tuple[Job, Answer]] = {}
     batch_index = 0
@@ -142,6 +148,7 @@ def answer_rounds(
             if len(row.user_turns) > turn
             for sample in range(num_samples if turn == len(row.user_turns) - 1 else 1)
         ]
+        jobs.sort(key=lambda indexed_job: -prompt_length(indexed_job[1]))  # stable: equal lengths keep file order
         for start in range(0, len(jobs), batch_size):
             batch = jobs[start : start + batch_size]
             results = answer([job for _, job in batch], batch_index)
