@@ -185,8 +185,7 @@ def run(args) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "decoding": "greedy, each row stops at an EOS id",
         "prompt_lengths": [len(p) for p in prompts],
-        "cpus_allowed": len(os.sched_getaffinity(0)),
-        "platform": platform.platform(),
+        "machine": {"cpus_allowed": len(os.sched_getaffinity(0)), "platform": platform.platform()},
         "transformers": theirs,
         "rpo_jax_generate": generate_side,
         "rpo_jax_eval": eval_side,
@@ -200,7 +199,7 @@ def summary(r: dict) -> str:
     gen, ev, hf = r["rpo_jax_generate"], r["rpo_jax_eval"], r["transformers"]
     lines = [
         f"decoding {r['num_prompts']} prompts, batch {r['batch_size']}, up to {r['max_new_tokens']} new tokens, "
-        f"greedy to EOS ({r['cpus_allowed']} CPUs)",
+        f"greedy to EOS ({r['machine']['cpus_allowed']} CPUs)",
         f"  transformers.generate {hf['tokens_per_s']:8.1f} tok/s  (load {hf['load_seconds']:.1f} s)",
     ]
     for name, side, first in (("rpo-jax generate", gen, "cold"), ("rpo-jax eval", ev, "after_generate")):

@@ -169,9 +169,11 @@ def main(argv=None) -> int:
         "decoding": "greedy, EOS ignored",
         "rows_with_identical_greedy_tokens": sum(same),
         "first_differing_token_by_row": divergence,
-        "cpu_count": os.cpu_count(),
-        "cpus_allowed": sorted(os.sched_getaffinity(0)),
-        "platform": platform.platform(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "cpus_allowed": sorted(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+        },
         "results": results,
         "speedup_decode": results["rpo_jax"]["decode_tokens_per_s"] / results["transformers"]["decode_tokens_per_s"],
     }

@@ -47,3 +47,13 @@ def test_a_users_own_setting_wins(monkeypatch):
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert keep_large_buffers_mmapped() is False
+
+
+def test_decoding_commands_keep_the_dynamic_threshold():
+    from argparse import Namespace
+
+    from rpo_jax.cli import decodes
+
+    assert all(decodes(name, Namespace()) for name in ("generate", "serve", "eval", "experiment"))
+    assert decodes("bench", Namespace(compare=["generate"]))
+    assert not any(decodes(name, Namespace(compare=["trl"])) for name in ("train", "precompute-ref", "bench"))

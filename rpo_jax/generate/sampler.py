@@ -2,8 +2,10 @@
 
 Prompts are LEFT-padded to a common length P so every row writes its next key/value at the same cache index;
 positions count only real tokens (the first real token of each row has position 0) and padded keys carry segment
-id 0, so padding never changes a row's result. The cache holds keys and values as [Y, B, S, K, Dh] with
-S = P + N (N: room for new tokens), batch split over ("data", "fsdp") like training (`cached_forward`).
+id 0, so padding never changes a row's result. The cache holds each layer's keys and values as [B, K, S, Dh] with
+S = P + N (N: room for new tokens), batch split over ("data", "fsdp") like training (`cached_forward`). The model's
+weights are laid out for decoding once, when the sampler is made (`decode_weights`: one set per layer, q/k/v and
+gate/up fused).
 
 What compiles: a program per shape (B, P, N) and `DecodeSpec` (EOS ids, pad id, top-k). Each row's temperature,
 top-p and token limit are traced values (`RowControls`), so a new temperature, top_p or max_tokens reuses the
@@ -29,12 +31,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rpo_jax.generate.cached_forward import forward_with_cache
+from rpo_jax.config.schema import ModelConfig
+from rpo_jax.generate.cached_forward import Cache, empty_cache, forward_with_cache
+from rpo_jax.generate.decode_weights import DecodeWeights, decode_weights
 from rpo_jax.generate.token_choice import RowControls, next_token
-from rpo_jax.model.llama import DTYPES
 from rpo_jax.runtime.sharding import BATCH_AXES, data_parallel_size
 
 
@@ -88,8 +90,7 @@ class DecodeState(NamedTuple):
     eos_B: jax.Array  # stopped by an EOS id
     count_B: jax.Array  # tokens generated per row (an EOS that stopped it not counted)
     out_BN: jax.Array  # generated tokens, pad_id after a row stopped
-    keys: jax.Array
-    values: jax.Array
+    cache: Cache
     segments_BS: jax.Array
     prompt_len_B: jax.Array
     controls: RowControls
@@ -153,30 +154,34 @@ def _record(s: DecodeState, token_B: jax.Array, spec: DecodeSpec) -> DecodeState
     )
 
 
-def _prefill(model, tokens_BP, segments_BP, controls, key, spec: DecodeSpec, mesh: Mesh, lora_scale) -> DecodeState:
-    cfg = model.cfg
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """What the traced programs close over: the config, the mesh and the LoRA scale (0: decode the base)."""
+
+    cfg: ModelConfig
+    mesh: Mesh
+    lora_scale: float
+
+
+def _prefill(m: _Model, weights: DecodeWeights, tokens_BP, segments_BP, controls, key, spec: DecodeSpec) -> DecodeState:
     B, P = tokens_BP.shape
     N = spec.new_tokens
-    kv_axis = "tensor" if cfg.num_key_value_heads % mesh.shape["tensor"] == 0 else None
-    cache_spec = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, None, kv_axis, None))
-    cache_shape = (cfg.num_hidden_layers, B, P + N, cfg.num_key_value_heads, cfg.head_dim)
-    keys = jax.lax.with_sharding_constraint(jnp.zeros(cache_shape, DTYPES[cfg.dtype]), cache_spec)
-    values = jax.lax.with_sharding_constraint(jnp.zeros(cache_shape, DTYPES[cfg.dtype]), cache_spec)
+    cache = empty_cache(m.cfg, B, P + N, m.mesh)
     # Generated positions are all real; causality hides the ones not yet written.
     segments_BS = jnp.concatenate([segments_BP, jnp.ones((B, N), jnp.int32)], axis=1)
     positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
-    logits_BV, keys, values = forward_with_cache(
-        model, tokens_BP, positions_BP, segments_BP, segments_BS, keys, values, 0, lora_scale
+    logits_BV, cache = forward_with_cache(
+        m.cfg, weights, tokens_BP, positions_BP, segments_BP, segments_BS, cache, 0, m.lora_scale
     )
     out_BN = jnp.full((B, N), spec.pad_id, jnp.int32)
-    out_BN = jax.lax.with_sharding_constraint(out_BN, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+    out_BN = jax.lax.with_sharding_constraint(out_BN, NamedSharding(m.mesh, PartitionSpec(BATCH_AXES)))
     no_B = jnp.zeros((B,), bool)
-    start = (jnp.int32(0), out_BN[:, 0], no_B, no_B, jnp.zeros((B,), jnp.int32), out_BN, keys, values)
+    start = (jnp.int32(0), out_BN[:, 0], no_B, no_B, jnp.zeros((B,), jnp.int32), out_BN, cache)
     s = DecodeState(*start, segments_BS, jnp.sum(segments_BP, axis=1), controls, key)
     return _record(s, next_token(logits_BV, jax.random.fold_in(key, 0), controls, spec.top_k), spec)
 
 
-def _decode(model, s: DecodeState, until, spec: DecodeSpec, lora_scale) -> DecodeState:
+def _decode(m: _Model, weights: DecodeWeights, s: DecodeState, until, spec: DecodeSpec) -> DecodeState:
     """Decode steps until step `until` (<= N) or until every row has stopped."""
     B, S = s.segments_BS.shape
     P = S - spec.new_tokens
@@ -184,51 +189,43 @@ def _decode(model, s: DecodeState, until, spec: DecodeSpec, lora_scale) -> Decod
     def body(s: DecodeState) -> DecodeState:
         # Token `step - 1` is fed at cache index P + step - 1 and position prompt_len + step - 1.
         positions_B1 = (s.prompt_len_B + s.step - 1)[:, None]
-        one_B1 = jnp.ones((B, 1), jnp.int32)
-        logits_BV, keys, values = forward_with_cache(
-            model, s.last_B[:, None], positions_B1, one_B1, s.segments_BS, s.keys, s.values, P + s.step - 1, lora_scale
+        fed_B1, one_B1 = s.last_B[:, None], jnp.ones((B, 1), jnp.int32)
+        write_index = P + s.step - 1
+        logits_BV, cache = forward_with_cache(
+            m.cfg, weights, fed_B1, positions_B1, one_B1, s.segments_BS, s.cache, write_index, m.lora_scale
         )
         token_B = next_token(logits_BV, jax.random.fold_in(s.key, s.step), s.controls, spec.top_k)
-        return _record(s._replace(keys=keys, values=values), token_B, spec)
+        return _record(s._replace(cache=cache), token_B, spec)
 
     return jax.lax.while_loop(lambda s: (s.step < until) & ~jnp.all(s.done_B), body, s)
 
 
-def _merged(graphdef, params, use_lora: bool):
-    model = nnx.merge(graphdef, params)
-    return model, (model.lora_scale if use_lora else 0.0)
-
-
-def _whole_program(graphdef, params, tokens_BP, segments_BP, controls, key, *, spec, mesh, use_lora):
-    model, lora_scale = _merged(graphdef, params, use_lora)
-    s = _prefill(model, tokens_BP, segments_BP, controls, key, spec, mesh, lora_scale)
-    s = _decode(model, s, spec.new_tokens, spec, lora_scale)
+def _whole_program(m: _Model, weights, tokens_BP, segments_BP, controls, key, *, spec):
+    s = _prefill(m, weights, tokens_BP, segments_BP, controls, key, spec)
+    s = _decode(m, weights, s, spec.new_tokens, spec)
     return s.out_BN, s.count_B, s.eos_B
 
 
-def _prefill_program(graphdef, params, tokens_BP, segments_BP, controls, key, *, spec, mesh, use_lora):
-    model, lora_scale = _merged(graphdef, params, use_lora)
-    return _prefill(model, tokens_BP, segments_BP, controls, key, spec, mesh, lora_scale)
-
-
-def _decode_program(graphdef, params, state, until, ended_B, *, spec, use_lora):
-    model, lora_scale = _merged(graphdef, params, use_lora)
-    return _decode(model, state._replace(done_B=state.done_B | ended_B), until, spec, lora_scale)
+def _decode_program(m: _Model, weights, state, until, ended_B, *, spec):
+    return _decode(m, weights, state._replace(done_B=state.done_B | ended_B), until, spec)
 
 
 class Sampler:
     """Generates from a `Llama` on `mesh`; programs are compiled per shape and `DecodeSpec` (see the module doc)."""
 
     def __init__(self, model, mesh: Mesh, *, use_lora: bool = True):
-        self.graphdef, self.state = nnx.split(model)
+        """`model`: a `Llama`; its layer weights are copied into the decode layout (`decode_weights`), its embedding,
+        final norm and output projection shared. `use_lora=False` decodes a LoRA model's base."""
         self.mesh = mesh
         self.batch_multiple = data_parallel_size(mesh)
+        self.weights = decode_weights(model, mesh, use_lora)
+        m = _Model(model.cfg, mesh, model.lora_scale if use_lora else 0.0)
         self._rows_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-        jit = functools.partial(jax.jit, static_argnums=0, static_argnames="spec")
-        self._whole = jit(functools.partial(_whole_program, mesh=mesh, use_lora=use_lora))
-        self._prefill = jit(functools.partial(_prefill_program, mesh=mesh, use_lora=use_lora))
+        jit = functools.partial(jax.jit, static_argnames="spec")
+        self._whole = jit(functools.partial(_whole_program, m))
+        self._prefill = jit(functools.partial(_prefill, m))
         # The state (KV cache included) is donated: each chunk updates it in place.
-        self._decode = jit(functools.partial(_decode_program, use_lora=use_lora), donate_argnames="state")
+        self._decode = jit(functools.partial(_decode_program, m), donate_argnames="state")
 
     def _batch(self, prompts, length: int, pad_id: int, temperature, top_p, limit):
         """Device arrays for `prompts` padded with copies of the first to a multiple of data*fsdp rows (limit 1:
@@ -256,7 +253,7 @@ class Sampler:
         batch = self._batch(
             prompts, length, params.pad_id, [params.temperature] * n, [params.top_p] * n, [params.max_new_tokens] * n
         )
-        out_BN, count_B, eos_B = jax.device_get(self._whole(self.graphdef, self.state, *batch, key, spec=params.spec()))
+        out_BN, count_B, eos_B = jax.device_get(self._whole(self.weights, *batch, key, spec=params.spec()))
         return [Completion(out_BN[row, : count_B[row]].tolist(), bool(eos_B[row])) for row in range(n)]
 
     def start(self, prompts, temperature, top_p, limit, spec: DecodeSpec, prompt_length: int, key) -> Decoding:
@@ -265,7 +262,7 @@ class Sampler:
         if max(limit) > spec.new_tokens:
             raise ValueError(f"a row's limit {max(limit)} exceeds the decode's {spec.new_tokens} new tokens")
         batch = self._batch(prompts, prompt_length, spec.pad_id, temperature, top_p, limit)
-        return Decoding(spec, self._prefill(self.graphdef, self.state, *batch, key, spec=spec))
+        return Decoding(spec, self._prefill(self.weights, *batch, key, spec=spec))
 
     def advance(self, decoding: Decoding, steps: int, ended_rows: Sequence[int] = ()) -> None:
         """Decodes up to `steps` more tokens per row, first stopping `ended_rows` (a stop string, a cancel)."""
@@ -273,7 +270,7 @@ class Sampler:
         ended_B[list(ended_rows)] = True
         until = np.int32(min(int(decoding.state.step) + steps, decoding.spec.new_tokens))
         ended_B = jax.device_put(ended_B, self._rows_sharding)
-        decoding.state = self._decode(self.graphdef, self.state, decoding.state, until, ended_B, spec=decoding.spec)
+        decoding.state = self._decode(self.weights, decoding.state, until, ended_B, spec=decoding.spec)
 
     @staticmethod
     def progress(decoding: Decoding) -> Progress:

@@ -137,23 +137,27 @@ def apply_rope(x_BLND: jax.Array, cos_BLD: jax.Array, sin_BLD: jax.Array) -> jax
     return x_BLND * cos_BLD[:, :, None, :] + rotated * sin_BLD[:, :, None, :]
 
 
-def _project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contract: str):
+def project(x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contract: str):
     """x @ W (einsum `contract`) plus the LoRA delta scale·(x @ A) @ B when adapters exist and are enabled."""
-    y = frozen_matmul(contract, x, p[name])
-    if lora_scale and f"lora_a_{name}" in p:
-        ins, out_spec = contract.split("->")
-        x_spec, w_spec = ins.split(",")
-        w_in = w_spec[: LAYER_WEIGHTS[name][1]]
-        lead = "".join(c for c in x_spec if c not in w_in)
-        if LORA_DROPOUT_KEY in p:
-            # PEFT applies dropout to the adapter's input only; the frozen path sees the clean input.
-            key, rate = jax.random.fold_in(p[LORA_DROPOUT_KEY], list(LAYER_WEIGHTS).index(name)), p[LORA_DROPOUT_RATE]
-            keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-            x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-        xa = jnp.einsum(f"{x_spec},{w_in}r->{lead}r", x, p[f"lora_a_{name}"].astype(x.dtype))
-        delta = jnp.einsum(f"{lead}r,r{w_spec[len(w_in) :]}->{out_spec}", xa, p[f"lora_b_{name}"].astype(x.dtype))
-        y = y + lora_scale * delta
-    return y
+    return with_lora_delta(frozen_matmul(contract, x, p[name]), x, p, name, lora_scale, contract)
+
+
+def with_lora_delta(y, x, p: Mapping[str, jax.Array], name: str, lora_scale: float, contract: str):
+    """`y` (x @ W for weight `name`, einsum `contract`) plus scale·(x @ A) @ B when adapters on it are enabled."""
+    if not (lora_scale and f"lora_a_{name}" in p):
+        return y
+    ins, out_spec = contract.split("->")
+    x_spec, w_spec = ins.split(",")
+    w_in = w_spec[: LAYER_WEIGHTS[name][1]]
+    lead = "".join(c for c in x_spec if c not in w_in)
+    if LORA_DROPOUT_KEY in p:
+        # PEFT applies dropout to the adapter's input only; the frozen path sees the clean input.
+        key, rate = jax.random.fold_in(p[LORA_DROPOUT_KEY], list(LAYER_WEIGHTS).index(name)), p[LORA_DROPOUT_RATE]
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    xa = jnp.einsum(f"{x_spec},{w_in}r->{lead}r", x, p[f"lora_a_{name}"].astype(x.dtype))
+    delta = jnp.einsum(f"{lead}r,r{w_spec[len(w_in) :]}->{out_spec}", xa, p[f"lora_b_{name}"].astype(x.dtype))
+    return y + lora_scale * delta
 
 
 def decoder_layer(
@@ -174,24 +178,24 @@ def decoder_layer(
     """
     eps = cfg.rms_norm_eps
     h = rms_norm(x_BLD, p["input_norm_D"], eps)
-    q_BLHDh = checkpoint_name(_project(h, p, "wq_DHDh", lora_scale, "bld,dhk->blhk"), "query_proj")
-    k_BLKDh = checkpoint_name(_project(h, p, "wk_DKDh", lora_scale, "bld,dhk->blhk"), "key_proj")
-    v_BLKDh = checkpoint_name(_project(h, p, "wv_DKDh", lora_scale, "bld,dhk->blhk"), "value_proj")
+    q_BLHDh = checkpoint_name(project(h, p, "wq_DHDh", lora_scale, "bld,dhk->blhk"), "query_proj")
+    k_BLKDh = checkpoint_name(project(h, p, "wk_DKDh", lora_scale, "bld,dhk->blhk"), "key_proj")
+    v_BLKDh = checkpoint_name(project(h, p, "wv_DKDh", lora_scale, "bld,dhk->blhk"), "value_proj")
     q_BLHDh = apply_rope(q_BLHDh, cos, sin)
     k_BLKDh = apply_rope(k_BLKDh, cos, sin)
     new_kv = (k_BLKDh, v_BLKDh)
     keys, values = kv_update(new_kv) if kv_update is not None else new_kv
     attn_BLHDh = attend_fn(q_BLHDh, keys, values)
-    x_BLD = x_BLD + checkpoint_name(_project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld"), "out_proj")
+    x_BLD = x_BLD + checkpoint_name(project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld"), "out_proj")
     h = rms_norm(x_BLD, p["post_attn_norm_D"], eps)
     return x_BLD + mlp(cfg, p, h, lora_scale), new_kv
 
 
 def _mlp_block(p, h_BLD, lora_scale: float):
-    gate_BLF = checkpoint_name(_project(h_BLD, p, "w_gate_DF", lora_scale, "bld,df->blf"), "mlpwi_0")
-    up_BLF = checkpoint_name(_project(h_BLD, p, "w_up_DF", lora_scale, "bld,df->blf"), "mlpwi_1")
+    gate_BLF = checkpoint_name(project(h_BLD, p, "w_gate_DF", lora_scale, "bld,df->blf"), "mlpwi_0")
+    up_BLF = checkpoint_name(project(h_BLD, p, "w_up_DF", lora_scale, "bld,df->blf"), "mlpwi_1")
     mlp_BLF = jax.nn.silu(gate_BLF) * up_BLF
-    return checkpoint_name(_project(mlp_BLF, p, "w_down_FD", lora_scale, "blf,fd->bld"), "mlpwo")
+    return checkpoint_name(project(mlp_BLF, p, "w_down_FD", lora_scale, "blf,fd->bld"), "mlpwo")
 
 
 def mlp(cfg: ModelConfig, p: Mapping[str, jax.Array], h_BLD, lora_scale: float):
