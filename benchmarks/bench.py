@@ -9,8 +9,10 @@
 
 Step time is the median over `--steps` timed steps after `--warmup` steps (compile time reported separately).
 MFU = model FLOPs (docs/algorithms.md §7, remat excluded) / (step time · devices · peak), with the peak measured in the
-same run by a large matmul of the same dtype, run once between timed steps (median; so it sees the same machine
-load as the steps), and on known accelerators also against the published chip peak.
+same process by a large matmul of the step's dtype: the fastest of its runs before the steps, between them and after
+them (before and after, repeated until the best time settles; `benchmarks/matmul_probe.py`), and on known
+accelerators also against the published chip peak. An MFU above 100 % means the peak was under-measured: the bench
+reports it as an error (exit status 1, `mfu` null and `mfu_error` in the JSON), never as a figure.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ def run(args) -> int:
     devices = jax.devices()[: args.num_devices or (1 if on_cpu else len(jax.devices()))]
     matmul_size = args.matmul_size or (2048 if on_cpu else 8192)
     probe = matmul_probe.make_matmul_probe(devices[0], args.dtype, matmul_size)
-    peak_before = matmul_probe.measure_matmul_peak(probe)
+    peak_before = matmul_probe.measure_until_stable(probe)
 
     _, G = workload.LOSS_TYPES[args.loss]
     examples = workload.make_examples(args.batch, G, args.seq_len, workload.model_config(args).vocab_size, args.seed)
@@ -263,9 +265,9 @@ def run(args) -> int:
         prepared[mode] = jax_step.prepare(cfg, batch, devices)
     probe_times = jax_step.time_steps(prepared, args.warmup, args.steps, probe)
     peak_rss = workload.peak_rss_bytes()
-    peak_after = matmul_probe.measure_matmul_peak(probe)
+    peak_after = matmul_probe.measure_until_stable(probe)
     peak_interleaved = matmul_probe.matmul_peak(probe, probe_times)
-    peak = peak_interleaved["flops_per_s"]
+    peak = max(m["flops_per_s"] for m in (peak_before, peak_interleaved, peak_after))
     chip_peak = flops_mod.chip_peak_flops(devices[0].device_kind, args.dtype)
 
     main = prepared[args.reference]
@@ -324,6 +326,7 @@ def run(args) -> int:
             "after": peak_after,
             "interleaved": peak_interleaved,
             "used_flops_per_s": peak,
+            "threads": len(os.sched_getaffinity(0)) if on_cpu else None,
         },
         "chip_peak_flops_per_s": chip_peak,
     }
@@ -351,17 +354,42 @@ def run(args) -> int:
         if args.loss == "rpo":
             result["trl_note"] = "TRL has no RPO margin; it runs loss_type=sigmoid (same forward/backward cost)"
     result["load_average_end"] = workload.load_average()
+    errors = impossible_mfus(result)
+    if errors:
+        result["mfu_error"] = "; ".join(errors)
     print(summary(result))
     if args.output:
         _write_json(args.output, result)
+    if errors:
+        print(f"error: {result['mfu_error']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def impossible_mfus(result: dict) -> list[str]:
+    """Every MFU above 100 % in `result` (set to None there), each as a one-line reason: a step cannot do more
+    FLOPs per second than the peak it is divided by, so the peak was under-measured (or the FLOPs over-counted)."""
+    errors = []
+    places = [("", result)] + [(f"reference_modes.{m}.", r) for m, r in result.get("reference_modes", {}).items()]
+    for prefix, place in places:
+        for key, peak_name in (("mfu", "the measured matmul peak"), ("mfu_vs_chip_peak", "the chip's published peak")):
+            if place.get(key) is not None and place[key] > 1.0:
+                peak = result["matmul_peak"]["used_flops_per_s"] if key == "mfu" else result["chip_peak_flops_per_s"]
+                errors.append(
+                    f"{prefix}{key} {place[key]:.1%} exceeds 100 %: the step ran "
+                    f"{place['model_flops_per_step'] / place['step_time_s'] / 1e9:.1f} GFLOP/s against "
+                    f"{peak_name} {peak / 1e9:.1f} GFLOP/s"
+                )
+                place[key] = None
+    return errors
 
 
 def summary(r: dict) -> str:
     gib = 1024**3
+    mfu = "n/a (see the error)" if r["mfu"] is None else f"{r['mfu']:.1%}"
     lines = [
         f"step {r['step_time_s'] * 1e3:.1f} ms (median of {len(r['step_times_s'])}), "
-        f"{r['tokens_per_s']:.0f} tok/s, MFU {r['mfu'] * 100:.1f}% of measured "
+        f"{r['tokens_per_s']:.0f} tok/s, MFU {mfu} of measured "
         f"{r['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_time_s']:.1f} s, "
         f"peak RSS {r['peak_memory_bytes'] / gib:.2f} GiB, compiled peak "
         f"{(r['compiled_peak_bytes'] or 0) / gib:.3f} GiB, load {r['load_average_start']}"

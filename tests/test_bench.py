@@ -118,3 +118,44 @@ def test_compare_trl_writes_complete_json(tmp_path):
         r["model_flops_per_step"] / (r["step_time_s"] * r["matmul_peak"]["used_flops_per_s"])
     )
     assert r["last_loss"] == pytest.approx(math.log(2), abs=0.05) and r["skipped_steps"] == 0
+
+
+def _fake_probe(times):
+    """A probe whose runs take the given times in turn (the last repeating), and its FLOPs per run."""
+    it = iter(times)
+    last = [times[-1]]
+
+    def probe():
+        last[0] = next(it, last[0])
+        return last[0]
+
+    probe.flops = 1e9
+    return probe
+
+
+def test_matmul_peak_is_the_fastest_run_once_it_stops_improving():
+    from benchmarks import matmul_probe
+
+    # A slow start (other load), then the machine's real speed: the peak is the fastest run, not the median.
+    peak = matmul_probe.measure_until_stable(_fake_probe([4.0, 4.0, 4.0, 4.0, 4.0, 1.0, 1.01, 1.02, 1.0, 1.0, 1.0]))
+    assert peak["stable"] and peak["flops_per_s"] == pytest.approx(1e9)
+    assert peak["samples"] == 15  # settled on the third window of 5
+    # A probe that keeps getting faster never settles: it says so.
+    creeping = matmul_probe.measure_until_stable(_fake_probe([0.9**k for k in range(100)]), max_runs=20)
+    assert not creeping["stable"] and creeping["samples"] == 20
+
+
+def test_an_mfu_above_100_percent_is_an_error_not_a_figure():
+    result = {
+        "mfu": 3.527,
+        "mfu_vs_chip_peak": None,
+        "model_flops_per_step": 93e9,
+        "step_time_s": 1.0,
+        "matmul_peak": {"used_flops_per_s": 26.4e9},
+        "chip_peak_flops_per_s": None,
+        "reference_modes": {"precomputed": {"mfu": 0.4, "model_flops_per_step": 4e9, "step_time_s": 0.1}},
+    }
+    (error,) = bench.impossible_mfus(result)
+    assert "mfu 352.7% exceeds 100 %" in error and "93.0 GFLOP/s" in error and "26.4 GFLOP/s" in error
+    assert result["mfu"] is None and result["reference_modes"]["precomputed"]["mfu"] == 0.4
+    assert bench.impossible_mfus({**result, "mfu": 0.93}) == []
