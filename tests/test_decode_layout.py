@@ -74,6 +74,14 @@ def with_trained_adapters(model):
     return model
 
 
+def test_cached_logits_equal_full_forward():
+    """Prefill + teacher-forced decode steps through the cache give the full forward's logits, row by row."""
+    model = Llama(CFG, rngs=nnx.Rngs(3))
+    one_device = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    _, got = cached_logits(model, one_device, use_lora=True)
+    np.testing.assert_allclose(got, full_forward_logits(model, use_lora=True), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_adapters_and_a_quantized_base_decode_as_the_model_computes(quantization, use_lora):

@@ -2,7 +2,6 @@
 `rpo-jax generate` from either checkpoint format."""
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from serve_fixtures import counted_compiles
 
 from rpo_jax.cli import main
 from rpo_jax.config.schema import MeshConfig, ModelConfig
-from rpo_jax.generate.cached_forward import empty_cache, forward_with_cache
-from rpo_jax.generate.decode_weights import decode_weights
 from rpo_jax.generate.sampler import Sampler, SamplingParams, left_pad, truncate_at_stop
 from rpo_jax.generate.token_choice import filter_logits
 from rpo_jax.model.llama import Llama
@@ -87,39 +84,6 @@ def test_left_pad_marks_real_tokens():
     tokens, segments = left_pad([[4, 5, 6], [7]], pad_id=0, length=4)
     np.testing.assert_array_equal(tokens, [[0, 4, 5, 6], [0, 0, 0, 7]])
     np.testing.assert_array_equal(segments, [[0, 1, 1, 1], [0, 0, 0, 1]])
-
-
-def _teacher_forced_logits(model, mesh, use_lora=True):
-    """Prefill of PROMPTS, then 3 teacher-forced decode steps through the cache: the logits after each."""
-    P, steps = 8, 3
-    tokens_BP, segments_BP = (jnp.asarray(a) for a in left_pad(PROMPTS, PAD, P))
-    B = len(PROMPTS)
-    weights = decode_weights(model, mesh, use_lora)
-    lora_scale = model.lora_scale if use_lora else 0.0
-    cache = empty_cache(model.cfg, B, P + steps, mesh)
-    segments_BS = jnp.concatenate([segments_BP, jnp.ones((B, steps), jnp.int32)], axis=1)
-    positions_BP = jnp.maximum(jnp.cumsum(segments_BP, axis=1) - 1, 0)
-    step_fn = jax.jit(functools.partial(forward_with_cache, model.cfg, lora_scale=lora_scale))
-    logits, cache = step_fn(weights, tokens_BP, positions_BP, segments_BP, segments_BS, cache, 0)
-    out = [logits]
-    for t in range(steps):
-        fed = jnp.asarray([[c[t]] for c in CONTINUATION])
-        positions = jnp.asarray([[len(p) + t] for p in PROMPTS])
-        logits, cache = step_fn(weights, fed, positions, jnp.ones((B, 1), jnp.int32), segments_BS, cache, P + t)
-        out.append(logits)
-    return out
-
-
-CONTINUATION = [[11, 12, 13], [21, 22, 23], [31, 32, 33]]
-
-
-def test_cached_logits_equal_full_forward(model):
-    """Prefill + teacher-forced decode steps through the cache give the full forward's logits, row by row."""
-    one_device = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    for t, logits in enumerate(_teacher_forced_logits(model, one_device)):
-        for b, prompt in enumerate(PROMPTS):
-            want = last_logits_by_full_forward(model, prompt + CONTINUATION[b][:t], 20)
-            np.testing.assert_allclose(logits[b], want, atol=1e-5, rtol=1e-5, err_msg=f"row {b} step {t}")
 
 
 def test_greedy_with_cache_equals_full_recompute(model, sampler):

@@ -8,7 +8,7 @@ batch 32). Layers run in a Python loop, so each layer's cache is its own buffer,
 
 The arithmetic is the model's (`rpo_jax.model.llama.decoder_layer`): same norms, RoPE, projections (LoRA delta per
 projection) and MLP; attention is dense with an explicit mask, computed like `jax.nn.dot_product_attention`'s xla
-path (fp32 scores, probabilities cast back). tests/test_sampler.py checks the logits against the full forward.
+path (fp32 scores, probabilities cast back). tests/test_decode_layout.py checks the logits against the full forward.
 """
 
 from __future__ import annotations
