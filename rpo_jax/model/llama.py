@@ -168,13 +168,10 @@ def decoder_layer(
     sin,
     attend_fn: Callable,
     lora_scale: float,
-    kv_update: Callable | None = None,
 ):
-    """One pre-norm Llama block. Returns (x_BLD, (k_BLKDh, v_BLKDh)): this step's keys/values.
-
-    `attend_fn(q, keys, values)` is the attention (`rpo_jax.model.attention`), its mask bound in. `kv_update`, when
-    given (the sampler's KV cache), maps this step's (keys, values) to the full (keys, values) to attend over.
-    Projection outputs carry MaxText's checkpoint names, which the named remat policies save (`rpo_jax.model.remat`).
+    """One pre-norm Llama block (x_BLD in and out). `attend_fn(q, keys, values)` is the attention
+    (`rpo_jax.model.attention`), its mask bound in. Projection outputs carry MaxText's checkpoint names, which the
+    named remat policies save (`rpo_jax.model.remat`). The sampler's cached step is `generate.cached_forward`.
     """
     eps = cfg.rms_norm_eps
     h = rms_norm(x_BLD, p["input_norm_D"], eps)
@@ -183,12 +180,10 @@ def decoder_layer(
     v_BLKDh = checkpoint_name(project(h, p, "wv_DKDh", lora_scale, "bld,dhk->blhk"), "value_proj")
     q_BLHDh = apply_rope(q_BLHDh, cos, sin)
     k_BLKDh = apply_rope(k_BLKDh, cos, sin)
-    new_kv = (k_BLKDh, v_BLKDh)
-    keys, values = kv_update(new_kv) if kv_update is not None else new_kv
-    attn_BLHDh = attend_fn(q_BLHDh, keys, values)
+    attn_BLHDh = attend_fn(q_BLHDh, k_BLKDh, v_BLKDh)
     x_BLD = x_BLD + checkpoint_name(project(attn_BLHDh, p, "wo_HDhD", lora_scale, "blhk,hkd->bld"), "out_proj")
     h = rms_norm(x_BLD, p["post_attn_norm_D"], eps)
-    return x_BLD + mlp(cfg, p, h, lora_scale), new_kv
+    return x_BLD + mlp(cfg, p, h, lora_scale)
 
 
 def _mlp_block(p, h_BLD, lora_scale: float):
@@ -276,7 +271,7 @@ class Llama(nnx.Module):
             return attend(impl, q, k, v, mask, scale=cfg.head_dim**-0.5, mesh=mesh)
 
         def block(x, p):
-            return decoder_layer(cfg, p, x, cos, sin, attend_fn, lora_scale)[0], None
+            return decoder_layer(cfg, p, x, cos, sin, attend_fn, lora_scale), None
 
         policy = remat_policy(cfg.remat_policy)
         if cfg.remat_policy != "none":
